@@ -1,0 +1,57 @@
+"""The data contract shared by every part of the package (no heavy dependencies: dataclasses, pydantic, pyarrow)."""
+
+from schemas.results import BenchmarkInfo, BenchmarkResult, GenerationSettings, ModelInfo, Provenance
+from schemas.rows import (
+    ANNOTATION_TYPE,
+    IMAGE_TYPE,
+    SCENE_GRAPH_TYPE,
+    STATUSES,
+    Status,
+    annotation_record,
+    hf_features,
+    row_key,
+    row_schema,
+    scene_graph_from_arrow,
+    scene_graph_to_arrow,
+    with_hf_metadata,
+)
+from schemas.scene_graph import (
+    DEFAULT_LIMITS,
+    Limits,
+    RecordError,
+    SceneGraph,
+    SceneGraphError,
+    SGObject,
+    SGRelation,
+    Vocabulary,
+    normalize_text,
+)
+
+__all__ = [
+    "ANNOTATION_TYPE",
+    "DEFAULT_LIMITS",
+    "IMAGE_TYPE",
+    "SCENE_GRAPH_TYPE",
+    "STATUSES",
+    "BenchmarkInfo",
+    "BenchmarkResult",
+    "GenerationSettings",
+    "Limits",
+    "ModelInfo",
+    "Provenance",
+    "RecordError",
+    "SGObject",
+    "SGRelation",
+    "SceneGraph",
+    "SceneGraphError",
+    "Status",
+    "Vocabulary",
+    "annotation_record",
+    "hf_features",
+    "normalize_text",
+    "row_key",
+    "row_schema",
+    "scene_graph_from_arrow",
+    "scene_graph_to_arrow",
+    "with_hf_metadata",
+]

@@ -1,0 +1,251 @@
+"""Converters between `SceneGraph` and the formats of the reference systems.
+
+- LAION-SG records: ``items[{item_id,label,attributes,global_item_id}]``, ``relations[{triple_id,item1,relation,item2}]``.
+- Visual Genome ``scene_graphs.json`` entries: ``objects[{object_id,names|name,attributes?}]``,
+  ``relationships[{relationship_id,subject_id,predicate,object_id}]``.
+- sg2im JSON: ``{"objects": [names], "relationships": [[s, "pred", o]]}`` with positional indices, no attributes.
+- The VLM raw shape of LAION-SG's GPT-4o output: ``{"items": ["person_0"], "attributes": [[0, "young"]],
+  "relations": [[0, "holding", 1]]}``.
+
+Converters are faithful: they do not normalise text or drop relations. Call `SceneGraph.repair()` for that.
+Every malformed record raises `RecordError` naming the record and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from schemas.scene_graph import (
+    RecordError,
+    SceneGraph,
+    SGObject,
+    SGRelation,
+    _field,
+    _require_int,
+    _require_list,
+    _require_mapping,
+    _require_mappings,
+    _require_str,
+    _require_str_list,
+)
+
+__all__ = [
+    "from_laion_sg",
+    "from_sg2im",
+    "from_visual_genome",
+    "from_vlm_raw",
+    "to_laion_sg",
+    "to_sg2im",
+    "to_visual_genome",
+    "to_vlm_raw",
+]
+
+
+def _decode(obj: Mapping[str, Any] | str | bytes, record: str) -> Mapping[str, Any]:
+    if isinstance(obj, str | bytes):
+        try:
+            obj = json.loads(obj)
+        except json.JSONDecodeError as exc:
+            raise RecordError(record, "<json>", f"invalid JSON: {exc}") from None
+    return _require_mapping(obj, record, "<root>")
+
+
+# ---------------------------------------------------------------------- LAION-SG
+
+
+def from_laion_sg(record: Mapping[str, Any]) -> SceneGraph:
+    """A LAION-SG record (their JSON layout) to a graph; item ids become object ids."""
+    record = _require_mapping(record, "<laion_sg>", "<root>")
+    name = f"img_id={record.get('img_id', '?')}"
+    objects = [
+        SGObject(
+            id=_require_int(_field(item, "item_id", name, f"items[{i}]"), name, f"items[{i}].item_id"),
+            name=_require_str(_field(item, "label", name, f"items[{i}]"), name, f"items[{i}].label"),
+            attributes=_require_str_list(item.get("attributes") or [], name, f"items[{i}].attributes"),
+        )
+        for i, item in enumerate(_require_mappings(_field(record, "items", name, "<root>"), name, "items"))
+    ]
+    relations = [
+        SGRelation(
+            subject=_require_int(_field(rel, "item1", name, f"relations[{i}]"), name, f"relations[{i}].item1"),
+            predicate=_require_str(_field(rel, "relation", name, f"relations[{i}]"), name, f"relations[{i}].relation"),
+            object=_require_int(_field(rel, "item2", name, f"relations[{i}]"), name, f"relations[{i}].item2"),
+        )
+        for i, rel in enumerate(_require_mappings(record.get("relations") or [], name, "relations"))
+    ]
+    return SceneGraph(objects, relations)
+
+
+def to_laion_sg(
+    graph: SceneGraph,
+    img_id: str = "",
+    name: str = "",
+    caption: str = "",
+    score: float | str | None = None,
+    url: str = "",
+    global_item_offset: int = 0,
+    global_relation_offset: int = 0,
+) -> dict[str, Any]:
+    """A graph to a LAION-SG record. Global ids are running counters starting at the given offsets."""
+    return {
+        "img_id": img_id,
+        "name": name,
+        "caption_ori": caption,
+        "score": "" if score is None else str(score),
+        "url": url,
+        "items": [
+            {"item_id": o.id, "label": o.name, "attributes": list(o.attributes), "global_item_id": global_item_offset + i}
+            for i, o in enumerate(graph.objects)
+        ],
+        "relations": [
+            {
+                "triple_id": i,
+                "item1": r.subject,
+                "relation": r.predicate,
+                "item2": r.object,
+                "global_relation_id": global_relation_offset + i,
+            }
+            for i, r in enumerate(graph.relations)
+        ],
+    }
+
+
+# ---------------------------------------------------------------------- Visual Genome
+
+
+def from_visual_genome(entry: Mapping[str, Any]) -> SceneGraph:
+    """A Visual Genome ``scene_graphs.json`` entry to a graph with dense ids (VG ids are global, large ints).
+
+    The first of ``names`` is the object's name (older dumps use ``name``); ``attributes`` is read when present.
+    """
+    entry = _require_mapping(entry, "<visual_genome>", "<root>")
+    name = f"image_id={entry.get('image_id', '?')}"
+    objects: list[SGObject] = []
+    dense: dict[int, int] = {}
+    for i, obj in enumerate(_require_mappings(_field(entry, "objects", name, "<root>"), name, "objects")):
+        vg_id = _require_int(_field(obj, "object_id", name, f"objects[{i}]"), name, f"objects[{i}].object_id")
+        if "names" in obj:
+            names = _require_str_list(obj["names"], name, f"objects[{i}].names")
+            if not names:
+                raise RecordError(name, f"objects[{i}].names", "empty list")
+            label = names[0]
+        else:
+            label = _require_str(_field(obj, "name", name, f"objects[{i}]"), name, f"objects[{i}].name")
+        attributes = _require_str_list(obj.get("attributes") or [], name, f"objects[{i}].attributes")
+        if vg_id in dense:
+            raise RecordError(name, f"objects[{i}].object_id", f"duplicate object_id {vg_id}")
+        dense[vg_id] = len(objects)
+        objects.append(SGObject(dense[vg_id], label, attributes))
+    relations = []
+    for i, rel in enumerate(_require_mappings(entry.get("relationships") or [], name, "relationships")):
+        ends = []
+        for end in ("subject_id", "object_id"):
+            vg_id = _require_int(_field(rel, end, name, f"relationships[{i}]"), name, f"relationships[{i}].{end}")
+            if vg_id not in dense:
+                raise RecordError(name, f"relationships[{i}].{end}", f"object {vg_id} is not in objects")
+            ends.append(dense[vg_id])
+        predicate = _require_str(_field(rel, "predicate", name, f"relationships[{i}]"), name, f"relationships[{i}].predicate")
+        relations.append(SGRelation(ends[0], predicate, ends[1]))
+    return SceneGraph(objects, relations)
+
+
+def to_visual_genome(graph: SceneGraph, image_id: int = 0) -> dict[str, Any]:
+    """A graph to a Visual Genome entry (no boxes or synsets: the graph has none)."""
+    return {
+        "image_id": image_id,
+        "objects": [{"object_id": o.id, "names": [o.name], "attributes": list(o.attributes)} for o in graph.objects],
+        "relationships": [
+            {"relationship_id": i, "subject_id": r.subject, "predicate": r.predicate, "object_id": r.object}
+            for i, r in enumerate(graph.relations)
+        ],
+    }
+
+
+# ---------------------------------------------------------------------- sg2im
+
+
+def from_sg2im(obj: Mapping[str, Any] | str) -> SceneGraph:
+    """sg2im JSON (positional object indices, no attributes) to a graph; ids are the positions."""
+    record = "<sg2im>"
+    data = _decode(obj, record)
+    names = _require_str_list(_field(data, "objects", record, "<root>"), record, "objects")
+    relations = []
+    for i, triple in enumerate(_require_list(data.get("relationships") or [], record, "relationships")):
+        triple = _require_list(triple, record, f"relationships[{i}]")
+        if len(triple) != 3:
+            raise RecordError(record, f"relationships[{i}]", f"expected [subject, predicate, object], got {len(triple)} items")
+        s = _require_int(triple[0], record, f"relationships[{i}][0]")
+        o = _require_int(triple[2], record, f"relationships[{i}][2]")
+        for pos, index in ((0, s), (2, o)):
+            if not 0 <= index < len(names):
+                raise RecordError(record, f"relationships[{i}][{pos}]", f"index {index} outside objects[0..{len(names) - 1}]")
+        relations.append(SGRelation(s, _require_str(triple[1], record, f"relationships[{i}][1]"), o))
+    return SceneGraph([SGObject(i, n) for i, n in enumerate(names)], relations)
+
+
+def to_sg2im(graph: SceneGraph) -> dict[str, Any]:
+    """A graph to sg2im JSON. Attributes are dropped: sg2im has none."""
+    position = {o.id: i for i, o in enumerate(graph.objects)}
+    return {
+        "objects": [o.name for o in graph.objects],
+        "relationships": [[position[r.subject], r.predicate, position[r.object]] for r in graph.relations],
+    }
+
+
+# ---------------------------------------------------------------------- VLM raw (LAION-SG's GPT-4o output)
+
+
+def _split_item(item: str, index: int, record: str) -> tuple[str, int]:
+    """``"person_0"`` -> ("person", 0); an item without a numeric suffix takes its position as id."""
+    stem, sep, suffix = item.rpartition("_")
+    if sep and suffix.isdigit():
+        return stem, int(suffix)
+    if not item:
+        raise RecordError(record, f"items[{index}]", "empty item name")
+    return item, index
+
+
+def from_vlm_raw(obj: Mapping[str, Any] | str) -> SceneGraph:
+    """LAION-SG's raw model shape to a graph. Ids are the numeric suffixes of the item names."""
+    record = "<vlm_raw>"
+    data = _decode(obj, record)
+    objects: list[SGObject] = []
+    by_id: dict[int, SGObject] = {}
+    for i, item in enumerate(_require_str_list(_field(data, "items", record, "<root>"), record, "items")):
+        name, object_id = _split_item(item, i, record)
+        if object_id in by_id:
+            raise RecordError(record, f"items[{i}]", f"duplicate id {object_id}")
+        by_id[object_id] = SGObject(object_id, name)
+        objects.append(by_id[object_id])
+    for i, entry in enumerate(_require_list(data.get("attributes") or [], record, "attributes")):
+        entry = _require_list(entry, record, f"attributes[{i}]")
+        if not entry:
+            raise RecordError(record, f"attributes[{i}]", "expected [id, attribute, ...], got []")
+        object_id = _require_int(entry[0], record, f"attributes[{i}][0]")
+        if object_id not in by_id:
+            raise RecordError(record, f"attributes[{i}][0]", f"id {object_id} is not an item")
+        by_id[object_id].attributes.extend(_require_str_list(list(entry[1:]), record, f"attributes[{i}][1:]"))
+    relations = []
+    for i, triple in enumerate(_require_list(data.get("relations") or [], record, "relations")):
+        triple = _require_list(triple, record, f"relations[{i}]")
+        if len(triple) != 3:
+            raise RecordError(record, f"relations[{i}]", f"expected [subject, predicate, object], got {len(triple)} items")
+        relations.append(
+            SGRelation(
+                _require_int(triple[0], record, f"relations[{i}][0]"),
+                _require_str(triple[1], record, f"relations[{i}][1]"),
+                _require_int(triple[2], record, f"relations[{i}][2]"),
+            )
+        )
+    return SceneGraph(objects, relations)
+
+
+def to_vlm_raw(graph: SceneGraph) -> dict[str, Any]:
+    """A graph to LAION-SG's raw model shape."""
+    return {
+        "items": [f"{o.name}_{o.id}" for o in graph.objects],
+        "attributes": [[o.id, *o.attributes] for o in graph.objects if o.attributes],
+        "relations": [[r.subject, r.predicate, r.object] for r in graph.relations],
+    }

@@ -1,0 +1,98 @@
+"""The CompSG-Bench result record: every metric of one (model, benchmark version) run and its provenance."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["BenchmarkInfo", "BenchmarkResult", "GenerationSettings", "ModelInfo", "Provenance"]
+
+RESULT_SCHEMA_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BenchmarkInfo(_Strict):
+    """Which frozen benchmark set was used."""
+
+    name: str = "CompSG-Bench"
+    version: str
+    content_hash: str = Field(description="sha256 of the frozen benchmark file")
+    n_samples: int = Field(ge=1)
+
+
+class ModelInfo(_Strict):
+    """The model adapter and the exact weights."""
+
+    adapter: str = Field(description="adapter name, e.g. 'diffusers-caption', 'diffusers-sg-text', 'sdxl-sg'")
+    model_id: str = Field(description="hub id or local directory")
+    weights_hash: str | None = Field(default=None, description="sha256 over the weight files, when local")
+    conditioning: Literal["caption", "sg_text", "scene_graph"]
+
+
+class GenerationSettings(_Strict):
+    """Everything that determines the generated pixels besides the model."""
+
+    seed: int
+    images_per_sample: int = Field(ge=1)
+    num_inference_steps: int = Field(ge=1)
+    guidance_scale: float
+    height: int = Field(ge=8)
+    width: int = Field(ge=8)
+    scheduler: str | None = None
+    dtype: str = "float32"
+
+
+class Provenance(_Strict):
+    """Where and how the record was produced."""
+
+    package_version: str
+    packages: dict[str, str] = Field(description="versions of torch, diffusers, transformers, open_clip, ray, ...")
+    hardware: dict[str, Any] = Field(description="device name, count, CPU, platform")
+    wall_time_s: float = Field(ge=0)
+    created_at: str = Field(description="ISO-8601 UTC time")
+    config: dict[str, Any] = Field(default_factory=dict, description="the full run configuration")
+
+
+class BenchmarkResult(_Strict):
+    """One leaderboard entry. `metrics` holds the numbers; `metric_details` how each was computed
+    (extractor, weights hash, resize mode, sample counts, judge model, CLIP model, ...)."""
+
+    schema_version: int = RESULT_SCHEMA_VERSION
+    benchmark: BenchmarkInfo
+    model: ModelInfo
+    generation: GenerationSettings
+    metrics: dict[str, float]
+    metric_details: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    provenance: Provenance
+
+    @field_validator("metrics")
+    @classmethod
+    def _finite(cls, metrics: dict[str, float]) -> dict[str, float]:
+        bad = [name for name, value in metrics.items() if not math.isfinite(value)]
+        if bad:
+            raise ValueError(f"metrics must be finite numbers; not finite: {', '.join(bad)}")
+        return metrics
+
+    @property
+    def run_id(self) -> str:
+        """Stable id of what was measured (benchmark + model + generation settings), not of when."""
+        identity = {
+            "benchmark": self.benchmark.model_dump(),
+            "model": self.model.model_dump(),
+            "generation": self.generation.model_dump(),
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> BenchmarkResult:
+        return cls.model_validate_json(text)

@@ -1,0 +1,133 @@
+"""The Arrow row schema is read by `datasets` with a decoded image and a nested graph; result records round-trip."""
+
+from __future__ import annotations
+
+import io
+
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from pydantic import ValidationError
+from skimage import data as skdata
+
+from schemas import (
+    BenchmarkInfo,
+    BenchmarkResult,
+    GenerationSettings,
+    ModelInfo,
+    Provenance,
+    SceneGraph,
+    SGObject,
+    SGRelation,
+    annotation_record,
+    hf_features,
+    row_key,
+    row_schema,
+    scene_graph_from_arrow,
+    scene_graph_to_arrow,
+)
+
+
+def _png(array) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_hf_features_match_datasets_own_conversion():
+    schema = row_schema(extra_columns={"spatial_caption": pa.string()})
+    ours = datasets.Features.from_dict(hf_features(schema))
+    assert ours.arrow_schema.remove_metadata().equals(schema.remove_metadata())
+    assert isinstance(ours["image"], datasets.Image)
+    assert ours == datasets.Features.from_dict(ours.to_dict())
+
+
+def test_parquet_with_row_schema_loads_in_datasets(tmp_path):
+    graph = SceneGraph([SGObject(0, "cat", ["orange"]), SGObject(1, "sofa", [])], [SGRelation(0, "lying on", 1)])
+    image = _png(skdata.chelsea()[::4, ::4])
+    rows = [
+        {
+            "key": row_key(image_bytes=image),
+            "url": None,
+            "caption": "a cat",
+            "aesthetic_score": 6.5,
+            "width": 113,
+            "height": 75,
+            "image": {"bytes": image, "path": "chelsea.png"},
+            "scene_graph": scene_graph_to_arrow(graph),
+            "sg_text": graph.to_text(),
+            "annotation": annotation_record(model="m", engine="hf", task="scene_graph", prompt_version="1",
+                                            status="ok", raw_output=graph.to_json(), seconds=0.5),
+        },
+        {
+            "key": row_key(url="http://x/broken.jpg"),
+            "url": "http://x/broken.jpg",
+            "caption": None,
+            "aesthetic_score": None,
+            "width": None,
+            "height": None,
+            "image": None,
+            "scene_graph": None,
+            "sg_text": None,
+            "annotation": annotation_record(model="m", engine="hf", task="scene_graph", prompt_version="1",
+                                            status="failed", error="cannot identify image file"),
+        },
+    ]
+    schema = row_schema()
+    path = tmp_path / "train-00000.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+
+    loaded = datasets.load_dataset("parquet", data_files=str(path), split="train")
+    assert len(loaded) == 2
+    first = loaded[0]
+    assert isinstance(first["image"], Image.Image) and first["image"].size == (113, 75)
+    assert first["scene_graph"]["objects"][0] == {"id": 0, "name": "cat", "attributes": ["orange"]}
+    assert first["scene_graph"]["relations"] == [{"subject": 0, "predicate": "lying on", "object": 1}]
+    assert scene_graph_from_arrow(first["scene_graph"]) == graph
+    assert loaded[1]["annotation"]["status"] == "failed" and loaded[1]["image"] is None
+    # pyarrow and Ray Data hand back the same cell shape
+    assert scene_graph_from_arrow(pq.read_table(path).column("scene_graph")[0].as_py()) == graph
+
+
+def test_scene_graph_from_columnar_cell():
+    cell = {"objects": {"id": [0, 1], "name": ["a", "b"], "attributes": [[], ["red"]]},
+            "relations": {"subject": [0], "predicate": ["on"], "object": [1]}}
+    assert scene_graph_from_arrow(cell) == SceneGraph([SGObject(0, "a"), SGObject(1, "b", ["red"])], [SGRelation(0, "on", 1)])
+
+
+def test_row_key_is_stable():
+    assert row_key(url="http://a") == row_key(url="http://a", image_bytes=b"x")
+    assert row_key(image_bytes=b"x") == "11f6ad8ec52a2984abaafd7c3b516503785c2072"
+    with pytest.raises(ValueError):
+        row_key()
+
+
+def test_annotation_record_rejects_bad_status():
+    with pytest.raises(ValueError, match="status"):
+        annotation_record(model="m", engine="e", task="t", prompt_version="1", status="great")
+    with pytest.raises(ValueError, match="error reason"):
+        annotation_record(model="m", engine="e", task="t", prompt_version="1", status="failed")
+
+
+def _result(**metrics: float) -> BenchmarkResult:
+    return BenchmarkResult(
+        benchmark=BenchmarkInfo(version="1", content_hash="ab" * 32, n_samples=3),
+        model=ModelInfo(adapter="sdxl-sg", model_id="/models/x", conditioning="scene_graph"),
+        generation=GenerationSettings(seed=42, images_per_sample=1, num_inference_steps=2, guidance_scale=5.0,
+                                      height=64, width=64),
+        metrics=metrics,
+        provenance=Provenance(package_version="0.1.0", packages={"torch": "2.14.1"}, hardware={"cpu": "x"},
+                              wall_time_s=1.0, created_at="2026-11-23T00:00:00Z"),
+    )
+
+
+def test_result_record_round_trip_and_validation():
+    record = _result(fid=12.5, sg_iou=0.3)
+    again = BenchmarkResult.from_json(record.to_json())
+    assert again == record and again.run_id == record.run_id
+    with pytest.raises(ValidationError, match="not finite: fid"):
+        _result(fid=float("nan"))
+    with pytest.raises(ValidationError):
+        BenchmarkResult.model_validate({**record.model_dump(), "unexpected": 1})

@@ -1,0 +1,294 @@
+"""The data contract: invariants, repair, canonical text, JSON schema and converters."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas import (
+    Limits,
+    RecordError,
+    SceneGraph,
+    SceneGraphError,
+    SGObject,
+    SGRelation,
+    Vocabulary,
+    converters,
+)
+
+
+def person_book() -> SceneGraph:
+    return SceneGraph(
+        [SGObject(0, "person", ["young", "male"]), SGObject(1, "book", ["small"]), SGObject(2, "lamp", [])],
+        [SGRelation(0, "holding", 1)],
+    )
+
+
+# ---------------------------------------------------------------------- validate / repair
+
+
+def test_valid_graph_passes_and_text_is_canonical():
+    graph = person_book().validate()
+    assert graph.to_text() == "young male person holding small book, lamp"
+
+
+def test_validate_names_every_problem():
+    graph = SceneGraph(
+        [SGObject(0, "Person"), SGObject(0, "book"), SGObject(2, " ")],
+        [SGRelation(0, "on", 0), SGRelation(0, "holding", 7), SGRelation(0, "holding", 7)],
+    )
+    with pytest.raises(SceneGraphError) as info:
+        graph.validate()
+    problems = "\n".join(info.value.problems)
+    assert "objects[0].name 'Person' is not normalised" in problems
+    assert "objects[1].id: duplicate id 0" in problems
+    assert "objects[2].name" in problems
+    assert "relations[0]: self-loop on object 0" in problems
+    assert "relations[1].object: id 7 is not an object id" in problems
+    assert "relations[2]: duplicate relation" in problems
+
+
+def test_validate_enforces_limits():
+    limits = Limits(max_objects=2, max_relations=1, max_attributes=1)
+    graph = SceneGraph(
+        [SGObject(0, "a", ["x", "y"]), SGObject(1, "b"), SGObject(2, "c")],
+        [SGRelation(0, "p", 1), SGRelation(1, "p", 2)],
+    )
+    problems = graph.problems(limits)
+    assert any("3 objects exceed the limit of 2" in p for p in problems)
+    assert any("2 relations exceed the limit of 1" in p for p in problems)
+    assert any("objects[0].attributes: more than 1" in p for p in problems)
+
+
+def test_repair_reports_every_change_and_never_invents():
+    graph = SceneGraph(
+        [
+            SGObject(3, " Tall  Man ", ["Young", "young", ""]),
+            SGObject(3, "duplicate"),
+            SGObject(7, "traffic_light"),
+            SGObject(9, "\x00"),
+        ],
+        [
+            SGRelation(3, "Standing Near", 7),
+            SGRelation(3, "standing near", 7),
+            SGRelation(3, "on", 3),
+            SGRelation(3, "holding", 42),
+            SGRelation(9, "near", 3),
+        ],
+    )
+    repaired, changes = graph.repair()
+    assert repaired == SceneGraph(
+        [SGObject(0, "tall man", ["young"]), SGObject(1, "traffic light")],
+        [SGRelation(0, "standing near", 1)],
+    )
+    text = "\n".join(changes)
+    for expected in (
+        "normalised objects[0].name",
+        "duplicate 'young'",
+        "dropped objects[0].attributes[2]: empty",
+        "dropped objects[1]: duplicate id 3",
+        "dropped objects[3] (id 9): no usable name",
+        "renumbered object ids densely",
+        "dropped relations[1]: duplicate relation",
+        "dropped relations[2]: self-loop",
+        "dropped relations[3]: object id not among the objects",
+        "dropped relations[4]: subject id not among the objects",
+    ):
+        assert expected in text, expected
+    names = {o.name for o in repaired.objects} | {a for o in repaired.objects for a in o.attributes}
+    assert names <= {"tall man", "young", "traffic light"}
+
+
+def test_repair_of_valid_graph_changes_nothing():
+    graph = person_book()
+    repaired, changes = graph.repair()
+    assert repaired == graph and changes == []
+
+
+def test_repair_applies_size_limits_keeping_first_items():
+    limits = Limits(max_objects=2, max_relations=1, max_attributes=1)
+    graph = SceneGraph(
+        [SGObject(0, "a", ["x", "y"]), SGObject(1, "b"), SGObject(2, "c")],
+        [SGRelation(0, "p", 1), SGRelation(1, "q", 0), SGRelation(1, "p", 2)],
+    )
+    repaired, changes = graph.repair(limits)
+    assert repaired == SceneGraph([SGObject(0, "a", ["x"]), SGObject(1, "b")], [SGRelation(0, "p", 1)])
+    assert repaired.is_valid(limits)
+    assert sum("over the limit" in c for c in changes) == 3
+
+
+# ---------------------------------------------------------------------- property-based
+
+_text = st.text(alphabet=st.sampled_from("abcXYZ _-\t\x01é"), min_size=0, max_size=12)
+_raw_graphs = st.builds(
+    SceneGraph,
+    st.lists(st.builds(SGObject, st.integers(-3, 80), _text, st.lists(_text, max_size=10)), max_size=70),
+    st.lists(st.builds(SGRelation, st.integers(-3, 80), _text, st.integers(-3, 80)), max_size=140),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_raw_graphs)
+def test_repair_output_always_validates(graph: SceneGraph):
+    repaired, _ = graph.repair()
+    repaired.validate()
+    assert repaired.repair()[1] == []  # idempotent
+
+
+@settings(max_examples=200, deadline=None)
+@given(_raw_graphs)
+def test_json_round_trip_of_repaired_graphs_validates(graph: SceneGraph):
+    repaired, _ = graph.repair()
+    again = SceneGraph.from_json(repaired.to_json())
+    assert again == repaired
+    again.validate()
+    jsonschema.validate(json.loads(repaired.to_json()), _schema_without_patterns())
+
+
+def _schema_without_patterns() -> dict:
+    """The decoding schema minus patterns and minItems (repaired graphs may hold non-ASCII names or no objects)."""
+    schema = json.loads(json.dumps(SceneGraph.json_schema()).replace('"pattern"', '"x-pattern"'))
+    schema["properties"]["objects"].pop("minItems")
+    return schema
+
+
+# ---------------------------------------------------------------------- JSON schema
+
+
+def test_json_schema_accepts_valid_and_rejects_invalid():
+    schema = SceneGraph.json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.validate(person_book().to_dict(), schema)
+    bad = person_book().to_dict()
+    bad["objects"][0]["name"] = "Person\n"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+    bad = person_book().to_dict()
+    bad["relations"][0]["subject"] = 64
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+
+
+def test_json_schema_with_vocabulary_uses_enums():
+    vocabulary = Vocabulary.of(person_book())
+    assert vocabulary == Vocabulary(names=("book", "lamp", "person"), predicates=("holding",))
+    schema = SceneGraph.json_schema(vocabulary=vocabulary)
+    item = schema["properties"]["objects"]["items"]["properties"]
+    assert item["name"]["enum"] == ["book", "lamp", "person"]
+    assert schema["properties"]["relations"]["items"]["properties"]["predicate"]["enum"] == ["holding"]
+
+
+# ---------------------------------------------------------------------- converters: round trips
+
+
+def test_laion_sg_round_trip_and_real_layout():
+    record = {
+        "img_id": "482027",
+        "name": "482027.jpg",
+        "caption_ori": "A man reading a book",
+        "score": "6.71",
+        "url": "http://example.com/a.jpg",
+        "items": [
+            {"item_id": 0, "label": "person", "attributes": ["young", "male"], "global_item_id": 3201},
+            {"item_id": 1, "label": "book", "attributes": ["small"], "global_item_id": 3202},
+            {"item_id": 2, "label": "lamp", "attributes": [], "global_item_id": 3203},
+        ],
+        "relations": [{"triple_id": 0, "item1": 0, "relation": "holding", "item2": 1, "global_relation_id": 11}],
+    }
+    graph = SceneGraph.from_laion_sg(record)
+    assert graph == person_book()
+    again = graph.to_laion_sg(img_id="482027", name="482027.jpg", caption="A man reading a book", score="6.71",
+                              url="http://example.com/a.jpg", global_item_offset=3201, global_relation_offset=11)
+    assert again == record
+    assert SceneGraph.from_laion_sg(again) == graph
+
+
+def test_visual_genome_round_trip_and_real_layout():
+    entry = {
+        "image_id": 1,
+        "objects": [
+            {"object_id": 1058498, "x": 421, "y": 91, "w": 79, "h": 339, "names": ["clock"], "synsets": ["clock.n.01"]},
+            {"object_id": 5046, "name": "street", "attributes": ["sidewalk"]},
+        ],
+        "relationships": [
+            {"relationship_id": 15927, "predicate": "ON", "subject_id": 1058498, "object_id": 5046, "synsets": []}
+        ],
+    }
+    graph = SceneGraph.from_visual_genome(entry)
+    assert graph == SceneGraph([SGObject(0, "clock"), SGObject(1, "street", ["sidewalk"])], [SGRelation(0, "ON", 1)])
+    assert graph.repair()[0].relations[0].predicate == "on"
+    assert SceneGraph.from_visual_genome(graph.to_visual_genome(image_id=1)) == graph
+
+
+def test_sg2im_round_trip():
+    obj = {"objects": ["sky", "sheep", "grass"], "relationships": [[1, "standing on", 2], [0, "above", 1]]}
+    graph = SceneGraph.from_sg2im(obj)
+    assert graph.to_sg2im() == obj
+    assert SceneGraph.from_sg2im(json.dumps(obj)) == graph
+    assert person_book().to_sg2im() == {"objects": ["person", "book", "lamp"], "relationships": [[0, "holding", 1]]}
+
+
+def test_vlm_raw_round_trip():
+    raw = {"items": ["person_0", "book_1"], "attributes": [[0, "male", "young"], [1, "small"]], "relations": [[0, "holding", 1]]}
+    graph = SceneGraph.from_vlm_raw(raw)
+    assert graph == SceneGraph([SGObject(0, "person", ["male", "young"]), SGObject(1, "book", ["small"])],
+                               [SGRelation(0, "holding", 1)])
+    assert graph.to_vlm_raw() == raw
+    assert SceneGraph.from_vlm_raw(person_book().to_vlm_raw()) == person_book()
+
+
+@settings(max_examples=100, deadline=None)
+@given(_raw_graphs)
+def test_all_converters_round_trip_valid_graphs(graph: SceneGraph):
+    graph, _ = graph.repair()
+    assert SceneGraph.from_laion_sg(graph.to_laion_sg()) == graph
+    assert SceneGraph.from_visual_genome(graph.to_visual_genome()) == graph
+    assert SceneGraph.from_vlm_raw(graph.to_vlm_raw()) == graph
+    without_attributes = SceneGraph([SGObject(o.id, o.name) for o in graph.objects], graph.relations)
+    assert SceneGraph.from_sg2im(graph.to_sg2im()) == without_attributes
+
+
+# ---------------------------------------------------------------------- converters: malformed input
+
+MALFORMED = [
+    (converters.from_laion_sg, {"img_id": "9"}, "img_id=9", "<root>.items"),
+    (converters.from_laion_sg, {"img_id": "9", "items": [{"item_id": 0}]}, "img_id=9", "items[0].label"),
+    (converters.from_laion_sg, {"img_id": "9", "items": [{"item_id": "x", "label": "a"}]}, "img_id=9", "items[0].item_id"),
+    (converters.from_laion_sg, {"img_id": "9", "items": [], "relations": [{"item1": 0, "item2": 1}]}, "img_id=9",
+     "relations[0].relation"),
+    (converters.from_laion_sg, {"img_id": "9", "items": "oops"}, "img_id=9", "items"),
+    (converters.from_laion_sg, ["not", "a", "dict"], "<laion_sg>", "<root>"),
+    (converters.from_visual_genome, {"image_id": 5, "objects": [{"object_id": 1, "names": []}]}, "image_id=5",
+     "objects[0].names"),
+    (converters.from_visual_genome, {"image_id": 5, "objects": [{"object_id": 1, "names": ["a"]}],
+                                     "relationships": [{"subject_id": 1, "object_id": 2, "predicate": "on"}]},
+     "image_id=5", "relationships[0].object_id"),
+    (converters.from_visual_genome, {"image_id": 5, "objects": [{"names": ["a"]}]}, "image_id=5", "objects[0].object_id"),
+    (converters.from_sg2im, {"objects": ["a"], "relationships": [[0, "on"]]}, "<sg2im>", "relationships[0]"),
+    (converters.from_sg2im, {"objects": ["a", "b"], "relationships": [[0, "on", 5]]}, "<sg2im>", "relationships[0][2]"),
+    (converters.from_sg2im, {"objects": [1, 2]}, "<sg2im>", "objects[0]"),
+    (converters.from_sg2im, "{not json", "<sg2im>", "<json>"),
+    (converters.from_vlm_raw, {"items": ["a_0", "b_0"]}, "<vlm_raw>", "items[1]"),
+    (converters.from_vlm_raw, {"items": ["a_0"], "attributes": [[3, "red"]]}, "<vlm_raw>", "attributes[0][0]"),
+    (converters.from_vlm_raw, {"items": ["a_0"], "relations": [[0, 1, 0]]}, "<vlm_raw>", "relations[0][1]"),
+    (converters.from_vlm_raw, {"relations": []}, "<vlm_raw>", "<root>.items"),
+    (SceneGraph.from_json, {"objects": [{"id": 0}]}, "<scene_graph>", "objects[0].name"),
+    (SceneGraph.from_json, {"objects": [{"id": None, "name": "a"}]}, "<scene_graph>", "objects[0].id"),
+    (SceneGraph.from_json, {"objects": [], "relations": [{"subject": 0, "predicate": "on"}]}, "<scene_graph>",
+     "relations[0].object"),
+    (SceneGraph.from_json, '{"objects": [', "<scene_graph>", "<json>"),
+    (SceneGraph.from_json, "[1, 2]", "<scene_graph>", "<root>"),
+]
+
+
+@pytest.mark.parametrize(("convert", "record", "record_name", "field"), MALFORMED)
+def test_malformed_records_name_record_and_field(convert, record, record_name, field):
+    with pytest.raises(RecordError) as info:
+        convert(record)
+    assert info.value.record == record_name
+    assert info.value.field == field
+    assert record_name in str(info.value) and field in str(info.value)
