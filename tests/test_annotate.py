@@ -1,0 +1,344 @@
+"""The annotation job end to end: real Ray Data pipelines, the tiny Qwen, Parquet shards, resume and summary."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from awkward_images import PHOTOS, skimage_photo_bytes, write_awkward_images
+from local_ray_cluster import local_ray_cluster, repo_env
+from openai_server import TINY_QWEN_LIMITS, TINY_QWEN_MAX_NEW_TOKENS, OpenAIServer
+from test_tasks import MALFORMED
+
+from pipelines.annotate import AnnotateConfig, ConfigError, config_from_mapping, load_config, main, run
+from pipelines.engines import EngineOptions
+from pipelines.engines.fixed import FixedAnswerEngine
+from pipelines.tasks import failure_reason, get_task
+from schemas import SceneGraph, scene_graph_from_arrow
+
+REPO = Path(__file__).resolve().parents[1]
+API_KEY = "sk-test-0123456789-do-not-leak"
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """An in-process Ray instance for the module (reused if a test session already started one)."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tiny_models_dir: Path) -> str:
+    return str(tiny_models_dir / "qwen2_5_vl")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of the real photographs shipped with scikit-image."""
+    directory = tmp_path_factory.mktemp("photos")
+    for name in PHOTOS:
+        (directory / name).write_bytes(skimage_photo_bytes(name))
+    return directory
+
+
+def _tiny_settings(**overrides: object) -> dict[str, object]:
+    """Config keys that make the tiny random Qwen finish its graphs quickly."""
+    return {
+        "limits": asdict(TINY_QWEN_LIMITS),
+        "max_new_tokens": TINY_QWEN_MAX_NEW_TOKENS,
+        "batch_size": 3,
+        **overrides,
+    }
+
+
+def _config(input_dir: Path, output: Path, model: str, **settings: object) -> AnnotateConfig:
+    return config_from_mapping(
+        {"input": str(input_dir), "output": str(output), "model": model, **_tiny_settings(**settings)}
+    )
+
+
+def _rows(output: Path) -> list[dict]:
+    return [
+        row for path in sorted((output / "data").glob("*.parquet")) for row in pq.read_table(path).to_pylist()
+    ]
+
+
+def test_hf_folder_to_dataset(ray_local, qwen_dir: str, photos: Path, tmp_path: Path) -> None:
+    import datasets
+
+    output = tmp_path / "out"
+    config = _config(photos, output, qwen_dir, files_per_shard=4)
+    summary = run(config)
+    assert (summary.shards_total, summary.shards_done, summary.shards_skipped) == (2, 2, 0)
+    assert summary.rows_in == summary.rows_annotated == len(PHOTOS) and summary.failed == 0
+    assert summary.ok + summary.repaired == len(PHOTOS) and summary.images_per_second > 0
+    assert json.loads((output / "summary.json").read_text()) == summary.to_dict()
+
+    dataset = datasets.load_dataset("parquet", data_files=str(output / "data" / "*.parquet"), split="train")
+    assert len(dataset) == len(PHOTOS)
+    assert isinstance(dataset.features["image"], datasets.Image)
+    expected_keys = {hashlib.sha1(skimage_photo_bytes(name)).hexdigest() for name in PHOTOS}
+    assert set(dataset["key"]) == expected_keys
+    for row in dataset:
+        assert row["image"].size == (row["width"], row["height"])  # the original image, not the resized one
+        graph = scene_graph_from_arrow(row["scene_graph"])
+        assert graph.is_valid(TINY_QWEN_LIMITS) and graph.objects and row["sg_text"] == graph.to_text()
+        annotation = row["annotation"]
+        assert annotation["status"] in ("ok", "repaired") and annotation["engine"] == "hf"
+        assert annotation["model"] == qwen_dir and annotation["task"] == "scene_graph"
+        assert annotation["prompt_version"] == get_task("scene_graph").prompt_version
+        assert SceneGraph.from_json(annotation["raw_output"]).objects
+
+    files = {p: p.stat().st_mtime_ns for p in (output / "data").glob("*.parquet")}
+    again = run(config)
+    assert (again.shards_done, again.shards_skipped, again.rows_annotated) == (0, 2, 0)
+    assert {p: p.stat().st_mtime_ns for p in (output / "data").glob("*.parquet")} == files
+
+    with pytest.raises(ConfigError, match="different settings"):
+        run(_config(photos, output, qwen_dir, files_per_shard=4, task="text_to_graph"))
+
+
+def test_awkward_images_and_malformed_answers(ray_local, tmp_path: Path) -> None:
+    """Every input row comes out exactly once, with a status and a reason, through a fixed-answer engine."""
+    expected_decode = write_awkward_images(tmp_path / "awkward")
+    answers = [raw for _, raw, _, _ in MALFORMED]
+    config = _config(tmp_path / "awkward", tmp_path / "out", "unused", files_per_shard=5)
+    engine = FixedAnswerEngine(get_task("scene_graph"), answers, EngineOptions(batch_size=4))
+    summary = run(config, engine=engine)
+
+    assert summary.shards_failed == {} and summary.rows_annotated == len(expected_decode)
+    seen: Counter[str] = Counter()
+    for path in sorted((tmp_path / "out" / "data").glob("*.parquet")):
+        for index, row in enumerate(pq.read_table(path).to_pylist()):
+            name = row["image"]["path"]
+            seen[name] += 1
+            annotation = row["annotation"]
+            assert annotation["model"] == "fixed-answers" and annotation["engine"] == "fixed"
+            if expected_decode[name] == "failed":
+                assert annotation["status"] == "failed" and annotation["raw_output"] is None
+                assert annotation["error"] and not annotation["error"].startswith(
+                    ("invalid", "truncated JSON")
+                )
+                assert row["scene_graph"] is None
+                continue
+            _, raw, status, reason = MALFORMED[index % len(MALFORMED)]
+            assert annotation["raw_output"] == raw
+            assert annotation["status"] == status and reason in annotation["error"], (name, annotation)
+            assert (row["scene_graph"] is None) == (status == "failed")
+    assert seen == Counter(dict.fromkeys(expected_decode, 1))
+    failed = [r["annotation"] for r in _rows(tmp_path / "out") if r["annotation"]["status"] == "failed"]
+    assert summary.failed_by_reason == dict(Counter(failure_reason(a["error"]) for a in failed))
+    assert summary.ok + summary.repaired + summary.failed == summary.rows_annotated
+
+
+def test_other_tasks_write_their_own_columns(ray_local, tmp_path: Path) -> None:
+    source = tmp_path / "captioned"
+    source.mkdir()
+    (source / "dog.jpg").write_bytes(skimage_photo_bytes("rocket.jpg"))
+    (source / "dog.txt").write_text("a rocket on a launch pad under a blue sky")
+    (source / "broken.png").write_bytes(b"<html>not an image</html>")
+    (source / "broken.txt").write_text("two dogs chasing a red ball")
+    (source / "plain.png").write_bytes(skimage_photo_bytes("coffee.png"))
+
+    graph = json.dumps({"objects": [{"id": 0, "name": "rocket", "attributes": ["white"]}], "relations": []})
+    text = run(
+        _config(source, tmp_path / "t2g", "unused"), FixedAnswerEngine(get_task("text_to_graph"), [graph])
+    )
+    rows = {row["image"]["path"]: row for row in _rows(tmp_path / "t2g")}
+    assert text.rows_annotated == 3 and "spatial_caption" not in rows["dog.jpg"]
+    assert rows["broken.png"]["annotation"]["status"] == "ok"  # text only: the broken image does not matter
+    assert rows["dog.jpg"]["sg_text"] == "white rocket"
+    assert rows["plain.png"]["annotation"]["error"].startswith("no caption")
+
+    caption = json.dumps(
+        {"spatial_caption": "A white rocket stands left of a tower. The sky fills the top half."}
+    )
+    spatial = run(
+        _config(source, tmp_path / "sc", "unused"), FixedAnswerEngine(get_task("spatial_caption"), [caption])
+    )
+    rows = {row["image"]["path"]: row for row in _rows(tmp_path / "sc")}
+    assert spatial.ok == 2 and spatial.failed_by_reason == {
+        "cannot identify image file (looks like HTML/XML text)": 1
+    }
+    assert (
+        rows["dog.jpg"]["spatial_caption"].startswith("A white rocket")
+        and rows["dog.jpg"]["scene_graph"] is None
+    )
+    assert pq.read_schema(next((tmp_path / "sc" / "data").glob("*.parquet"))).field("spatial_caption")
+
+
+def _post(url: str, body: dict, key: str) -> int:
+    request = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_openai_engine_against_a_local_server(
+    ray_local, qwen_dir: str, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_ANNOTATE_KEY", API_KEY)
+    names = PHOTOS[:3]
+    source = tmp_path / "photos"
+    source.mkdir()
+    for name in names:
+        shutil.copy(photos / name, source / name)
+    output = tmp_path / "out"
+    with OpenAIServer(qwen_dir, api_key=API_KEY) as server:
+        config = _config(
+            source,
+            output,
+            "tiny-qwen",
+            engine="openai",
+            base_url=server.base_url,
+            api_key_env="TEST_ANNOTATE_KEY",
+            files_per_shard=2,
+            num_actors=1,
+        )
+        summary = run(config)
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        assert _post(f"{server.base_url}/chat/completions", body, API_KEY) == 400  # no json_schema
+        assert _post(f"{server.base_url}/chat/completions", body, "sk-wrong") == 401
+    assert summary.rows_annotated == len(names) and summary.ok + summary.repaired == len(names)
+    assert len(server.requests) == len(names)
+    schema = get_task("scene_graph", TINY_QWEN_LIMITS).schema
+    for request in server.requests:
+        assert request["authorized"] and request["strict"] and request["schema"] == schema
+        assert request["model"] == "tiny-qwen" and request["images"] == 1
+        assert request["max_tokens"] == TINY_QWEN_MAX_NEW_TOKENS
+    for row in _rows(output):
+        assert row["annotation"]["engine"] == "openai" and row["scene_graph"]["objects"]
+    secret = API_KEY.encode()
+    leaked = [p for p in output.rglob("*") if p.is_file() and secret in p.read_bytes()]
+    session_logs = Path(ray_local._private.worker._global_node.get_session_dir_path()) / "logs"
+    leaked += [p for p in session_logs.rglob("*") if p.is_file() and secret in p.read_bytes()]
+    assert not leaked
+    assert summary.to_dict().get("api_key_env") is None and API_KEY not in json.dumps(summary.to_dict())
+
+
+def test_cli_with_yaml_config(ray_local, qwen_dir: str, photos: Path, tmp_path: Path, capsys) -> None:
+    source = tmp_path / "two"
+    source.mkdir()
+    for name in PHOTOS[:2]:
+        shutil.copy(photos / name, source / name)
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"input": str(source), "model": qwen_dir, "task": "scene_graph", **_tiny_settings(batch_size=2)}
+        )
+    )
+    output = tmp_path / "out"
+    argv = ["--config", str(config), "--output", str(output), "--files-per-shard", "1"]
+    merged = load_config([*argv, "--max-objects", "1"])
+    assert merged.limits.max_objects == 1 and merged.limits.text_pattern == TINY_QWEN_LIMITS.text_pattern
+    assert main([*argv, "--no-images", "--limit", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "1 written" in printed and "images/s" in printed
+    rows = _rows(output)
+    assert len(rows) == 1 and "image" not in rows[0] and rows[0]["annotation"]["status"] in ("ok", "repaired")
+    assert main(argv) == 2  # the first run left the images out
+    assert main(["--input", str(source)]) == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("input: x\noutput: y\nmodel: z\nbatch_sise: 3\n")
+    assert main(["--config", str(bad)]) == 2
+    assert "batch_sise" in capsys.readouterr().err
+
+
+def _cli_config(tmp_path: Path, source: Path, output: Path, qwen_dir: str, **settings: object) -> Path:
+    config = tmp_path / "job.yaml"
+    values = {
+        "input": str(source),
+        "output": str(output),
+        "model": qwen_dir,
+        "files_per_shard": 2,
+        **_tiny_settings(batch_size=2, **settings),
+    }
+    config.write_text(yaml.safe_dump(values))
+    return config
+
+
+def _keys(output: Path) -> Counter[str]:
+    return Counter(row["key"] for row in _rows(output))
+
+
+# Runs the annotate job with `write_shard` wrapped so that the moment the first shard file is in place, the job
+# SIGKILLs its whole process group (the driver and the Ray processes it started). The kill point is then fixed, not a
+# race against how fast a machine annotates: two writer threads can finish at most two of the three shards.
+_KILL_AFTER_FIRST_SHARD = """
+import os, signal, sys
+import pipelines.annotate as annotate
+write_shard = annotate.write_shard
+def write_shard_then_die(*args, **kwargs):
+    result = write_shard(*args, **kwargs)
+    os.killpg(0, signal.SIGKILL)
+    return result
+annotate.write_shard = write_shard_then_die
+sys.exit(annotate.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_duplicates(
+    ray_local, qwen_dir: str, photos: Path, tmp_path: Path
+) -> None:
+    """SIGKILL the job (driver and its Ray) once the first shard file exists; a re-run completes the rest."""
+    output = tmp_path / "out"
+    config = _cli_config(tmp_path, photos, output, qwen_dir)
+    command = [sys.executable, "-c", _KILL_AFTER_FIRST_SHARD, "--config", str(config), "--num-cpus", "2"]
+    with open(tmp_path / "first.log", "wb") as log:
+        first = subprocess.Popen(
+            command, cwd=REPO, env=repo_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            first.wait(timeout=300)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(first.pid, signal.SIGKILL)  # whatever is left if it never got that far
+            first.wait()
+    assert first.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-3000:]
+    written = sorted(p.name for p in (output / "data").glob("*.parquet"))
+    shards = -(-len(PHOTOS) // 2)
+    assert 0 < len(written) < shards, (tmp_path / "first.log").read_text()[-3000:]
+
+    summary = run(load_config(["--config", str(config)]))  # the re-run, here in-process
+    assert summary.shards_skipped == len(written) and summary.shards_done == shards - len(written)
+    expected = {hashlib.sha1(skimage_photo_bytes(name)).hexdigest() for name in PHOTOS}
+    assert _keys(output) == Counter(dict.fromkeys(expected, 1))
+    assert not [p for p in (output / "data").iterdir() if not p.name.endswith(".parquet")]
+
+
+@pytest.mark.slow
+def test_ray_job_submit_to_a_local_cluster(qwen_dir: str, photos: Path, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    config = _cli_config(tmp_path, photos, output, qwen_dir, files_per_shard=3)
+    with local_ray_cluster(tmp_path) as cluster:
+        job = cluster.submit("pipelines.annotate", ["--config", str(config)], cwd=tmp_path)
+    assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-4000:]
+    assert "succeeded" in job.stdout
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["rows_annotated"] == len(PHOTOS) and summary["failed"] == 0
+    assert sum(_keys(output).values()) == len(PHOTOS)

@@ -1,0 +1,248 @@
+"""Export: deterministic splits, Parquet + dataset card readable by `datasets`, statistics on a hand-made case."""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import skimage.data
+from PIL import Image
+
+from pipelines.export import DEFAULT_PROPORTIONS, SPLITS, assign_splits, export, main
+from schemas import (
+    SceneGraph,
+    SGObject,
+    SGRelation,
+    annotation_record,
+    row_key,
+    row_schema,
+    scene_graph_from_arrow,
+    scene_graph_to_arrow,
+)
+
+PHOTOS = (skimage.data.astronaut, skimage.data.chelsea, skimage.data.coffee, skimage.data.rocket)
+
+
+@functools.cache
+def _jpeg(index: int) -> bytes:
+    image = Image.fromarray(PHOTOS[index % len(PHOTOS)]()).resize((48, 40))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
+    return buffer.getvalue()
+
+
+def _graph(index: int) -> SceneGraph:
+    objects = [
+        SGObject(0, "person", ["young"]),
+        SGObject(1, "horse", ["brown", "tall"]),
+        SGObject(2, "tree", []),
+    ][: 1 + index % 3]
+    relations = [SGRelation(0, "riding", 1)] if len(objects) > 1 else []
+    return SceneGraph(objects, relations)
+
+
+def _row(
+    index: int, graph: SceneGraph | None, status: str, error: str | None = None, with_image: bool = True
+) -> dict[str, Any]:
+    url = f"https://example.com/images/{index}.jpg"
+    row = {
+        "key": row_key(url),
+        "url": url,
+        "caption": f"caption {index}",
+        "aesthetic_score": 6.5 + index / 100,
+        "width": 48,
+        "height": 40,
+        "scene_graph": scene_graph_to_arrow(graph),
+        "sg_text": graph.to_text() if graph else None,
+        "annotation": annotation_record(
+            model="tiny-qwen",
+            engine="hf",
+            task="scene_graph",
+            prompt_version="v1",
+            status=status,
+            raw_output=graph.to_json() if graph else "{",
+            error=error,
+            seconds=0.1,
+        ),
+    }
+    if with_image:
+        row["image"] = {"bytes": _jpeg(index % len(PHOTOS)), "path": f"{index}.jpg"}
+    return row
+
+
+def _write_annotated(directory: Path, shards: list[list[dict[str, Any]]], with_image: bool = True) -> Path:
+    (directory / "data").mkdir(parents=True)
+    schema = row_schema(with_image=with_image)
+    for i, rows in enumerate(shards):
+        pq.write_table(
+            pa.Table.from_pylist(rows, schema=schema), directory / "data" / f"shard-{i:05d}.parquet"
+        )
+    return directory
+
+
+@pytest.fixture
+def annotated(tmp_path: Path) -> Path:
+    """45 annotated rows in 3 shards: 40 ok/repaired, 5 failed (3 'invalid json', 2 'decompression bomb')."""
+    rows = [_row(i, _graph(i), "ok" if i % 4 else "repaired") for i in range(40)]
+    rows += [_row(40 + i, None, "failed", "invalid json: unexpected end of input") for i in range(3)]
+    rows += [
+        _row(43 + i, None, "failed", "decompression bomb: 50000x50000 exceeds 89478485 pixels")
+        for i in range(2)
+    ]
+    random.Random(0).shuffle(rows)
+    return _write_annotated(tmp_path / "annotated", [rows[:20], rows[20:35], rows[35:]])
+
+
+def test_assign_splits_is_a_stable_function_of_key_and_seed() -> None:
+    keys = [row_key(f"https://example.com/{i}") for i in range(20_000)]
+    splits = assign_splits(keys)
+    fractions = np.bincount(splits, minlength=3) / len(keys)
+    expected = np.array(DEFAULT_PROPORTIONS) / sum(DEFAULT_PROPORTIONS)
+    assert np.allclose(fractions, expected, atol=0.01), fractions
+    order = np.random.default_rng(0).permutation(len(keys))
+    assert np.array_equal(assign_splits([keys[i] for i in order]), splits[order])  # independent of row order
+    assert np.array_equal(assign_splits(keys[:100]), splits[:100])  # independent of the other rows
+    assert not np.array_equal(assign_splits(keys, seed=1), splits)
+    assert set(assign_splits(keys[:1000], (1, 0, 1)).tolist()) == {0, 2}
+    with pytest.raises(ValueError, match="proportions"):
+        assign_splits(keys, (1, 1))
+
+
+def test_export_loads_with_datasets(annotated: Path, tmp_path: Path) -> None:
+    import datasets
+
+    out = tmp_path / "dataset"
+    stats = export(annotated, out, proportions=(0.6, 0.2, 0.2), rows_per_file=7)
+
+    assert stats["rows"]["total"] == 45 and stats["rows"]["exported"] == 40
+    assert stats["rows"]["by_status"] == {"failed": 5, "ok": 30, "repaired": 10}
+    assert stats["left_out"] == {"rows": 5, "by_reason": {"invalid json": 3, "decompression bomb": 2}}
+    by_split = stats["rows"]["by_split"]
+    assert sum(by_split.values()) == 40 and all(by_split[s] > 0 for s in SPLITS)
+
+    files = sorted(p.name for p in (out / "data").glob("*.parquet"))
+    for split in SPLITS:
+        n = -(-by_split[split] // 7)
+        assert [f for f in files if f.startswith(split + "-")] == [
+            f"{split}-{i:05d}-of-{n:05d}.parquet" for i in range(n)
+        ]
+    assert all(pq.ParquetFile(out / "data" / f).metadata.num_rows <= 7 for f in files)
+
+    originals = {r["key"]: r for r in pq.read_table(annotated / "data").to_pylist()}
+    cache = tmp_path / "hf_cache"
+    data_files = {split: str(out / "data" / f"{split}-*.parquet") for split in SPLITS}
+    for loaded in (
+        datasets.load_dataset("parquet", data_files=data_files, cache_dir=str(cache)),
+        datasets.load_dataset(str(out), cache_dir=str(cache)),
+    ):
+        assert {split: loaded[split].num_rows for split in SPLITS} == by_split
+        for split in SPLITS:
+            for row in loaded[split]:
+                original = originals[row["key"]]
+                assert isinstance(row["image"], Image.Image) and row["image"].size == (48, 40)
+                assert row["annotation"]["status"] in ("ok", "repaired")
+                assert scene_graph_from_arrow(row["scene_graph"]) == scene_graph_from_arrow(
+                    original["scene_graph"]
+                )
+                assert isinstance(row["scene_graph"]["objects"], list)
+                assert isinstance(row["scene_graph"]["objects"][0], dict)
+                assert row["caption"] == original["caption"]
+        assert loaded["train"].features["image"] == datasets.Image()
+
+    card = (out / "README.md").read_text()
+    front_matter = card.split("---")[1]
+    assert (
+        "configs:" in front_matter
+        and "dataset_info:" in front_matter
+        and "path: data/train-*.parquet" in front_matter
+    )
+    assert json.loads((out / "stats.json").read_text())["rows"]["exported"] == 40
+    for name in ("per_image", "graph_length", "top_names", "top_predicates", "top_attributes"):
+        assert (out / "plots" / f"{name}.png").stat().st_size > 1000
+
+
+def test_split_of_a_row_does_not_depend_on_the_sharding(annotated: Path, tmp_path: Path) -> None:
+    rows = pq.read_table(annotated / "data").to_pylist()
+    resharded = _write_annotated(tmp_path / "resharded", [rows[::2], rows[1::2]])
+
+    def split_of_keys(source: Path, out: Path) -> dict[str, str]:
+        export(source, out, proportions=(0.5, 0.25, 0.25))
+        return {
+            key: re.match(r"[a-z]+", f.name).group(0)
+            for f in (out / "data").glob("*.parquet")
+            for key in pq.read_table(f, columns=["key"]).column("key").to_pylist()
+        }
+
+    assert split_of_keys(annotated, tmp_path / "a") == split_of_keys(resharded, tmp_path / "b")
+
+
+def test_statistics_on_a_hand_made_case(tmp_path: Path) -> None:
+    graphs = [
+        SceneGraph(
+            [SGObject(0, "person", ["young", "male"]), SGObject(1, "horse", ["brown"])],
+            [SGRelation(0, "riding", 1)],
+        ),
+        SceneGraph(
+            [
+                SGObject(0, "tree", ["tall"]),
+                SGObject(1, "house", ["small", "red"]),
+                SGObject(2, "sky", ["blue"]),
+            ],
+            [SGRelation(1, "surrounded by", 0), SGRelation(2, "above", 1)],
+        ),
+        SceneGraph([SGObject(0, "tree", ["tall"])], []),
+    ]
+    rows = [
+        _row(i, graph, "repaired" if i == 1 else "ok", with_image=False) for i, graph in enumerate(graphs)
+    ]
+    rows += [
+        _row(3, None, "failed", "invalid json: unexpected end", with_image=False),
+        _row(4, None, "failed", "image: cannot identify image file", with_image=False),
+        _row(0, graphs[0], "ok", with_image=False),  # the same key again
+    ]
+    source = _write_annotated(tmp_path / "annotated", [rows], with_image=False)
+    stats = export(source, tmp_path / "out", proportions=(1, 0, 0))
+
+    assert stats["rows"]["by_status"] == {"failed": 2, "ok": 3, "repaired": 1}
+    assert stats["rows"]["by_split"] == {"train": 3, "validation": 0, "test": 0}
+    assert stats["left_out"]["by_reason"] == {"invalid json": 1, "image": 1, "duplicate key": 1}
+    per_image = stats["per_image"]
+    assert per_image["objects"] == {"mean": 2.0, "median": 2.0, "p95": 2.9, "max": 3.0}
+    assert per_image["relations"]["mean"] == 1.0 and per_image["relations"]["max"] == 2.0
+    assert per_image["attributes"]["mean"] == pytest.approx(8 / 3, abs=1e-4)
+    assert per_image["graph_length"]["mean"] == 3.0 and per_image["graph_length"]["median"] == 3.0
+    assert per_image["graph_length_with_attributes"]["max"] == 9.0
+    assert stats["top_names"][0] == {"value": "tree", "count": 2}
+    assert {p["value"] for p in stats["top_predicates"]} == {"riding", "surrounded by", "above"}
+    assert stats["top_attributes"][0] == {"value": "tall", "count": 2}
+    assert stats["distinct"] == {"names": 5, "predicates": 3, "attributes": 7}
+    assert stats["annotation"] == {"tiny-qwen (prompt v1)": 3}
+    assert "image" not in pq.read_schema(next((tmp_path / "out" / "data").glob("*.parquet"))).names
+
+    only_failed = _write_annotated(tmp_path / "failed", [rows[3:5]], with_image=False)
+    with pytest.raises(ValueError, match="nothing to export"):
+        export(only_failed, tmp_path / "out_failed")
+
+
+def test_main_refuses_to_mix_with_a_previous_export(annotated: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "dataset"
+    args = ["--input", str(annotated), "--output", str(out), "--split", "3,1,1", "--seed", "7"]
+    assert main([*args, "--rows-per-file", "10"]) == 0
+    assert "exported 40 of 45 rows" in capsys.readouterr().out
+    with pytest.raises(FileExistsError):
+        main(args)
+    before = sorted(p.name for p in (out / "data").iterdir())
+    assert main([*args, "--overwrite", "--rows-per-file", "100"]) == 0
+    after = sorted(p.name for p in (out / "data").iterdir())
+    assert len(before) > 3 and after == [f"{split}-00000-of-00001.parquet" for split in sorted(SPLITS)]
+    with pytest.raises(SystemExit):
+        main(["--input", str(annotated), "--output", str(out), "--split", "1,2"])
