@@ -1,0 +1,261 @@
+"""Throughput, peak memory and model-FLOPs utilisation of one SDXL-SG training step, with and without the cache.
+
+    python bench/train_step.py --size tiny --resolution 64 --batch-size 4 --steps 5      # CPU, tiny random SDXL
+    python bench/train_step.py --size full --resolution 512 --batch-size 1 --steps 10    # GPU, full-size SDXL
+
+- `--size tiny`: the tiny random SDXL of `training.tiny_sdxl` and a 32-wide SG encoder.
+- `--size full`: SDXL base 1.0's architecture (UNet 2.57B, VAE 84M, CLIP-L 123M, OpenCLIP-bigG 695M parameters)
+  built from its config values with random weights (nothing is downloaded), the full 14.7M SG encoder, bf16
+  weights and bf16 autocast on GPU (fp32 on CPU).
+- "raw" runs the frozen VAE and text encoders inside the step (training from images); "cache" feeds the step
+  with the precomputed latents and text features (`training.precompute`), as `--cache` training does.
+
+Each path: one warm-up step, then `--steps` timed steps (`train_step`: forward, backward, clip, AdamW); the
+median step time is reported (robust to other jobs on a shared machine); data collation is outside the timing. FLOPs of one step are counted with `torch.utils.flop_counter.FlopCounterMode`
+(matmuls, convolutions, attention; forward + backward). MFU = FLOPs per step / step time / peak, with the peak
+from `--peak-tflops`, else a table of GPU bf16 dense peaks, else (CPU) the measured fp32 matmul rate of this
+machine. Peak memory: `torch.cuda.max_memory_allocated` on GPU, the process's peak RSS on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.data import ImageConfig, RowCollator, TrainBatch, find_splits, read_rows, usable
+from training.fixtures import write_fixture_dataset
+from training.sg_encoder import SGEncoder, SGEncoderConfig
+from training.step import (
+    FrozenSDXL,
+    build_lr_scheduler,
+    build_optimizer,
+    load_tokenizers,
+    step_seed,
+    train_step,
+)
+from training.tiny_sdxl import build_tiny_sdxl
+
+# stabilityai/stable-diffusion-xl-base-1.0, unet/config.json
+SDXL_UNET = {
+    "sample_size": 128,
+    "in_channels": 4,
+    "out_channels": 4,
+    "layers_per_block": 2,
+    "block_out_channels": (320, 640, 1280),
+    "attention_head_dim": (5, 10, 20),
+    "transformer_layers_per_block": (1, 2, 10),
+    "cross_attention_dim": 2048,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+    "use_linear_projection": True,
+    "norm_num_groups": 32,
+}
+# vae/config.json
+SDXL_VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "block_out_channels": (128, 256, 512, 512),
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "sample_size": 1024,
+    "scaling_factor": 0.13025,
+}
+# text_encoder/config.json (CLIP ViT-L/14) and text_encoder_2/config.json (OpenCLIP ViT-bigG/14)
+CLIP_COMMON = {
+    "vocab_size": 49408,
+    "max_position_embeddings": 77,
+    "bos_token_id": 49406,
+    "eos_token_id": 49407,
+}
+SDXL_TEXT_ENCODER = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_attention_heads": 12,
+    "num_hidden_layers": 12,
+    "hidden_act": "quick_gelu",
+    "projection_dim": 768,
+}
+SDXL_TEXT_ENCODER_2 = {
+    "hidden_size": 1280,
+    "intermediate_size": 5120,
+    "num_attention_heads": 20,
+    "num_hidden_layers": 32,
+    "hidden_act": "gelu",
+    "projection_dim": 1280,
+}
+# scheduler/scheduler_config.json (training uses DDPM with the same betas)
+SDXL_SCHEDULER = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon",
+    "steps_offset": 1,
+}
+# bf16 dense peak FLOP/s by GPU name fragment (vendor data sheets, SXM parts)
+GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}  # fmt: skip
+
+
+def full_size_frozen(tokenizer_dir: Path, device: torch.device, dtype: torch.dtype) -> FrozenSDXL:
+    """SDXL base 1.0's architecture with random weights, built directly on `device`."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    def frozen(module: torch.nn.Module) -> torch.nn.Module:
+        return module.requires_grad_(False).eval()
+
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # initialise the weights directly in `dtype`
+    try:
+        with torch.device(device):
+            return FrozenSDXL(
+                vae=frozen(AutoencoderKL(**SDXL_VAE)),
+                text_encoders=[
+                    frozen(CLIPTextModel(CLIPTextConfig(**CLIP_COMMON, **SDXL_TEXT_ENCODER))),
+                    frozen(CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_COMMON, **SDXL_TEXT_ENCODER_2))),
+                ],
+                tokenizers=load_tokenizers(tokenizer_dir),
+                unet=frozen(UNet2DConditionModel(**SDXL_UNET)),
+                noise_scheduler=DDPMScheduler(**SDXL_SCHEDULER),
+            )
+    finally:
+        torch.set_default_dtype(default_dtype)
+
+
+def peak_flops(device: torch.device, override_tflops: float | None) -> tuple[float, str]:
+    if override_tflops:
+        return override_tflops * 1e12, "given"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for fragment, flops in GPU_PEAK_BF16.items():
+            if fragment in name:
+                return flops, f"{name} bf16 dense data sheet"
+        raise SystemExit(f"unknown GPU {name!r}: pass --peak-tflops")
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b
+    start, repeats = time.perf_counter(), 20
+    for _ in range(repeats):
+        a @ b
+    rate = repeats * 2 * 1024**3 / (time.perf_counter() - start)
+    return rate, f"measured fp32 matmul on {torch.get_num_threads()} CPU threads"
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def measure(
+    frozen: FrozenSDXL, encoder: SGEncoder, batch: TrainBatch, steps: int, device: torch.device
+) -> dict[str, Any]:
+    """Median time of `steps` training steps after one warm-up step, then one step's FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    optimizer = build_optimizer(encoder, lr=5e-4, weight_decay=0.2)
+    scheduler = build_lr_scheduler(optimizer, warmup_steps=0, total_steps=steps + 2)
+    autocast = device.type == "cuda"
+
+    def step(index: int) -> None:
+        train_step(
+            frozen, encoder, optimizer, scheduler, batch, seed=step_seed(0, index, 0), autocast=autocast
+        )
+
+    def timed(index: int) -> float:
+        start = time.perf_counter()
+        step(index)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    timed(0)
+    seconds = statistics.median(timed(index) for index in range(1, steps + 1))
+    memory = peak_memory_mib(device)
+    with FlopCounterMode(display=False) as counter:
+        step(steps + 1)
+    return {"step_s": seconds, "samples_per_s": batch.size / seconds, "flops": counter.get_total_flops(),
+            "peak_mem_mib": memory}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=["tiny", "full"], default="tiny")
+    parser.add_argument("--resolution", type=int, default=None, help="default 64 (tiny) or 512 (full)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--peak-tflops", type=float, help="peak FLOP/s of the device for MFU, in TFLOP/s")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    resolution = args.resolution or (64 if args.size == "tiny" else 512)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny_dir = build_tiny_sdxl(
+            Path(tmp) / "sdxl"
+        )  # full size takes only the tokenizers (CLIP's vocabulary)
+        if args.size == "tiny":
+            frozen = FrozenSDXL.load(tiny_dir, device, dtype)
+            encoder_config = SGEncoderConfig.for_text_encoders(
+                *frozen.text_encoders, hidden_dim=32, mlp_hidden_dim=64
+            )
+        else:
+            frozen = full_size_frozen(tiny_dir, device, dtype)
+            encoder_config = SGEncoderConfig.for_text_encoders(*frozen.text_encoders)
+        rows = [r for r in read_rows(find_splits(write_fixture_dataset(Path(tmp) / "data"))["train"]) if usable(r)]
+    if args.gradient_checkpointing:
+        frozen.unet.enable_gradient_checkpointing()
+    rows = (rows * (args.batch_size // len(rows) + 1))[: args.batch_size]
+    raw = RowCollator(frozen.tokenizers, ImageConfig(resolution=resolution))(rows).to(device)
+    latents, features = frozen.encode(raw)
+    cached = TrainBatch(keys=raw.keys, time_ids=raw.time_ids, latents=latents, features=features.to(device))
+    peak, peak_source = peak_flops(device, args.peak_tflops)
+
+    results = {}
+    for path, batch in (("raw", raw), ("cache", cached)):
+        torch.manual_seed(0)
+        encoder = SGEncoder(encoder_config).to(device)
+        results[path] = measure(frozen, encoder, batch, args.steps, device)
+        results[path]["mfu"] = results[path]["flops"] / results[path]["step_s"] / peak
+    sg_params = SGEncoder(encoder_config).num_parameters()
+    frozen_params = sum(p.numel() for m in frozen.modules() for p in m.parameters())
+
+    print(f"SDXL-SG training step: size={args.size} resolution={resolution} batch={args.batch_size} "
+          f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}) "
+          f"dtype={dtype} gradient_checkpointing={args.gradient_checkpointing}")  # fmt: skip
+    print(f"parameters: frozen SDXL {frozen_params / 1e6:,.1f}M, SG encoder {sg_params / 1e6:,.2f}M")
+    print(f"peak for MFU: {peak / 1e12:.3f} TFLOP/s ({peak_source})")
+    print(f"{'path':6s} {'step s':>9s} {'samples/s':>10s} {'GFLOP/step':>11s} {'MFU':>7s} {'peak MiB':>9s}")
+    for path, r in results.items():
+        print(f"{path:6s} {r['step_s']:9.4f} {r['samples_per_s']:10.2f} {r['flops'] / 1e9:11.2f} "
+              f"{100 * r['mfu']:6.2f}% {r['peak_mem_mib']:9.0f}")  # fmt: skip
+    if device.type == "cpu":
+        print("(CPU peak memory is the process's peak RSS, cumulative over both paths)")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"args": vars(args), "peak_flops": peak, "results": results}, indent=2)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""SDXL-SG training: data handling, the plain step, exact resume, the precompute cache, and Ray Train.
+
+Everything runs on CPU with the tiny random SDXL at 64x64 and a 16-wide SG encoder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from schemas import SceneGraph
+from training.data import (  # noqa: E402
+    CacheCollator,
+    ImageConfig,
+    RowCollator,
+    find_splits,
+    flip_graph,
+    is_flipped,
+    read_rows,
+    transform_image,
+    usable,
+)
+from training.fixtures import write_fixture_dataset  # noqa: E402
+from training.sg_encoder import SGEncoder, SGEncoderConfig  # noqa: E402
+from training.step import (  # noqa: E402
+    FrozenSDXL,
+    build_lr_scheduler,
+    build_optimizer,
+    diffusion_loss,
+    load_tokenizers,
+    step_seed,
+    train_step,
+)
+from training.train import TrainConfig, train_local  # noqa: E402
+
+TINY_ENCODER = {"hidden_dim": 16, "mlp_hidden_dim": 32}
+RESOLUTION = 64
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_fixture_dataset(tmp_path_factory.mktemp("sg_data"))
+
+
+@pytest.fixture(scope="module")
+def sdxl(tiny_models_dir: Path) -> Path:
+    return tiny_models_dir / "sdxl"
+
+
+@pytest.fixture(scope="module")
+def frozen(sdxl: Path) -> FrozenSDXL:
+    return FrozenSDXL.load(sdxl)
+
+
+@pytest.fixture(scope="module")
+def train_rows(data_dir: Path) -> list[dict]:
+    return [r for r in read_rows(find_splits(data_dir)["train"]) if usable(r)]
+
+
+def tiny_config(data: Path, model: Path, output: Path, **overrides) -> TrainConfig:
+    values = {
+        "batch_size": 2, "resolution": RESOLUTION, "warmup_steps": 1, "checkpoint_every": 2, "val_every": 0,
+        "encoder": TINY_ENCODER,
+    }  # fmt: skip
+    return TrainConfig(data=str(data), model=str(model), output=str(output), **(values | overrides))
+
+
+def tiny_encoder(frozen: FrozenSDXL) -> SGEncoder:
+    torch.manual_seed(0)
+    return SGEncoder(SGEncoderConfig.for_text_encoders(*frozen.text_encoders, **TINY_ENCODER))
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def test_fixture_rows_and_usable_filter(data_dir: Path) -> None:
+    splits = find_splits(data_dir)
+    rows = read_rows(splits["train"])
+    assert len(rows) == 9 and sum(map(usable, rows)) == 8  # the failed annotation is skipped
+    assert len(read_rows(splits["val"])) == 2
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (["data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet", "data/validation-00000-of-00001.parquet",
+          "data/test-00000-of-00001.parquet"],
+         {"train": ["data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet"],
+          "val": ["data/validation-00000-of-00001.parquet"]}),
+        (["train/a.parquet", "val/b.parquet", "test/c.parquet"], {"train": ["train/a.parquet"], "val": ["val/b.parquet"]}),
+        (["split=train/x.parquet", "split=val/y.parquet"], {"train": ["split=train/x.parquet"], "val": ["split=val/y.parquet"]}),
+        (["shard-0.parquet", "more/shard-1.parquet"], {"train": ["more/shard-1.parquet", "shard-0.parquet"]}),
+    ],
+)  # fmt: skip
+def test_find_splits_layouts(tmp_path: Path, files: list[str], expected: dict[str, list[str]]) -> None:
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).touch()
+    found = find_splits(tmp_path)
+    assert {k: [str(p.relative_to(tmp_path)) for p in v] for k, v in found.items()} == expected
+
+
+def test_center_crop_and_micro_conditioning() -> None:
+    from PIL import Image
+
+    image = Image.new("RGB", (200, 100))
+    pixels, time_ids = transform_image(image, ImageConfig(resolution=64), flip=False)
+    assert pixels.shape == (3, 64, 64) and float(pixels.min()) == -1.0
+    assert time_ids == [100, 200, 0, 32, 64, 64]  # (orig h, orig w, crop top, crop left, target h, target w)
+    _, flipped = transform_image(image, ImageConfig(resolution=64), flip=True)
+    assert flipped[3] == 128 - 64 - 32
+    _, squashed = transform_image(image, ImageConfig(resolution=64, crop="none"), flip=False)
+    assert squashed == [100, 200, 0, 0, 64, 64]
+
+
+def test_flip_swaps_left_and_right_consistently(sdxl: Path, train_rows: list[dict]) -> None:
+    graph = SceneGraph.from_json(
+        {
+            "objects": [{"id": 0, "name": "cup", "attributes": ["left"]}, {"id": 1, "name": "plate", "attributes": []}],
+            "relations": [{"subject": 0, "predicate": "to the left of", "object": 1}],
+        }
+    )
+    assert flip_graph(graph).to_text() == "right cup to the right of plate"
+    assert flip_graph(flip_graph(graph)).to_text() == graph.to_text()
+    keys = [r["key"] for r in train_rows]
+    decisions = [is_flipped(0, 1, k) for k in keys]
+    assert decisions == [is_flipped(0, 1, k) for k in keys] and 0 < sum(decisions) < len(keys)
+    collate = RowCollator(load_tokenizers(sdxl), ImageConfig(resolution=RESOLUTION, flip=True)).with_epoch(1)
+    batch = collate(train_rows)
+    plain = RowCollator(load_tokenizers(sdxl), ImageConfig(resolution=RESOLUTION))(train_rows)
+    for b, flipped in enumerate(decisions):
+        pixels = plain.pixel_values[b].flip(-1) if flipped else plain.pixel_values[b]
+        torch.testing.assert_close(batch.pixel_values[b], pixels)
+        expected = plain.graphs.texts[b]
+        if flipped:
+            expected = expected.replace("left", "\0").replace("right", "left").replace("\0", "right")
+        assert batch.graphs.texts[b] == expected
+    assert any("left of" in t for t in plain.graphs.texts)
+
+
+def test_config_from_yaml_and_flags(tmp_path: Path) -> None:
+    from training.train import parse_config
+
+    (tmp_path / "run.yaml").write_text("data: d\nmodel: m\noutput: o\nlr: 0.001\nencoder: {hidden_dim: 16}\n")
+    config = parse_config(["--config", str(tmp_path / "run.yaml"), "--lr", "0.002", "--use-gpu"])
+    assert (config.lr, config.use_gpu, config.encoder, config.weight_decay) == (0.002, True, {"hidden_dim": 16}, 0.2)
+    with pytest.raises(ValueError, match="flip off"):
+        parse_config(["--data", "d", "--model", "m", "--output", "o", "--cache", "c", "--flip"])
+    with pytest.raises(SystemExit):
+        parse_config(["--data", "d"])
+
+
+def test_relative_paths_reach_ray_workers_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray Train workers run in another working directory, so local paths are made absolute; hub ids are kept."""
+    from training.train import parse_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sdxl").mkdir()
+    config = parse_config(["--data", "dataset", "--model", "sdxl", "--output", "runs"])
+    assert (config.data, config.model, config.output) == (
+        str(tmp_path / "dataset"), str(tmp_path / "sdxl"), str(tmp_path / "runs"))
+    hub = parse_config(["--data", "d", "--model", "stabilityai/stable-diffusion-xl-base-1.0", "--output", "o"])
+    assert hub.model == "stabilityai/stable-diffusion-xl-base-1.0"
+
+
+# ---------------------------------------------------------------------------------------------- the plain step
+
+
+def test_step_trains_only_the_sg_encoder(frozen: FrozenSDXL, sdxl: Path, train_rows: list[dict]) -> None:
+    encoder = tiny_encoder(frozen)
+    before_encoder = {k: v.clone() for k, v in encoder.state_dict().items()}
+    before_frozen = [{k: v.clone() for k, v in m.state_dict().items()} for m in frozen.modules()]
+    optimizer = build_optimizer(encoder, lr=5e-4, weight_decay=0.2)
+    scheduler = build_lr_scheduler(optimizer, warmup_steps=0, total_steps=10)
+    collate = RowCollator(load_tokenizers(sdxl), ImageConfig(resolution=RESOLUTION))
+    losses = []
+    for step in range(3):
+        batch = collate(train_rows[2 * step : 2 * step + 2])
+        metrics = train_step(frozen, encoder, optimizer, scheduler, batch, seed=step_seed(0, step, 0))
+        losses.append(metrics["loss"])
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert not any(p.requires_grad for m in frozen.modules() for p in m.parameters())
+    assert not any(m.training for m in frozen.modules())
+    for module, before in zip(frozen.modules(), before_frozen, strict=True):
+        assert all(torch.equal(v, before[k]) for k, v in module.state_dict().items())
+    after = encoder.state_dict()
+    assert float(after["alpha"]) != 0.0
+    # alpha is 0 at step 0, so only alpha has a gradient then; from step 1 on the graph network learns too.
+    assert not torch.equal(after["gconv.net1.0.weight"], before_encoder["gconv.net1.0.weight"])
+    assert not torch.equal(after["project_out.weight"], before_encoder["project_out.weight"])
+
+
+def test_step_noise_depends_only_on_seed_step_and_rank(frozen: FrozenSDXL, sdxl: Path, train_rows: list[dict]) -> None:
+    batch = RowCollator(load_tokenizers(sdxl), ImageConfig(resolution=RESOLUTION))(train_rows[:2])
+    encoder = tiny_encoder(frozen)
+    with torch.no_grad():
+        first = diffusion_loss(frozen, encoder, batch, seed=step_seed(0, 5, 0))
+        torch.randn(100)  # consuming the global RNG changes nothing
+        again = diffusion_loss(frozen, encoder, batch, seed=step_seed(0, 5, 0))
+        other = diffusion_loss(frozen, encoder, batch, seed=step_seed(0, 5, 1))
+    assert float(first) == float(again) != float(other)
+
+
+def test_resumed_local_run_reproduces_losses(data_dir: Path, sdxl: Path, tmp_path: Path) -> None:
+    """Interrupt after 3 steps (last checkpoint at step 2), resume: steps 3-5 match an uninterrupted run.
+
+    Flips are on, so the flip decisions (per epoch and key) must survive the resume too; 5 steps of batch 2 over
+    8 rows cross an epoch boundary."""
+    straight_ctx, _ = train_local(tiny_config(data_dir, sdxl, tmp_path / "straight", max_steps=5, flip=True))
+    config = tiny_config(data_dir, sdxl, tmp_path / "resumed", max_steps=5, flip=True, val_every=2)
+    first, state = train_local(config, stop_after=3)
+    assert state.step == 3 and not (tmp_path / "resumed" / "final").exists()
+    second, _ = train_local(config)
+    straight = {m["step"]: m["loss"] for m in straight_ctx.history}
+    resumed = {m["step"]: m["loss"] for m in first.history + second.history}
+    assert [m["step"] for m in second.history] == [3, 4, 5] and second.history[0]["resumed_from_step"] == 2
+    assert resumed == straight  # bit-identical on CPU
+    assert {m["epoch"] for m in second.history} == {0, 1}
+    assert "val_loss" in second.history[1] and torch.isfinite(torch.tensor(second.history[-1]["val_loss"]))
+    checkpoint = sorted((tmp_path / "resumed" / "checkpoints").iterdir())[-1]
+    assert {p.name for p in checkpoint.iterdir()} == {"sg_encoder", "trainer_state.pt", "state.json", "rng_rank0.pt"}
+    final = tmp_path / "resumed" / "final"
+    assert (final / "sdxl_sg.json").exists() and (final / "sg_encoder" / "model.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------------------------- the cache
+
+
+def test_cache_gives_the_on_the_fly_loss(frozen: FrozenSDXL, sdxl: Path, train_rows: list[dict], tmp_path: Path) -> None:
+    """Same rows, same seed: the loss from cached latents/features equals the loss with the frozen encoders run
+    on the fly, to float32 round-off (rtol 1e-5; the phrase batches are padded differently)."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from schemas import row_schema
+    from training.data import read_cache_meta
+    from training.precompute import CacheEncoder, cache_meta
+
+    encoder = tiny_encoder(frozen)
+    with torch.no_grad():
+        encoder.alpha.fill_(1.0)  # let the graph branch count in the loss
+    actor = CacheEncoder(str(sdxl), RESOLUTION, "center", "float32", use_gpu=False)
+    raw = pa.Table.from_pylist(train_rows, schema=row_schema())
+    raw = raw.append_column("split", pa.array(["train"] * raw.num_rows))
+    pq.write_table(actor(raw.slice(0, 4)), tmp_path / "a.parquet")
+    pq.write_table(actor(raw.slice(4, 4)), tmp_path / "b.parquet")
+    (tmp_path / "cache.json").write_text(json.dumps(cache_meta(str(sdxl), RESOLUTION, "center", "float32")))
+    cached = {r["key"]: r for f in ("a", "b") for r in pq.read_table(tmp_path / f"{f}.parquet").to_pylist()}
+    cache_collate = CacheCollator(read_cache_meta(tmp_path))
+    row_collate = RowCollator(load_tokenizers(sdxl), ImageConfig(resolution=RESOLUTION))
+    batch_rows = [train_rows[1], train_rows[6], train_rows[3]]  # across the two cache files
+    with torch.no_grad():
+        fly = diffusion_loss(frozen, encoder, row_collate(batch_rows), seed=123)
+        from_cache = diffusion_loss(frozen, encoder, cache_collate([cached[r["key"]] for r in batch_rows]), seed=123)
+    torch.testing.assert_close(from_cache, fly, rtol=1e-5, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------- Ray
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+    from ray.data import DataContext
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False)
+    DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_precompute_cache_matches_raw_rows(ray_local, data_dir: Path, sdxl: Path, frozen: FrozenSDXL,
+                                               train_rows: list[dict], tmp_path: Path) -> None:  # fmt: skip
+    """The Ray Data job writes every usable row once per split, and its rows give the on-the-fly loss."""
+    from training.data import read_cache_meta
+    from training.precompute import precompute
+
+    cache = tmp_path / "cache"
+    counts = precompute(data_dir, str(sdxl), cache, resolution=RESOLUTION, dtype="float32", batch_size=4)
+    assert counts == {"train": 8, "val": 2}
+    cached = {r["key"]: r for r in read_rows(find_splits(cache)["train"])}
+    assert set(cached) == {r["key"] for r in train_rows}
+    encoder = tiny_encoder(frozen)
+    with torch.no_grad():
+        encoder.alpha.fill_(1.0)
+        batch_rows = train_rows[:3]
+        fly = diffusion_loss(frozen, encoder, RowCollator(load_tokenizers(sdxl), ImageConfig(RESOLUTION))(batch_rows),
+                             seed=7)  # fmt: skip
+        collate = CacheCollator(read_cache_meta(cache))
+        from_cache = diffusion_loss(frozen, encoder, collate([cached[r["key"]] for r in batch_rows]), seed=7)
+    torch.testing.assert_close(from_cache, fly, rtol=1e-5, atol=0)
+
+
+@pytest.mark.slow
+def test_ray_train_two_workers_fail_and_resume(ray_local, data_dir: Path, sdxl: Path, tmp_path: Path) -> None:
+    """A 2-worker TorchTrainer (gloo) on the raw Parquet rows: worker 0 dies once at step 3, Ray restarts the
+    group (FailureConfig), the loop resumes from the step-2 checkpoint and finishes; the result loads as a
+    pipeline."""
+    from training.pipeline import SDXLSGPipeline
+    from training.train import RayContext, build_trainer, export_final, run_worker
+
+    # batch 1: 4 batches per worker per epoch, so the resumed group skips the 2 batches already used in epoch 0
+    config = tiny_config(data_dir, sdxl, tmp_path / "runs", max_steps=4, num_workers=2, max_failures=1, batch_size=1)
+    marker = tmp_path / "failed_once"
+
+    def failing_once(values: dict) -> None:
+        class FailOnce(RayContext):
+            def report(self, metrics, checkpoint):
+                if self.rank == 0 and metrics["step"] == 3 and not marker.exists():
+                    marker.touch()
+                    raise RuntimeError("injected worker failure")
+                return super().report(metrics, checkpoint)
+
+        train_config = TrainConfig(**values)
+        run_worker(train_config, FailOnce(train_config))
+
+    result = build_trainer(config, train_loop=failing_once).fit()
+    assert marker.exists()
+    assert result.metrics["step"] == 4 and result.metrics["resumed_from_step"] == 2 and result.metrics["epoch"] == 0
+    assert torch.isfinite(torch.tensor([result.metrics["loss"], result.metrics["val_loss"]])).all()
+    run_dir = tmp_path / "runs" / "sdxl_sg"
+    assert sorted(p.name for p in run_dir.glob("checkpoint_0*")) == ["checkpoint_00000002", "checkpoint_00000004"]
+    with result.checkpoint.as_directory() as directory:
+        assert {"rng_rank0.pt", "rng_rank1.pt", "trainer_state.pt"} <= {p.name for p in Path(directory).iterdir()}
+        trained = SGEncoder.from_pretrained(Path(directory) / "sg_encoder")
+        final = export_final(directory, config)
+    assert float(trained.alpha) != 0.0
+    pipe = SDXLSGPipeline.from_pretrained(final)
+    assert torch.equal(pipe.sg_encoder.alpha, trained.alpha)

@@ -1,0 +1,538 @@
+"""The scene-graph encoder of SDXL-SG: a scene graph -> SDXL's text conditioning (prompt_embeds, pooled).
+
+Pipeline (sizes at full SDXL scale; every width comes from `SGEncoderConfig` or the loaded text encoders):
+
+1. The canonical SG text (`SceneGraph.to_text()`, "attrs subject predicate attrs object, ...") is encoded exactly as
+   SDXL encodes a prompt: both frozen CLIP text encoders, penultimate hidden layer, concatenated (768 + 1280 = 2048),
+   77 tokens; the pooled projection of `text_encoder_2` becomes SDXL's `text_embeds`.
+2. Every object node ("attrs name") and every relation ("predicate") is a phrase, encoded on its own by the same two
+   encoders: the penultimate hidden state at the phrase's end-of-text token (CLIP is causal, so that token has seen
+   the whole phrase), concatenated -> 2048.
+3. `Linear(2048 -> 512)`, one `GraphTripleConv` and a 5-layer `GraphTripleConvNet` (sg2im's design, 512 wide, avg
+   pooling), L2 normalisation, `Linear(512 -> 2048)`, times a learnable scalar gate alpha initialised to 0.
+4. Fusion: each node's / relation's output vector is added onto the tokens of its phrase in the SG text. An object
+   mentioned in several clauses gets the same vector at every mention (the node is shared by the whole graph), so
+   what a clause's tokens receive depends on the other triples too. Commas, BOS/EOS and padding receive nothing;
+   phrases cut off by the 77-token limit receive nothing. With alpha = 0 the output equals plain SDXL on the SG text.
+
+Fixes over the public LAION-SG code (ANCHORS.md): one node per object for the whole graph (not per triple), so
+messages cross triples; attributes kept in the node phrase; isolated objects kept (as nodes and in the text);
+variable-size graphs batched with node/edge offsets. One deviation from sg2im: `GraphTripleConv` adds its input to
+its output (a residual, no parameters); sg2im's plain version maps every isolated node to the same constant
+`net2(0)`, which would erase the identity of isolated objects.
+
+The parameter count at full size is 14,701,057 (`python -m training.sg_encoder --count-params`), the 14.70M of
+the LAION-SG paper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from schemas import SceneGraph
+
+__all__ = [
+    "BatchIndex",
+    "GraphIndex",
+    "GraphInputs",
+    "GraphTripleConv",
+    "GraphTripleConvNet",
+    "SGEncoder",
+    "SGEncoderConfig",
+    "SGFeatures",
+    "encode_graphs",
+    "main",
+    "prepare_graphs",
+    "text_spans",
+]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class SGEncoderConfig:
+    """Widths of the scene-graph encoder. The defaults are the full SDXL-SG sizes."""
+
+    text_dim: int = 2048  # width of SDXL's concatenated penultimate hidden states (768 + 1280)
+    hidden_dim: int = 512  # node/edge width inside the graph network
+    mlp_hidden_dim: int = 512  # hidden width of the MLPs inside every GraphTripleConv
+    num_layers: int = 5  # layers of the GraphTripleConvNet that follows the first GraphTripleConv
+    pooling: str = "avg"  # how edge messages are pooled onto nodes: "avg" (sg2im's choice) or "sum"
+    residual: bool = True  # add each conv's input to its output (keeps isolated nodes distinct)
+    sequence_length: int = 77  # SDXL's token sequence length
+
+    def __post_init__(self) -> None:
+        if self.pooling not in {"avg", "sum"}:
+            raise ValueError(f"pooling must be 'avg' or 'sum', got {self.pooling!r}")
+
+    @classmethod
+    def for_text_encoders(cls, text_encoder: nn.Module, text_encoder_2: nn.Module, **overrides: Any) -> SGEncoderConfig:
+        """A config whose `text_dim` matches the two loaded encoders (768 + 1280 for SDXL)."""
+        text_dim = text_encoder.config.hidden_size + text_encoder_2.config.hidden_size
+        return cls(text_dim=text_dim, **overrides)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SGEncoderConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown SGEncoderConfig keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+# ---------------------------------------------------------------------------------------------- graph indexing
+
+
+@dataclass
+class GraphIndex:
+    """Where one graph's features go.
+
+    `edges[k] = (subject row, object row)` into the graph's nodes (objects in graph order); `token_source[j]` is
+    the row in ``[nodes; edges]`` whose output is added to token `token_pos[j]` of the SG text.
+    """
+
+    num_nodes: int
+    edges: np.ndarray  # (e, 2) int64
+    token_pos: np.ndarray  # (t,) int64
+    token_source: np.ndarray  # (t,) int64
+
+
+@dataclass
+class BatchIndex:
+    """`GraphIndex`es of a batch merged with node/edge offsets (all tensors; the unit of batching graphs).
+
+    Nodes of graph b occupy rows ``sum(num_nodes[:b]) ...``; `token_index` is ``b * sequence_length + position``;
+    `token_source` indexes the concatenation of all nodes of the batch followed by all edges of the batch.
+    """
+
+    edges: torch.Tensor  # (E, 2)
+    token_index: torch.Tensor  # (T,)
+    token_source: torch.Tensor  # (T,)
+    num_nodes: torch.Tensor  # (B,)
+    num_edges: torch.Tensor  # (B,)
+    num_tokens: torch.Tensor  # (B,)
+    sequence_length: int
+
+    @property
+    def num_graphs(self) -> int:
+        return int(self.num_nodes.shape[0])
+
+    @classmethod
+    def merge(cls, graphs: Sequence[GraphIndex], sequence_length: int) -> BatchIndex:
+        num_nodes = np.array([g.num_nodes for g in graphs], dtype=np.int64)
+        num_edges = np.array([len(g.edges) for g in graphs], dtype=np.int64)
+        node_offset = np.concatenate([[0], np.cumsum(num_nodes)[:-1]]).astype(np.int64)
+        edge_offset = np.concatenate([[0], np.cumsum(num_edges)[:-1]]).astype(np.int64)
+        total_nodes = int(num_nodes.sum())
+        edges, token_index, token_source = [], [], []
+        for b, g in enumerate(graphs):
+            edges.append(np.asarray(g.edges, dtype=np.int64).reshape(-1, 2) + node_offset[b])
+            token_index.append(np.asarray(g.token_pos, dtype=np.int64) + b * sequence_length)
+            source = np.asarray(g.token_source, dtype=np.int64)
+            is_node = source < g.num_nodes
+            token_source.append(
+                np.where(is_node, node_offset[b] + source, total_nodes + edge_offset[b] + source - g.num_nodes)
+            )
+
+        def cat(parts: list[np.ndarray], shape: tuple[int, ...]) -> torch.Tensor:
+            return torch.from_numpy(np.concatenate(parts) if parts else np.zeros(shape, dtype=np.int64))
+
+        return cls(
+            edges=cat(edges, (0, 2)),
+            token_index=cat(token_index, (0,)),
+            token_source=cat(token_source, (0,)),
+            num_nodes=torch.from_numpy(num_nodes),
+            num_edges=torch.from_numpy(num_edges),
+            num_tokens=torch.tensor([len(g.token_pos) for g in graphs], dtype=torch.int64),
+            sequence_length=sequence_length,
+        )
+
+    def split(self) -> list[GraphIndex]:
+        """The inverse of `merge`."""
+        total_nodes = int(self.num_nodes.sum())
+        nodes, edges, tokens = (x.tolist() for x in (self.num_nodes, self.num_edges, self.num_tokens))
+        node_offset = edge_offset = token_offset = 0
+        out = []
+        for b, (n, e, t) in enumerate(zip(nodes, edges, tokens, strict=True)):
+            source = self.token_source[token_offset : token_offset + t].numpy()
+            local = np.where(source < total_nodes, source - node_offset, source - total_nodes - edge_offset + n)
+            out.append(
+                GraphIndex(
+                    num_nodes=n,
+                    edges=self.edges[edge_offset : edge_offset + e].numpy() - node_offset,
+                    token_pos=self.token_index[token_offset : token_offset + t].numpy() - b * self.sequence_length,
+                    token_source=local,
+                )
+            )
+            node_offset, edge_offset, token_offset = node_offset + n, edge_offset + e, token_offset + t
+        return out
+
+    def to(self, device: torch.device | str) -> BatchIndex:
+        tensors = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sequence_length"}
+        return BatchIndex(**{k: v.to(device) for k, v in tensors.items()}, sequence_length=self.sequence_length)
+
+
+def text_spans(graph: SceneGraph) -> tuple[str, list[tuple[int, int]], list[tuple[int, int, int]]]:
+    """The canonical SG text, the edges (subject row, object row), and the character span of every phrase.
+
+    Each span is ``(start, end, source)`` with `source` a node row (< number of objects) or ``num_objects + k``
+    for relation k. The text is checked against `SceneGraph.to_text()`, which stays the single definition.
+    """
+    row = {o.id: i for i, o in enumerate(graph.objects)}
+    num_nodes = len(graph.objects)
+    pieces: list[str] = []
+    spans: list[tuple[int, int, int]] = []
+    edges: list[tuple[int, int]] = []
+    length = 0
+
+    def add(text: str, source: int | None = None) -> None:
+        nonlocal length
+        if source is not None:
+            spans.append((length, length + len(text), source))
+        pieces.append(text)
+        length += len(text)
+
+    def phrase(index: int) -> str:
+        obj = graph.objects[index]
+        return " ".join([*obj.attributes, obj.name])
+
+    def separate() -> None:
+        if pieces:
+            add(", ")
+
+    for rel in graph.relations:
+        if rel.subject not in row or rel.object not in row:
+            continue
+        s, o = row[rel.subject], row[rel.object]
+        separate()
+        add(phrase(s), s)
+        add(" ")
+        add(rel.predicate, num_nodes + len(edges))
+        add(" ")
+        add(phrase(o), o)
+        edges.append((s, o))
+    linked = {i for edge in edges for i in edge}
+    for i in range(num_nodes):
+        if i not in linked:
+            separate()
+            add(phrase(i), i)
+    text = "".join(pieces)
+    if text != graph.to_text():
+        raise ValueError(f"SG text {text!r} differs from SceneGraph.to_text() {graph.to_text()!r}")
+    return text, edges, spans
+
+
+@dataclass
+class GraphInputs:
+    """Tokenizer output for a batch of graphs (CPU, no model needed; built in the data-loading thread).
+
+    One entry per tokenizer in `text_ids` / `phrase_ids` / `phrase_lengths`. `node_phrase` and `edge_phrase` map
+    every node and edge of the batch to a row of the de-duplicated phrase list.
+    """
+
+    texts: list[str]
+    text_ids: list[torch.Tensor]  # (B, 77) each
+    phrase_ids: list[torch.Tensor]  # (P, L) each
+    phrase_lengths: list[torch.Tensor]  # (P,) tokens including BOS and EOS
+    node_phrase: torch.Tensor  # (N,)
+    edge_phrase: torch.Tensor  # (E,)
+    index: BatchIndex
+
+
+def prepare_graphs(graphs: Sequence[SceneGraph], tokenizers: Sequence[Any]) -> GraphInputs:
+    """Tokenize the SG texts (as SDXL tokenizes a prompt) and the phrases; map tokens to nodes/edges.
+
+    Token positions come from the first tokenizer's offsets; SDXL's two tokenizers share the CLIP vocabulary
+    (only the padding token differs), so positions agree between the two encoders, which SDXL itself relies on
+    when it concatenates their hidden states position by position.
+    """
+    length = tokenizers[0].model_max_length
+    laid_out = [text_spans(g) for g in graphs]
+    texts = [text for text, _, _ in laid_out]
+    first = tokenizers[0](
+        texts,
+        padding="max_length",
+        max_length=length,
+        truncation=True,
+        return_offsets_mapping=True,
+        return_special_tokens_mask=True,
+        return_tensors="np",
+    )
+    text_ids = [torch.from_numpy(first["input_ids"]).long()]
+    for tokenizer in tokenizers[1:]:
+        ids = tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+        text_ids.append(ids["input_ids"].long())
+
+    indices = []
+    for b, (graph, (_, edges, spans)) in enumerate(zip(graphs, laid_out, strict=True)):
+        offsets, special = first["offset_mapping"][b], first["special_tokens_mask"][b]
+        token_pos, token_source = [], []
+        starts = np.array([s for s, _, _ in spans], dtype=np.int64)
+        for position, ((start, end), is_special) in enumerate(zip(offsets, special, strict=True)):
+            if is_special or end <= start:
+                continue
+            k = int(np.searchsorted(starts, start, side="right")) - 1
+            if k >= 0 and start >= spans[k][0] and end <= spans[k][1]:
+                token_pos.append(position)
+                token_source.append(spans[k][2])
+        indices.append(
+            GraphIndex(
+                num_nodes=len(graph.objects),
+                edges=np.array(edges, dtype=np.int64).reshape(-1, 2),
+                token_pos=np.array(token_pos, dtype=np.int64),
+                token_source=np.array(token_source, dtype=np.int64),
+            )
+        )
+
+    phrases: dict[str, int] = {}
+    node_phrase, edge_phrase = [], []
+    for graph, (text, edges, spans) in zip(graphs, laid_out, strict=True):
+        by_source: dict[int, str] = {}
+        for start, end, source in spans:  # every node and edge is mentioned in the text at least once
+            by_source.setdefault(source, text[start:end])
+        num_nodes = len(graph.objects)
+        node_phrase += [phrases.setdefault(by_source[i], len(phrases)) for i in range(num_nodes)]
+        edge_phrase += [phrases.setdefault(by_source[num_nodes + k], len(phrases)) for k in range(len(edges))]
+    phrase_list = list(phrases)
+    phrase_ids, phrase_lengths = [], []
+    for tokenizer in tokenizers:
+        if phrase_list:
+            enc = tokenizer(phrase_list, padding="longest", max_length=length, truncation=True, return_tensors="pt")
+            phrase_ids.append(enc["input_ids"].long())
+            phrase_lengths.append(enc["attention_mask"].sum(1).long())
+        else:
+            phrase_ids.append(torch.zeros((0, 2), dtype=torch.long))
+            phrase_lengths.append(torch.zeros((0,), dtype=torch.long))
+    return GraphInputs(
+        texts=texts,
+        text_ids=text_ids,
+        phrase_ids=phrase_ids,
+        phrase_lengths=phrase_lengths,
+        node_phrase=torch.tensor(node_phrase, dtype=torch.long),
+        edge_phrase=torch.tensor(edge_phrase, dtype=torch.long),
+        index=BatchIndex.merge(indices, length),
+    )
+
+
+@dataclass
+class SGFeatures:
+    """Frozen text-encoder outputs for a batch of graphs: everything the trainable encoder reads.
+
+    This is what `training.precompute` caches per row (`split_rows` / `from_rows`).
+    """
+
+    token_embeds: torch.Tensor  # (B, 77, D) penultimate hidden states of both encoders on the SG text
+    pooled: torch.Tensor  # (B, P) pooled projection of text_encoder_2 on the SG text
+    node_feats: torch.Tensor  # (N, D)
+    edge_feats: torch.Tensor  # (E, D)
+    index: BatchIndex
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> SGFeatures:
+        return SGFeatures(
+            token_embeds=self.token_embeds.to(device, dtype),
+            pooled=self.pooled.to(device, dtype),
+            node_feats=self.node_feats.to(device, dtype),
+            edge_feats=self.edge_feats.to(device, dtype),
+            index=self.index.to(device),
+        )
+
+    def split_rows(self) -> list[dict[str, Any]]:
+        """One dict of CPU tensors / `GraphIndex` per graph."""
+        cpu = self.to("cpu")
+        node_chunks = torch.split(cpu.node_feats, cpu.index.num_nodes.tolist())
+        edge_chunks = torch.split(cpu.edge_feats, cpu.index.num_edges.tolist())
+        return [
+            {
+                "token_embeds": cpu.token_embeds[b],
+                "pooled": cpu.pooled[b],
+                "node_feats": node_chunks[b],
+                "edge_feats": edge_chunks[b],
+                "graph_index": graph_index,
+            }
+            for b, graph_index in enumerate(cpu.index.split())
+        ]
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[dict[str, Any]], sequence_length: int) -> SGFeatures:
+        """The inverse of `split_rows`."""
+        return cls(
+            token_embeds=torch.stack([r["token_embeds"] for r in rows]),
+            pooled=torch.stack([r["pooled"] for r in rows]),
+            node_feats=torch.cat([r["node_feats"] for r in rows]),
+            edge_feats=torch.cat([r["edge_feats"] for r in rows]),
+            index=BatchIndex.merge([r["graph_index"] for r in rows], sequence_length),
+        )
+
+
+@torch.no_grad()
+def encode_graphs(inputs: GraphInputs, text_encoders: Sequence[nn.Module]) -> SGFeatures:
+    """Run the frozen text encoders the way SDXL does (penultimate layer; pooled from the last encoder)."""
+    device = next(text_encoders[0].parameters()).device
+    hidden, phrase_parts = [], []
+    pooled = None
+    for encoder, ids, phrase_ids, lengths in zip(
+        text_encoders, inputs.text_ids, inputs.phrase_ids, inputs.phrase_lengths, strict=True
+    ):
+        out = encoder(ids.to(device), output_hidden_states=True)
+        hidden.append(out.hidden_states[-2])
+        pooled = out[0]
+        width = encoder.config.hidden_size
+        if len(phrase_ids):
+            states = encoder(phrase_ids.to(device), output_hidden_states=True).hidden_states[-2]
+            phrase_parts.append(states[torch.arange(len(lengths), device=device), lengths.to(device) - 1])
+        else:
+            phrase_parts.append(hidden[-1].new_zeros((0, width)))
+    if pooled is None or pooled.ndim != 2:
+        raise ValueError("the last text encoder must return a pooled projection (CLIPTextModelWithProjection)")
+    phrase_feats = torch.cat(phrase_parts, dim=-1)
+    return SGFeatures(
+        token_embeds=torch.cat(hidden, dim=-1),
+        pooled=pooled,
+        node_feats=phrase_feats[inputs.node_phrase.to(device)],
+        edge_feats=phrase_feats[inputs.edge_phrase.to(device)],
+        index=inputs.index.to(device),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- the network
+
+
+def _mlp(dims: Sequence[int]) -> nn.Sequential:
+    """Linear layers with ReLU after every layer (sg2im's `build_mlp` with final non-linearity), Kaiming init."""
+    layers: list[nn.Module] = []
+    for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
+        linear = nn.Linear(d_in, d_out)
+        nn.init.kaiming_normal_(linear.weight)
+        layers += [linear, nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+class GraphTripleConv(nn.Module):
+    """sg2im's triple graph convolution, plus a residual.
+
+    Per edge, an MLP on ``[subject; predicate; object]`` gives new subject, predicate and object vectors; the
+    subject and object vectors are pooled (average or sum) onto their nodes; a second MLP maps the pooled vector
+    to the new node vector.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, pooling: str = "avg", residual: bool = True):
+        super().__init__()
+        self.dim, self.hidden_dim, self.pooling, self.residual = dim, hidden_dim, pooling, residual
+        self.net1 = _mlp([3 * dim, hidden_dim, 2 * hidden_dim + dim])
+        self.net2 = _mlp([hidden_dim, hidden_dim, dim])
+
+    def forward(self, obj: torch.Tensor, pred: torch.Tensor, edges: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s, o = edges[:, 0], edges[:, 1]
+        messages = self.net1(torch.cat([obj[s], pred, obj[o]], dim=1))
+        new_s, new_p, new_o = messages.split([self.hidden_dim, self.dim, self.hidden_dim], dim=1)
+        pooled = new_s.new_zeros((obj.shape[0], self.hidden_dim)).index_add_(0, s, new_s).index_add_(0, o, new_o)
+        if self.pooling == "avg":
+            ones = new_s.new_ones(s.shape[0])
+            counts = new_s.new_zeros(obj.shape[0]).index_add_(0, s, ones).index_add_(0, o, ones)
+            pooled = pooled / counts.clamp(min=1).unsqueeze(1)
+        new_obj = self.net2(pooled)
+        if self.residual:
+            return new_obj + obj, new_p + pred
+        return new_obj, new_p
+
+
+class GraphTripleConvNet(nn.Module):
+    """A stack of `GraphTripleConv`s of the same width."""
+
+    def __init__(self, dim: int, hidden_dim: int, num_layers: int, pooling: str = "avg", residual: bool = True):
+        super().__init__()
+        self.layers = nn.ModuleList(GraphTripleConv(dim, hidden_dim, pooling, residual) for _ in range(num_layers))
+
+    def forward(self, obj: torch.Tensor, pred: torch.Tensor, edges: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for layer in self.layers:
+            obj, pred = layer(obj, pred, edges)
+        return obj, pred
+
+
+class SGEncoder(nn.Module):
+    """The trainable part of SDXL-SG: frozen-encoder features of a graph -> (prompt_embeds, pooled_prompt_embeds)."""
+
+    def __init__(self, config: SGEncoderConfig | None = None):
+        super().__init__()
+        self.config = config or SGEncoderConfig()
+        c = self.config
+        self.project_in = nn.Linear(c.text_dim, c.hidden_dim)
+        self.gconv = GraphTripleConv(c.hidden_dim, c.mlp_hidden_dim, c.pooling, c.residual)
+        self.gconv_net = GraphTripleConvNet(c.hidden_dim, c.mlp_hidden_dim, c.num_layers, c.pooling, c.residual)
+        self.project_out = nn.Linear(c.hidden_dim, c.text_dim)
+        self.alpha = nn.Parameter(torch.zeros(()))
+
+    def forward(self, features: SGFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        index = features.index
+        num_nodes = features.node_feats.shape[0]
+        dtype = self.project_in.weight.dtype
+        x = self.project_in(torch.cat([features.node_feats, features.edge_feats]).to(dtype))
+        obj, pred = self.gconv(x[:num_nodes], x[num_nodes:], index.edges)
+        obj, pred = self.gconv_net(obj, pred, index.edges)
+        out = self.project_out(F.normalize(torch.cat([obj, pred]), dim=-1))
+        batch, length, width = features.token_embeds.shape
+        delta = out.new_zeros((batch * length, width)).index_add_(0, index.token_index, out[index.token_source])
+        gated = (self.alpha * delta).view(batch, length, width)
+        return features.token_embeds + gated.to(features.token_embeds.dtype), features.pooled
+
+    @property
+    def device(self) -> torch.device:
+        return self.alpha.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.alpha.dtype
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors``."""
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(out / WEIGHTS_NAME))
+        return out
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> SGEncoder:
+        """Load what `save_pretrained` wrote (safetensors only; strict key match)."""
+        from safetensors.torch import load_file
+
+        path = Path(directory)
+        encoder = cls(SGEncoderConfig.from_dict(json.loads((path / CONFIG_NAME).read_text())))
+        encoder.load_state_dict(load_file(str(path / WEIGHTS_NAME)))
+        return encoder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.sg_encoder", description="SDXL-SG scene-graph encoder")
+    parser.add_argument("--count-params", action="store_true", help="print the parameter count at full SDXL size")
+    args = parser.parse_args(argv)
+    if not args.count_params:
+        parser.print_help()
+        return 2
+    encoder = SGEncoder(SGEncoderConfig())
+    total = encoder.num_parameters()
+    for name, module in encoder.named_children():
+        print(f"{name:12s} {sum(p.numel() for p in module.parameters()):>12,d}")
+    print(f"{'alpha':12s} {encoder.alpha.numel():>12,d}")
+    print(f"{'total':12s} {total:>12,d}  ({total / 1e6:.2f}M; LAION-SG reports 14.70M)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,532 @@
+"""`python -m training.train`: fine-tune SDXL-SG (frozen SDXL, trainable `SGEncoder`) with Ray Train.
+
+    python -m training.train --data DATA --model SDXL_DIR_OR_ID --output RUNS --max-steps 20000 \
+        --num-workers 8 --use-gpu --batch-size 1 --resolution 512
+
+`DATA` holds Parquet rows of `schemas.row_schema()`: a `pipelines.export` output (``data/train-*.parquet``,
+``data/validation-*.parquet``; the test split is never read), or ``train/`` and ``val/`` directories, or just
+rows (then all are training rows and there is no validation); `--cache` points at a `training.precompute` output
+instead. Every worker runs
+`run_worker`: the frozen SDXL in eval mode without gradients (not wrapped), the SG encoder under DDP
+(`ray.train.torch.prepare_model`), AdamW + warmup + cosine, bf16 autocast on GPU, gradient clipping, metrics
+reported every step and a checkpoint every `--checkpoint-every` steps and at the end.
+
+Checkpoints (``RUNS/<name>/checkpoint_*``): ``sg_encoder/`` (safetensors), ``trainer_state.pt`` (optimizer and LR
+scheduler, loaded with ``weights_only=True``), ``state.json`` (step, epoch, batch within the epoch) and
+``rng_rank<r>.pt`` per worker. Running the same command again (same `--output` and `--name`) resumes from the
+latest checkpoint. The final pipeline lands in ``RUNS/final`` (`SDXLSGPipeline.from_pretrained(RUNS/final)`;
+it references the base SDXL given by `--model`).
+
+Reproducibility: noise and timesteps of step k on rank r are drawn from ``step_seed(seed, k, r)``, and flips from
+(seed, epoch, row key), so they do not depend on RNG state. `LocalContext` (no Ray, one process) also fixes the
+data order (a seeded permutation per epoch), so a resumed local run reproduces an uninterrupted one exactly. Under
+Ray, the rows each worker receives come from Ray Data's streaming split and a seeded local shuffle buffer, which
+Ray does not guarantee to be identical across runs; a resumed Ray run skips the batches already consumed in the
+current epoch but may see them in another order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training.data import (
+    CacheCollator,
+    ImageConfig,
+    RowCollator,
+    TrainBatch,
+    find_splits,
+    read_cache_meta,
+    read_rows,
+    usable,
+)
+from training.sg_encoder import SGEncoder, SGEncoderConfig
+from training.step import (
+    VALIDATION_STREAM,
+    FrozenSDXL,
+    build_lr_scheduler,
+    build_optimizer,
+    diffusion_loss,
+    step_seed,
+    train_step,
+)
+
+__all__ = [
+    "LocalContext",
+    "RayContext",
+    "TrainConfig",
+    "TrainState",
+    "build_trainer",
+    "export_final",
+    "main",
+    "parse_config",
+    "run_worker",
+    "train",
+    "train_local",
+]
+
+FINAL_DIR = "final"
+TRAINER_STATE = "trainer_state.pt"
+STATE_JSON = "state.json"
+SG_ENCODER_DIR = "sg_encoder"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; `--config run.yaml` sets any field, command-line flags override it."""
+
+    data: str
+    model: str
+    output: str
+    max_steps: int = 1000
+    num_workers: int = 1
+    use_gpu: bool = False
+    batch_size: int = 1
+    lr: float = 5e-4
+    weight_decay: float = 0.2
+    warmup_steps: int = 10000
+    grad_clip: float = 10.0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    val_every: int = 500  # 0: validate only at the end
+    val_batches: int = 16  # per worker, per validation; 0 turns validation off
+    resolution: int = 512
+    crop: str = "center"
+    flip: bool = False
+    cache: str | None = None
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    shuffle_buffer: int = 64  # rows in Ray Data's local shuffle buffer
+    name: str = "sdxl_sg"
+    max_failures: int = 0
+    encoder: dict[str, Any] = field(default_factory=dict)  # SGEncoderConfig overrides (hidden widths, layers)
+
+    def __post_init__(self) -> None:
+        if self.cache and self.flip:
+            raise ValueError("the cache holds unflipped latents and texts: train from a cache with flip off")
+        if self.max_steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise ValueError("max_steps, batch_size and checkpoint_every must be positive")
+
+    @property
+    def image_config(self) -> ImageConfig:
+        return ImageConfig(resolution=self.resolution, crop=self.crop, flip=self.flip, seed=self.seed)
+
+
+@dataclass
+class TrainState:
+    """Where a run is: the global step, the epoch and how many batches of that epoch were consumed."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+
+
+# ---------------------------------------------------------------------------------------------- contexts
+
+
+class LocalContext:
+    """Single-process training without Ray: seeded data order, checkpoints under ``output/checkpoints``."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, config: TrainConfig, stop_after: int | None = None):
+        self.config = config
+        self.device = torch.device("cuda" if config.use_gpu else "cpu")
+        self.checkpoints = Path(config.output) / "checkpoints"
+        self.history: list[dict[str, Any]] = []
+        self.stop_after = stop_after  # simulate an interruption after this many steps of this process
+        source = config.cache or config.data
+        self.splits = {name: read_rows(files) for name, files in find_splits(source).items()}
+        if not config.cache:
+            self.splits = {name: [r for r in rows if usable(r)] for name, rows in self.splits.items()}
+
+    @contextlib.contextmanager
+    def resume_dir(self) -> Iterator[Path | None]:
+        found = sorted(self.checkpoints.glob("step_*")) if self.checkpoints.is_dir() else []
+        yield found[-1] if found else None
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self.device)
+
+    def batches(self, split: str, collate: Any, epoch: int, skip: int) -> Iterator[TrainBatch]:
+        rows = self.splits.get(split, [])
+        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(rows)) if split == "train" else None
+        ordered = [rows[i] for i in order] if order is not None else rows
+        size = self.config.batch_size
+        end = len(ordered) - size + 1 if split == "train" else len(ordered)  # drop the last partial train batch
+        for start in range(skip * size, max(end, 0), size):
+            yield collate(ordered[start : start + size])
+
+    def has_split(self, split: str) -> bool:
+        return bool(self.splits.get(split))
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        return values
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> bool:
+        """Record metrics (and copy the checkpoint); False asks the loop to stop (`stop_after`)."""
+        self.history.append(metrics)
+        if checkpoint is not None:
+            target = self.checkpoints / f"step_{metrics['step']:08d}"
+            shutil.copytree(checkpoint, target, dirs_exist_ok=True)
+            for old in sorted(self.checkpoints.glob("step_*"))[: -self.config.keep_checkpoints]:
+                shutil.rmtree(old)
+        return self.stop_after is None or len(self.history) < self.stop_after
+
+
+class RayContext:
+    """Inside a Ray Train worker: dataset shards, DDP, `ray.train.report` and `ray.train.get_checkpoint`."""
+
+    def __init__(self, config: TrainConfig):
+        import ray.train
+        import ray.train.torch
+
+        context = ray.train.get_context()
+        self.config = config
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    @contextlib.contextmanager
+    def resume_dir(self) -> Iterator[Path | None]:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+        else:
+            with checkpoint.as_directory() as directory:
+                yield Path(directory)
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model, parallel_strategy="ddp")
+
+    def batches(self, split: str, collate: Any, epoch: int, skip: int) -> Iterator[TrainBatch]:
+        import ray.train
+        from ray.data.collate_fn import ArrowBatchCollateFn
+
+        class Collate(ArrowBatchCollateFn):
+            def __call__(self, table):  # pyarrow.Table -> TrainBatch
+                return collate(table.to_pylist())
+
+        shard = ray.train.get_dataset_shard(split)
+        shuffle = split == "train" and self.config.shuffle_buffer > 0
+        iterator = shard.iter_torch_batches(
+            batch_size=self.config.batch_size,
+            collate_fn=Collate(),
+            drop_last=split == "train",
+            device="cpu",
+            local_shuffle_buffer_size=max(self.config.shuffle_buffer, self.config.batch_size) if shuffle else None,
+            local_shuffle_seed=self.config.seed + epoch if shuffle else None,
+        )
+        for index, batch in enumerate(iterator):
+            if index >= skip:
+                yield batch
+
+    def has_split(self, split: str) -> bool:
+        import ray.train
+
+        try:
+            ray.train.get_dataset_shard(split)
+        except KeyError:
+            return False
+        return True
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        if self.world_size == 1:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(tensor)
+        return tensor.tolist()
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> bool:
+        import ray.train
+
+        ray.train.report(
+            metrics,
+            checkpoint=None if checkpoint is None else ray.train.Checkpoint.from_directory(checkpoint),
+            checkpoint_dir_name=None if checkpoint is None else f"checkpoint_{metrics['step']:08d}",
+        )
+        return True
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+def save_checkpoint(
+    directory: Path, encoder: SGEncoder, optimizer: Any, lr_scheduler: Any, state: TrainState, rank: int
+) -> None:
+    """Rank 0 writes the shared state; every rank writes its RNG state (Ray merges the ranks' directories)."""
+    if rank == 0:
+        encoder.save_pretrained(directory / SG_ENCODER_DIR)
+        torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict()}, directory / TRAINER_STATE)
+        (directory / STATE_JSON).write_text(json.dumps(asdict(state)) + "\n")
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, directory / f"rng_rank{rank}.pt")
+
+
+def load_checkpoint(directory: Path, encoder: SGEncoder, optimizer: Any, lr_scheduler: Any, rank: int) -> TrainState:
+    from safetensors.torch import load_file
+
+    encoder.load_state_dict(load_file(str(directory / SG_ENCODER_DIR / "model.safetensors")))
+    trainer_state = torch.load(directory / TRAINER_STATE, weights_only=True, map_location="cpu")
+    optimizer.load_state_dict(trainer_state["optimizer"])
+    lr_scheduler.load_state_dict(trainer_state["lr_scheduler"])
+    rng_file = directory / f"rng_rank{rank}.pt"
+    if rng_file.exists():  # absent when the run resumes with more workers than it had
+        rng = torch.load(rng_file, weights_only=True)
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    return TrainState(**json.loads((directory / STATE_JSON).read_text()))
+
+
+def _collators(config: TrainConfig, tokenizers: list[Any]) -> dict[str, Any]:
+    """One collator per split, each with its own copy of the tokenizers (see `RowCollator`)."""
+    if config.cache:
+        meta = read_cache_meta(config.cache)
+        expected = {"resolution": config.resolution, "crop": config.crop}
+        if any(meta.get(k) != v for k, v in expected.items()):
+            raise ValueError(f"cache {config.cache} was written for {meta}, the run wants {expected}")
+        return {split: CacheCollator(meta) for split in ("train", "val")}
+    val_images = dataclasses.replace(config.image_config, flip=False)  # validation images are never flipped
+    return {
+        "train": RowCollator(copy.deepcopy(tokenizers), config.image_config),
+        "val": RowCollator(copy.deepcopy(tokenizers), val_images),
+    }
+
+
+def validate(frozen: FrozenSDXL, encoder: SGEncoder, ctx: Any, collate: Any, config: TrainConfig, autocast: bool) -> float:
+    """Mean loss over the first `val_batches` validation batches of every worker, with fixed noise per batch
+    index; NaN when there are none."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for index, batch in enumerate(ctx.batches("val", collate, epoch=0, skip=0)):
+            if index >= config.val_batches:
+                break
+            seed = step_seed(config.seed, VALIDATION_STREAM, ctx.rank, index)
+            total += float(diffusion_loss(frozen, encoder, batch.to(ctx.device), seed=seed, autocast=autocast))
+            count += 1
+    total, count = ctx.all_sum([total, float(count)])
+    return total / count if count else float("nan")
+
+
+def run_worker(config: TrainConfig, ctx: Any) -> TrainState:
+    """The training loop of one worker (Ray or local). Returns the final state."""
+    autocast = ctx.device.type == "cuda"
+    frozen = FrozenSDXL.load(config.model, ctx.device, torch.bfloat16 if autocast else torch.float32)
+    if config.gradient_checkpointing:
+        frozen.unet.enable_gradient_checkpointing()
+    torch.manual_seed(config.seed)  # the same initial encoder on every rank
+    encoder = SGEncoder(SGEncoderConfig.for_text_encoders(*frozen.text_encoders, **config.encoder)).to(ctx.device)
+    optimizer = build_optimizer(encoder, config.lr, config.weight_decay)
+    lr_scheduler = build_lr_scheduler(optimizer, config.warmup_steps, config.max_steps)
+    with ctx.resume_dir() as directory:
+        state = TrainState() if directory is None else load_checkpoint(directory, encoder, optimizer, lr_scheduler, ctx.rank)
+    resumed_from = state.step
+    model = ctx.prepare(encoder)
+    collators = _collators(config, frozen.tokenizers)
+    has_val = config.val_batches > 0 and ctx.has_split("val")
+
+    while state.step < config.max_steps:
+        collate = collators["train"]
+        if isinstance(collate, RowCollator):
+            collate = collate.with_epoch(state.epoch)
+        consumed = state.batch_in_epoch
+        started = time.perf_counter()
+        for batch in ctx.batches("train", collate, state.epoch, skip=state.batch_in_epoch):
+            metrics = train_step(
+                frozen,
+                model,
+                optimizer,
+                lr_scheduler,
+                batch.to(ctx.device),
+                seed=step_seed(config.seed, state.step, ctx.rank),
+                grad_clip=config.grad_clip,
+                autocast=autocast,
+            )
+            state.step += 1
+            state.batch_in_epoch += 1
+            elapsed = time.perf_counter() - started
+            metrics |= {
+                "step": state.step,
+                "epoch": state.epoch,
+                "loss": ctx.all_sum([metrics["loss"]])[0] / ctx.world_size,
+                "alpha": float(encoder.alpha.detach()),
+                "samples_per_s": batch.size * ctx.world_size / elapsed,
+                "resumed_from_step": resumed_from,
+            }
+            last = state.step >= config.max_steps
+            if has_val and (last or (config.val_every and state.step % config.val_every == 0)):
+                metrics["val_loss"] = validate(frozen, encoder, ctx, collators["val"], config, autocast)
+            keep_going = _report(ctx, metrics, encoder, optimizer, lr_scheduler, state, config, last)
+            if last or not keep_going:
+                return state
+            started = time.perf_counter()
+        if state.batch_in_epoch == consumed == 0:
+            raise ValueError(f"the train split has fewer than batch_size={config.batch_size} rows per worker")
+        state.epoch += 1
+        state.batch_in_epoch = 0
+    return state
+
+
+def _report(
+    ctx: Any,
+    metrics: dict[str, Any],
+    encoder: SGEncoder,
+    optimizer: Any,
+    lr_scheduler: Any,
+    state: TrainState,
+    config: TrainConfig,
+    last: bool,
+) -> bool:
+    if not (last or state.step % config.checkpoint_every == 0):
+        return ctx.report(metrics, None)
+    with tempfile.TemporaryDirectory(prefix="sdxl_sg_ckpt_") as tmp:
+        save_checkpoint(Path(tmp), encoder, optimizer, lr_scheduler, state, ctx.rank)
+        return ctx.report(metrics, Path(tmp))
+
+
+def export_final(checkpoint_dir: str | Path, config: TrainConfig) -> Path:
+    """Write ``output/final``: the trained SG encoder plus a reference to the base SDXL (`config.model`)."""
+    from training.pipeline import SDXLSGPipeline
+
+    base = Path(config.model)
+    encoder = SGEncoder.from_pretrained(Path(checkpoint_dir) / SG_ENCODER_DIR)
+    return SDXLSGPipeline.save_encoder(
+        Path(config.output) / FINAL_DIR, encoder, base.resolve() if base.exists() else config.model
+    )
+
+
+def train_local(config: TrainConfig, stop_after: int | None = None) -> tuple[LocalContext, TrainState]:
+    """Train in this process without Ray (resumes from ``output/checkpoints``); export ``output/final`` when done."""
+    ctx = LocalContext(config, stop_after=stop_after)
+    state = run_worker(config, ctx)
+    if state.step >= config.max_steps:
+        with ctx.resume_dir() as directory:
+            export_final(directory, config)
+    return ctx, state
+
+
+# ---------------------------------------------------------------------------------------------- Ray
+
+
+def _train_loop_per_worker(config: dict[str, Any]) -> None:
+    train_config = TrainConfig(**config)
+    run_worker(train_config, RayContext(train_config))
+
+
+def build_trainer(config: TrainConfig, train_loop: Callable[[dict[str, Any]], None] | None = None):
+    """A `TorchTrainer` over Ray Data Parquet datasets (raw rows filtered by `usable`, or the cache).
+
+    `train_loop` replaces the per-worker function (it receives `asdict(config)`); by default `run_worker` with a
+    `RayContext`."""
+    import ray.data
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    datasets = {}
+    for split, files in find_splits(config.cache or config.data).items():
+        dataset = ray.data.read_parquet([str(f) for f in files])
+        datasets[split] = dataset if config.cache else dataset.filter(usable)
+    return TorchTrainer(
+        train_loop or _train_loop_per_worker,
+        train_loop_config=asdict(config),
+        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu),
+        run_config=RunConfig(
+            name=config.name,
+            storage_path=str(Path(config.output).resolve()),
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
+        ),
+        datasets=datasets,
+    )
+
+
+def train(config: TrainConfig):
+    """Fit with Ray Train (resuming when ``output/name`` has checkpoints), then export ``output/final``."""
+    result = build_trainer(config).fit()
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint")
+    with result.checkpoint.as_directory() as directory:
+        export_final(directory, config)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def parse_config(argv: list[str] | None) -> TrainConfig:
+    """The run configuration from the command line (and `--config` YAML, which flags override)."""
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="YAML file with TrainConfig fields; flags override it")
+    parser.add_argument("--data", help="Parquet dataset: a pipelines.export output, train/ + val/ dirs, or rows")
+    parser.add_argument("--model", help="base SDXL: diffusers directory or hub id")
+    parser.add_argument("--output", help="storage path: checkpoints in OUTPUT/NAME, the pipeline in OUTPUT/final")
+    parser.add_argument("--cache", help="training.precompute output to read instead of raw images")
+    parser.add_argument("--name")
+    parser.add_argument("--use-gpu", action="store_true", default=None)
+    parser.add_argument("--flip", action="store_true", default=None, help="random flips with left/right swapped")
+    parser.add_argument("--gradient-checkpointing", action="store_true", default=None)
+    parser.add_argument("--crop", choices=["center", "none"])
+    numbers = {
+        "max_steps": int, "num_workers": int, "batch_size": int, "lr": float, "weight_decay": float,
+        "warmup_steps": int, "grad_clip": float, "checkpoint_every": int, "keep_checkpoints": int,
+        "val_every": int, "val_batches": int, "resolution": int, "seed": int, "shuffle_buffer": int,
+        "max_failures": int,
+    }  # fmt: skip
+    for name, kind in numbers.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=kind)
+    args = vars(parser.parse_args(argv))
+    values: dict[str, Any] = {}
+    if config_file := args.pop("config"):
+        import yaml
+
+        values = yaml.safe_load(Path(config_file).read_text()) or {}
+        unknown = set(values) - {f.name for f in fields(TrainConfig)}
+        if unknown:
+            parser.error(f"unknown keys in --config: {sorted(unknown)}")
+    values |= {k: v for k, v in args.items() if v is not None}
+    missing = [k for k in ("data", "model", "output") if not values.get(k)]
+    if missing:
+        parser.error("missing " + ", ".join("--" + k for k in missing))
+    # Ray Train workers run in their own working directory: hand them absolute paths. A model that is not a
+    # local directory is a hub id and stays as it is.
+    for key in ("data", "output", "cache", "model"):
+        path = values.get(key)
+        if path and "://" not in str(path) and (key != "model" or Path(path).exists()):
+            values[key] = str(Path(path).resolve())
+    return TrainConfig(**values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(argv)
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+    result = train(config)
+    print(json.dumps({"final": str(Path(config.output) / FINAL_DIR), "metrics": result.metrics}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
