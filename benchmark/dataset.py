@@ -1,0 +1,298 @@
+"""The CompSG-Bench sample set: selected from an exported dataset, frozen into a versioned, hashed Parquet file.
+
+Selection (the original definition): rows of the chosen split whose scene graph has more than 4 relations
+(``--min-relations 5``), whose annotation did not fail, and which carry a reference image. Optionally a stable
+subset of size N: the N rows with the smallest ``sha256(f"{seed}:{key}")``. Adding rows to the source never
+reshuffles that order, so a subset only changes where a new row sorts before the old ones, and the subset of
+size N is a prefix of the subset of size M > N.
+
+The frozen file holds ``key, caption, scene_graph, sg_text, image`` (reference image bytes) sorted by key, with
+the Hugging Face features metadata, and a manifest ``<name>.manifest.json`` beside it: version, content hash,
+selection rule and counts. The content hash is canonical (independent of the Parquet encoding): the sha256 of
+one JSON line per row, in key order, ``[key, caption, scene_graph, sg_text, sha256(image bytes)]``.
+`load_benchmark` recomputes it and refuses a file that does not match.
+
+    python -m benchmark.dataset --input EXPORTED_DIR --output bench.parquet --split test --min-relations 5 \\
+        [--subset N --seed 0 --version 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from schemas import (
+    IMAGE_TYPE,
+    SCENE_GRAPH_TYPE,
+    BenchmarkInfo,
+    SceneGraph,
+    scene_graph_from_arrow,
+    with_hf_metadata,
+)
+
+__all__ = [
+    "BENCHMARK_NAME",
+    "BENCHMARK_SCHEMA",
+    "BenchmarkHashError",
+    "BenchmarkSample",
+    "BenchmarkSet",
+    "build_benchmark",
+    "content_hash",
+    "load_benchmark",
+    "main",
+    "manifest_path",
+    "split_files",
+    "subset_rank",
+]
+
+BENCHMARK_NAME = "CompSG-Bench"
+SELECTION_RULE = "rows of split {split} with at least {min_relations} relations, annotation not failed, with an image"
+SUBSET_RULE = "the {n} rows with the smallest sha256('{seed}:' + key)"
+HASH_RULE = "sha256 of JSON lines [key, caption, scene_graph, sg_text, sha256(image bytes)] in key order"
+
+BENCHMARK_SCHEMA = with_hf_metadata(
+    pa.schema(
+        [
+            pa.field("key", pa.string(), nullable=False),
+            pa.field("caption", pa.string()),
+            pa.field("scene_graph", SCENE_GRAPH_TYPE),
+            pa.field("sg_text", pa.string()),
+            pa.field("image", IMAGE_TYPE),
+        ]
+    )
+)
+
+
+class BenchmarkHashError(ValueError):
+    """The benchmark file does not match the content hash of its manifest."""
+
+
+@dataclass(frozen=True)
+class BenchmarkSample:
+    """One prompt of the benchmark: what to generate from, and the real image to compare with."""
+
+    key: str
+    caption: str
+    scene_graph: SceneGraph
+    sg_text: str
+    image: bytes
+
+
+@dataclass(frozen=True)
+class BenchmarkSet:
+    """A loaded, hash-verified benchmark file and its manifest."""
+
+    path: Path
+    manifest: dict[str, Any]
+    samples: tuple[BenchmarkSample, ...]
+
+    def info(self) -> BenchmarkInfo:
+        """The `benchmark` part of a result record."""
+        return BenchmarkInfo(
+            name=self.manifest["name"],
+            version=self.manifest["version"],
+            content_hash=self.manifest["content_hash"],
+            n_samples=len(self.samples),
+        )
+
+
+def manifest_path(bench_path: str | Path) -> Path:
+    """``bench.parquet`` → ``bench.manifest.json`` (same directory)."""
+    path = Path(bench_path)
+    return path.with_name(path.stem + ".manifest.json")
+
+
+def subset_rank(key: str, seed: int) -> str:
+    """The sort key of the stable subset: sha256 of ``"{seed}:{key}"``."""
+    return hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
+
+
+def content_hash(rows: Iterable[dict[str, Any]]) -> str:
+    """The canonical hash of benchmark rows (dicts with key, caption, scene_graph, sg_text, image), in key order."""
+    digest = hashlib.sha256()
+    for row in sorted(rows, key=lambda r: r["key"]):
+        graph = scene_graph_from_arrow(row["scene_graph"])
+        image = row["image"]["bytes"]
+        line = [row["key"], row["caption"], graph.to_dict(), row["sg_text"], hashlib.sha256(image).hexdigest()]
+        digest.update(json.dumps(line, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def split_files(source: str | Path, split: str) -> list[str]:
+    """The Parquet files of `split` under an exported dataset directory (Hugging Face split-name conventions:
+    ``data/test-00000-of-00001.parquet``, ``test/*.parquet``, ``test.parquet``, ...), or `source` itself if a file."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    path = Path(source)
+    if path.is_file():
+        return [str(path)]
+    patterns = get_data_patterns(str(path))
+    if split not in patterns:
+        raise ValueError(f"no {split!r} split under {path}; found splits: {', '.join(sorted(patterns))}")
+    files = DataFilesDict.from_patterns({split: patterns[split]}, base_path=str(path))[split]
+    parquet = sorted(str(f) for f in files if str(f).endswith(".parquet"))
+    if not parquet:
+        raise ValueError(f"the {split!r} split under {path} has no Parquet files")
+    return parquet
+
+
+def _eligible(files: Sequence[str], min_relations: int) -> tuple[list[str], dict[str, int]]:
+    """Keys of rows with enough relations and a usable annotation, plus counts of what was excluded."""
+    dataset = pads.dataset(list(files), format="parquet")
+    columns = ["key", "scene_graph"] + (["annotation"] if "annotation" in dataset.schema.names else [])
+    table = dataset.to_table(columns=columns)
+    relations = pc.list_value_length(pc.struct_field(table["scene_graph"], "relations")).fill_null(0)
+    enough = pc.greater_equal(relations, min_relations)
+    if "annotation" in table.column_names:
+        failed = pc.equal(pc.struct_field(table["annotation"], "status"), "failed").fill_null(False)
+    else:
+        failed = pa.array([False] * table.num_rows)
+    keys = table["key"].filter(pc.and_(enough, pc.invert(failed))).to_pylist()
+    if len(set(keys)) != len(keys):
+        raise ValueError("duplicate keys among the selected rows; keys must be unique")
+    counts = {
+        "split_rows": table.num_rows,
+        "failed_annotation": pc.sum(failed.cast(pa.int64())).as_py() or 0,
+        "too_few_relations": table.num_rows - (pc.sum(enough.cast(pa.int64())).as_py() or 0),
+    }
+    return keys, counts
+
+
+def _image_bytes(cell: dict[str, Any] | None, base: Path) -> bytes | None:
+    if not cell:
+        return None
+    if cell.get("bytes"):
+        return cell["bytes"]
+    if cell.get("path") and (base / cell["path"]).is_file():
+        return (base / cell["path"]).read_bytes()
+    return None
+
+
+def build_benchmark(
+    source: str | Path,
+    output: str | Path,
+    *,
+    split: str = "test",
+    min_relations: int = 5,
+    subset: int | None = None,
+    seed: int = 0,
+    version: str = "1.0",
+) -> dict[str, Any]:
+    """Select, freeze and hash a benchmark set; write the Parquet file and its manifest; return the manifest."""
+    files = split_files(source, split)
+    dataset = pads.dataset(files, format="parquet")
+    if "image" not in dataset.schema.names:
+        raise ValueError(f"{source} has no image column: the benchmark needs the reference images; export with images")
+    keys, counts = _eligible(files, min_relations)
+    table = dataset.to_table(
+        columns=["key", "caption", "scene_graph", "sg_text", "image"], filter=pc.field("key").isin(keys)
+    )
+    base = Path(source) if Path(source).is_dir() else Path(source).parent
+    rows = []
+    for row in table.to_pylist():
+        image = _image_bytes(row["image"], base)
+        if image is None:
+            continue
+        graph = scene_graph_from_arrow(row["scene_graph"])
+        rows.append(
+            {
+                "key": row["key"],
+                "caption": row["caption"] or "",
+                "scene_graph": graph.to_dict(),
+                "sg_text": row["sg_text"] or graph.to_text(),
+                "image": {"bytes": image, "path": None},
+            }
+        )
+    counts["no_image"] = len(keys) - len(rows)
+    counts["eligible"] = len(rows)
+    if subset is not None:
+        rows = sorted(rows, key=lambda r: subset_rank(r["key"], seed))[:subset]
+    rows.sort(key=lambda r: r["key"])
+    if not rows:
+        raise ValueError(f"no rows of split {split!r} under {source} qualify for the benchmark")
+    counts["selected"] = len(rows)
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=BENCHMARK_SCHEMA), output)
+    manifest = {
+        "name": BENCHMARK_NAME,
+        "version": version,
+        "file": output.name,
+        "content_hash": content_hash(rows),
+        "hash_rule": HASH_RULE,
+        "file_sha256": hashlib.sha256(output.read_bytes()).hexdigest(),
+        "selection": {
+            "split": split,
+            "min_relations": min_relations,
+            "rule": SELECTION_RULE.format(split=split, min_relations=min_relations),
+            "subset": subset,
+            "seed": seed,
+            "subset_rule": SUBSET_RULE.format(n=subset, seed=seed) if subset is not None else None,
+        },
+        "counts": counts,
+        "source_files": [Path(f).name for f in files],
+    }
+    manifest_path(output).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def load_benchmark(path: str | Path) -> BenchmarkSet:
+    """Read a frozen benchmark file, check it against its manifest's content hash, and return its samples."""
+    path = Path(path)
+    manifest = json.loads(manifest_path(path).read_text())
+    rows = pq.read_table(path, schema=BENCHMARK_SCHEMA).to_pylist()
+    found = content_hash(rows)
+    if found != manifest["content_hash"]:
+        raise BenchmarkHashError(
+            f"{path}: content hash {found} does not match the manifest's {manifest['content_hash']}"
+        )
+    samples = tuple(
+        BenchmarkSample(
+            key=r["key"],
+            caption=r["caption"],
+            scene_graph=scene_graph_from_arrow(r["scene_graph"]),
+            sg_text=r["sg_text"],
+            image=r["image"]["bytes"],
+        )
+        for r in sorted(rows, key=lambda r: r["key"])
+    )
+    return BenchmarkSet(path=path, manifest=manifest, samples=samples)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmark.dataset", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", required=True, help="exported dataset directory (or one Parquet file)")
+    parser.add_argument("--output", required=True, help="the benchmark Parquet file to write")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--min-relations", type=int, default=5, help="keep graphs with at least this many relations")
+    parser.add_argument("--subset", type=int, default=None, help="keep a stable subset of this many rows")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the stable subset")
+    parser.add_argument("--version", default="1.0", help="the benchmark version recorded in results")
+    args = parser.parse_args(argv)
+    manifest = build_benchmark(
+        args.input,
+        args.output,
+        split=args.split,
+        min_relations=args.min_relations,
+        subset=args.subset,
+        seed=args.seed,
+        version=args.version,
+    )
+    print(json.dumps({k: manifest[k] for k in ("name", "version", "content_hash", "counts")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

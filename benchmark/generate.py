@@ -1,0 +1,220 @@
+"""Image generation for CompSG-Bench: a registry of model adapters and a resumable, order-independent runner.
+
+Adapters (`ADAPTERS`):
+
+- ``diffusers-caption``: any diffusers text-to-image pipeline (`DiffusionPipeline.from_pretrained`), prompt = caption;
+- ``diffusers-sg-text``: the same, prompt = the canonical scene-graph text (`sg_text`);
+- ``sdxl-sg``: `training.pipeline.SDXLSGPipeline`, conditioned on the scene graph itself.
+
+Image i of sample k is generated alone (batch of one) from its own seed, `image_seed(seed, key, i)`, drawn on a
+CPU generator, so the pixels depend neither on how samples were split across actors nor on the device's RNG.
+Images are written under ``RUN_DIR/images/`` as Parquet chunks (``key, image_index, seed, png``) named by a hash
+of their keys, each written atomically; a re-run skips every key already present.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+
+from benchmark.chunks import chunk_name, iter_chunks, map_chunks, write_chunk
+from benchmark.dataset import BenchmarkSample
+from schemas import GenerationSettings, SceneGraph
+
+__all__ = [
+    "ADAPTERS",
+    "IMAGES_SCHEMA",
+    "Adapter",
+    "GenerationTask",
+    "ImageGenerator",
+    "generate_images",
+    "image_index",
+    "image_seed",
+    "images_digest",
+    "iter_images",
+    "register_adapter",
+]
+
+Conditioning = Literal["caption", "sg_text", "scene_graph"]
+
+IMAGES_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("image_index", pa.int32(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("png", pa.binary(), nullable=False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class GenerationTask:
+    """What one sample contributes to generation (no reference image, so it is cheap to ship to actors)."""
+
+    key: str
+    caption: str
+    sg_text: str
+    scene_graph_json: str
+
+    @classmethod
+    def of(cls, sample: BenchmarkSample) -> GenerationTask:
+        return cls(sample.key, sample.caption, sample.sg_text, sample.scene_graph.to_json())
+
+
+def _load_diffusers(model: str, dtype: Any) -> Any:
+    from diffusers import DiffusionPipeline
+
+    return DiffusionPipeline.from_pretrained(model, dtype=dtype)
+
+
+def _load_sdxl_sg(model: str, dtype: Any) -> Any:
+    from training.pipeline import SDXLSGPipeline
+
+    return SDXLSGPipeline.from_pretrained(model, torch_dtype=dtype)  # it casts its SG encoder to torch_dtype
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """How to load a model and which field of a sample conditions it."""
+
+    name: str
+    conditioning: Conditioning
+    load: Callable[[str, Any], Any]
+
+    def condition(self, task: GenerationTask) -> dict[str, Any]:
+        """The conditioning keyword argument of the pipeline call."""
+        if self.conditioning == "scene_graph":
+            return {"scene_graph": SceneGraph.from_json(task.scene_graph_json, record=task.key)}
+        return {"prompt": task.caption if self.conditioning == "caption" else task.sg_text}
+
+
+ADAPTERS: dict[str, Adapter] = {}
+
+
+def register_adapter(adapter: Adapter) -> Adapter:
+    """Add an adapter to the registry (by name); returns it."""
+    ADAPTERS[adapter.name] = adapter
+    return adapter
+
+
+register_adapter(Adapter("diffusers-caption", "caption", _load_diffusers))
+register_adapter(Adapter("diffusers-sg-text", "sg_text", _load_diffusers))
+register_adapter(Adapter("sdxl-sg", "scene_graph", _load_sdxl_sg))
+
+
+def image_seed(seed: int, key: str, image_index: int) -> int:
+    """The seed of image `image_index` of sample `key`: 63 bits of sha256("{seed}:{key}:{image_index}")."""
+    digest = hashlib.sha256(f"{seed}:{key}:{image_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def _png(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class ImageGenerator:
+    """Loads one pipeline and generates every image of the tasks it is called with (a chunk worker)."""
+
+    def __init__(
+        self, adapter: Adapter | str, model: str, settings: GenerationSettings, device: str | None = None
+    ) -> None:
+        import diffusers
+        import torch
+
+        self.adapter = ADAPTERS[adapter] if isinstance(adapter, str) else adapter
+        self.settings = settings
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        pipe = self.adapter.load(model, getattr(torch, settings.dtype))
+        if settings.scheduler and type(pipe.scheduler).__name__ != settings.scheduler:
+            pipe.scheduler = getattr(diffusers, settings.scheduler).from_config(pipe.scheduler.config)
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe.to(self.device)
+
+    def __call__(self, tasks: Sequence[GenerationTask]) -> list[dict[str, Any]]:
+        return [row for task in tasks for row in self._generate(task)]
+
+    def _generate(self, task: GenerationTask) -> list[dict[str, Any]]:
+        import torch
+
+        condition = self.adapter.condition(task)
+        rows = []
+        for index in range(self.settings.images_per_sample):
+            seed = image_seed(self.settings.seed, task.key, index)
+            output = self.pipe(
+                **condition,
+                num_inference_steps=self.settings.num_inference_steps,
+                guidance_scale=self.settings.guidance_scale,
+                height=self.settings.height,
+                width=self.settings.width,
+                generator=torch.Generator("cpu").manual_seed(seed),
+            )
+            rows.append({"key": task.key, "image_index": index, "seed": seed, "png": _png(output.images[0])})
+        return rows
+
+
+def _images_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "images"
+
+
+def iter_images(run_dir: str | Path, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
+    """The stored images of a run, one table per chunk file (every image of a key is in the same file)."""
+    yield from iter_chunks(_images_dir(run_dir), IMAGES_SCHEMA, columns)
+
+
+def image_index(run_dir: str | Path) -> pa.Table:
+    """``key, image_index, seed`` of every stored image (no pixels), sorted by (key, image_index)."""
+    columns = ["key", "image_index", "seed"]
+    tables = [IMAGES_SCHEMA.empty_table().select(columns), *iter_images(run_dir, columns)]
+    return pa.concat_tables(tables).sort_by([("key", "ascending"), ("image_index", "ascending")])
+
+
+def images_digest(run_dir: str | Path) -> str:
+    """sha256 over the lines ``key, image_index, seed, sha256(png)`` of every stored image, in sorted order."""
+    lines = []
+    for table in iter_images(run_dir):
+        for row in table.to_pylist():
+            lines.append(f"{row['key']}\t{row['image_index']}\t{row['seed']}\t{hashlib.sha256(row['png']).hexdigest()}\n")
+    return hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
+
+
+def generate_images(
+    samples: Sequence[BenchmarkSample],
+    adapter: str,
+    model: str,
+    settings: GenerationSettings,
+    run_dir: str | Path,
+    *,
+    num_actors: int = 0,
+    chunk_size: int = 8,
+    device: str | None = None,
+) -> pa.Table:
+    """Generate the images of every sample not yet stored under `run_dir`; return the run's `image_index`.
+
+    `num_actors=0` generates in this process; otherwise on that many Ray actors.
+    """
+    if adapter not in ADAPTERS:
+        raise KeyError(f"unknown adapter {adapter!r}; known: {', '.join(sorted(ADAPTERS))}")
+    out = _images_dir(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    done = set(image_index(run_dir).column("key").to_pylist())
+    todo = sorted((GenerationTask.of(s) for s in samples if s.key not in done), key=lambda t: t.key)
+    chunks = [
+        (chunk_name([t.key for t in todo[i : i + chunk_size]]), todo[i : i + chunk_size])
+        for i in range(0, len(todo), chunk_size)
+    ]
+    # the Adapter itself travels to the actors, so one registered at run time works there too
+    worker = {"adapter": ADAPTERS[adapter], "model": model, "settings": settings, "device": device}
+    map_chunks(
+        ImageGenerator, worker, chunks, lambda name, rows: write_chunk(out, name, rows, IMAGES_SCHEMA), num_actors=num_actors
+    )
+    return image_index(run_dir)

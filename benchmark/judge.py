@@ -1,0 +1,183 @@
+"""The VLM judge of CompSG-Bench: extract a scene graph from every generated image, then compare it with the
+intended graph (SG-IoU, Entity-IoU, Relation-IoU).
+
+The judge is the annotation `hf` engine (`pipelines.engines.hf.HFGenerator`: transformers + xgrammar, greedy)
+with the ``judge`` task, whose JSON schema restricts names and predicates to the intended graph's vocabulary
+(`Vocabulary.of(target)`, as LAION-SG restricted its judge), or with the open ``scene_graph`` task when
+`restrict_vocabulary` is off. Images are bounded like annotation inputs (`pipelines.images.prepare_image`).
+An answer that cannot be parsed counts as an empty graph (IoU 0 against a non-empty target) and is counted in
+the details. Judgements are stored under ``RUN_DIR/judge/`` as Parquet chunks, resumable like the images.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from benchmark.chunks import chunk_name, iter_chunks, map_chunks, write_chunk
+from benchmark.dataset import BenchmarkSample
+from benchmark.metrics.graph_iou import IOU_KEYS, GraphIoU
+from schemas import DEFAULT_LIMITS, SCENE_GRAPH_TYPE, Limits, SceneGraph, Vocabulary, scene_graph_from_arrow
+
+__all__ = ["JUDGEMENTS_SCHEMA", "GraphJudge", "JudgeItem", "JudgeSettings", "judge_images", "read_judgements", "score_judgements"]
+
+JUDGEMENTS_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("image_index", pa.int32(), nullable=False),
+        pa.field("scene_graph", SCENE_GRAPH_TYPE),
+        pa.field("status", pa.string()),
+        pa.field("error", pa.string()),
+        pa.field("raw_output", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    """Everything that determines the judge's answers besides the images."""
+
+    model: str
+    restrict_vocabulary: bool = True
+    max_new_tokens: int = 1024
+    batch_size: int = 1
+    max_objects: int = DEFAULT_LIMITS.max_objects
+    max_relations: int = DEFAULT_LIMITS.max_relations
+    max_attributes: int = DEFAULT_LIMITS.max_attributes
+    dtype: str = "auto"
+
+    @property
+    def limits(self) -> Limits:
+        return replace(
+            DEFAULT_LIMITS,
+            max_objects=self.max_objects,
+            max_relations=self.max_relations,
+            max_attributes=self.max_attributes,
+        )
+
+
+@dataclass(frozen=True)
+class JudgeItem:
+    """One generated image and the graph it was meant to show."""
+
+    key: str
+    image_index: int
+    png: bytes
+    target_json: str
+
+
+class GraphJudge:
+    """Loads the judge VLM once and turns images into graphs (a chunk worker for `benchmark.actors`).
+
+    `batch_size` images go through the model together; 1 (the default) keeps every answer independent of which
+    images share a batch (left padding changes float reductions).
+    """
+
+    def __init__(self, settings: JudgeSettings, device: str | None = None) -> None:
+        from pipelines.engines.base import EngineOptions
+        from pipelines.engines.hf import HFGenerator
+
+        self.settings = settings
+        options = EngineOptions(max_new_tokens=settings.max_new_tokens, device=device, dtype=settings.dtype)
+        self.generator = HFGenerator(settings.model, options)
+
+    def task(self, target: SceneGraph) -> Any:
+        from pipelines.tasks import get_task, judge_task
+
+        if self.settings.restrict_vocabulary:
+            return judge_task(Vocabulary.of(target), self.settings.limits)
+        return get_task("scene_graph", self.settings.limits)
+
+    def __call__(self, items: Sequence[JudgeItem]) -> list[dict[str, Any]]:
+        from pipelines.images import encode_jpeg, prepare_image
+
+        tasks, requests = [], []
+        for item in items:
+            task = self.task(SceneGraph.from_json(item.target_json, record=item.key))
+            prepared = prepare_image(item.png)
+            tasks.append(task)
+            requests.append(task.request(image=encode_jpeg(prepared.image) if prepared.image else None))
+        size = self.settings.batch_size
+        generations = [
+            g for start in range(0, len(requests), size) for g in self.generator.generate(requests[start : start + size])
+        ]
+        rows = []
+        for item, task, generation in zip(items, tasks, generations, strict=True):
+            parsed = task.parse(generation.text)
+            rows.append(
+                {
+                    "key": item.key,
+                    "image_index": item.image_index,
+                    "scene_graph": None if parsed.value is None else parsed.value.to_dict(),
+                    "status": parsed.status,
+                    "error": generation.error or parsed.error,
+                    "raw_output": generation.text,
+                }
+            )
+        return rows
+
+
+def read_judgements(out_dir: str | Path) -> pa.Table:
+    """Every stored judgement under `out_dir`, sorted by (key, image_index)."""
+    tables = [JUDGEMENTS_SCHEMA.empty_table(), *iter_chunks(Path(out_dir), JUDGEMENTS_SCHEMA)]
+    return pa.concat_tables(tables).sort_by([("key", "ascending"), ("image_index", "ascending")])
+
+
+def judge_images(
+    samples: Sequence[BenchmarkSample],
+    images: Iterable[pa.Table],
+    settings: JudgeSettings,
+    out_dir: str | Path,
+    *,
+    num_actors: int = 0,
+    chunk_size: int = 8,
+    device: str | None = None,
+) -> pa.Table:
+    """Judge every image (tables of key, image_index, png, e.g. `generate.iter_images`) not yet judged under
+    `out_dir`; return all judgements. `num_actors=0` runs in this process, otherwise on Ray actors. Images are
+    read one table at a time, so the driver never holds them all."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    done = {(r["key"], r["image_index"]) for r in read_judgements(out).select(["key", "image_index"]).to_pylist()}
+    targets = {s.key: s.scene_graph.to_json() for s in samples}
+
+    def chunks() -> Iterator[tuple[str, list[JudgeItem]]]:
+        for table in images:
+            todo = [
+                JudgeItem(r["key"], r["image_index"], r["png"], targets[r["key"]])
+                for r in table.sort_by([("key", "ascending"), ("image_index", "ascending")]).to_pylist()
+                if (r["key"], r["image_index"]) not in done
+            ]
+            for start in range(0, len(todo), chunk_size):
+                items = todo[start : start + chunk_size]
+                yield chunk_name([f"{i.key}:{i.image_index}" for i in items]), items
+
+    map_chunks(
+        GraphJudge,
+        {"settings": settings, "device": device},
+        chunks(),
+        lambda name, rows: write_chunk(out, name, rows, JUDGEMENTS_SCHEMA),
+        num_actors=num_actors,
+    )
+    return read_judgements(out)
+
+
+def score_judgements(
+    samples: Sequence[BenchmarkSample], judgements: pa.Table, synonyms: Mapping[str, str] | None = None
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Mean SG-IoU, Entity-IoU and Relation-IoU of the judged graphs against the intended ones, and details
+    (number of images, answer status counts)."""
+    targets = {s.key: s.scene_graph for s in samples}
+    metric = GraphIoU(synonyms=synonyms)
+    statuses: Counter[str] = Counter()
+    for row in judgements.to_pylist():
+        predicted = scene_graph_from_arrow(row["scene_graph"]) or SceneGraph()
+        metric.update(predicted, targets[row["key"]])
+        statuses[row["status"]] += 1
+    means = metric.compute()
+    return {key: means[key] for key in IOU_KEYS}, {"n_images": len(metric.scores), "judge_status": dict(statuses)}

@@ -1,0 +1,40 @@
+"""CompSG-Bench metrics: FID, KID, CLIP-T, CLIP-I, CMMD and graph IoUs, each an `update()` / `compute()` class.
+
+Heavy dependencies (torch, torchvision, open_clip) are imported only when a model is built.
+"""
+
+from benchmark.metrics.clip_score import CLIPEmbedder, CLIPImageScore, CLIPScore, clip_t_scores, cosine_scores
+from benchmark.metrics.cmmd import CMMD, cmmd
+from benchmark.metrics.fid import FID, KID, kernel_inception_distance
+from benchmark.metrics.frechet import (
+    covariance_factor,
+    feature_stats,
+    frechet_distance,
+    sample_factor,
+    trace_sqrt_product,
+)
+from benchmark.metrics.graph_iou import GraphIoU, graph_iou
+from benchmark.metrics.inception import InceptionFeatureExtractor, build_random_inception, load_inception
+
+__all__ = [
+    "CLIPEmbedder",
+    "CLIPImageScore",
+    "CLIPScore",
+    "CMMD",
+    "FID",
+    "GraphIoU",
+    "InceptionFeatureExtractor",
+    "KID",
+    "build_random_inception",
+    "clip_t_scores",
+    "cmmd",
+    "cosine_scores",
+    "covariance_factor",
+    "feature_stats",
+    "frechet_distance",
+    "graph_iou",
+    "kernel_inception_distance",
+    "load_inception",
+    "sample_factor",
+    "trace_sqrt_product",
+]

@@ -1,0 +1,170 @@
+"""CLIP embeddings (open_clip) and the CLIP-T / CLIP-I scores.
+
+- CLIP-T: 100 · max(cos(image, text), 0) per pair, averaged (the per-pair clamp of Hessel et al.; torchmetrics
+  clamps the mean instead, which differs only when some cosine is negative).
+- CLIP-I: cos(generated image, reference image) per pair, averaged, reported on LAION-SG's 0..1 cosine scale.
+
+The model is `model` + `pretrained` as open_clip names them (default ViT-L-14 / openai), or a local folder in
+open_clip's hub layout (`open_clip_config.json` + weights), loaded through open_clip's `local-dir:` schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from benchmark.provenance import weights_sha256
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["CLIPEmbedder", "CLIPImageScore", "CLIPScore", "clip_t_scores", "cosine_scores", "l2_normalize"]
+
+_SCHEMAS = ("local-dir:", "hf-hub:")
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm, float64."""
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def cosine_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of paired embeddings."""
+    a, b = l2_normalize(a), l2_normalize(b)
+    if a.shape != b.shape:
+        raise ValueError(f"paired embeddings differ in shape: {a.shape} vs {b.shape}")
+    return np.einsum("nd,nd->n", a, b)
+
+
+def clip_t_scores(image_embeddings: np.ndarray, text_embeddings: np.ndarray) -> np.ndarray:
+    """Per-pair CLIP-T: 100 · max(cos, 0)."""
+    return 100.0 * np.maximum(cosine_scores(image_embeddings, text_embeddings), 0.0)
+
+
+def _as_pil(images: Sequence[Image.Image] | Sequence[np.ndarray] | np.ndarray) -> list[Image.Image]:
+    return [
+        im.convert("RGB") if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im)) for im in images
+    ]
+
+
+class CLIPEmbedder:
+    """L2-normalised open_clip image and text embeddings (float64 arrays)."""
+
+    def __init__(
+        self,
+        model: str | Path = "ViT-L-14",
+        pretrained: str | None = "openai",
+        *,
+        device: str | None = None,
+        batch_size: int = 32,
+    ) -> None:
+        import open_clip
+        import torch
+
+        name = str(model)
+        if not name.startswith(_SCHEMAS) and Path(name).is_dir():
+            name = "local-dir:" + name
+        schema_given = name.startswith(_SCHEMAS)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=None if schema_given else pretrained, device=self.device
+        )
+        self.model.eval().requires_grad_(False)
+        self.tokenizer = open_clip.get_tokenizer(name)
+        self.batch_size = batch_size
+        local_dir = name.removeprefix("local-dir:") if name.startswith("local-dir:") else None
+        self.provenance: dict[str, Any] = {
+            "clip_model": name,
+            "clip_pretrained": None if schema_given else pretrained,
+            "clip_weights_sha256": weights_sha256(local_dir),
+        }
+
+    def _encode(
+        self,
+        items: Sequence[Any],
+        to_tensor: Callable[[Sequence[Any]], torch.Tensor],
+        encode: Callable[[torch.Tensor], torch.Tensor],
+    ) -> np.ndarray:
+        import torch
+
+        if not items:
+            raise ValueError("nothing to embed")
+        out = []
+        for start in range(0, len(items), self.batch_size):
+            batch = to_tensor(items[start : start + self.batch_size]).to(self.device)
+            with torch.inference_mode():
+                out.append(encode(batch).float().cpu().numpy())
+        return l2_normalize(np.concatenate(out))
+
+    def embed_images(self, images: Sequence[Image.Image] | Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        """PIL images or uint8 H×W×3 arrays → N×D unit vectors."""
+        import torch
+
+        pil = _as_pil(images)
+        return self._encode(
+            pil, lambda b: torch.stack([self.preprocess(im) for im in b]), self.model.encode_image
+        )
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Strings → N×D unit vectors (truncated to the model's context length by its tokenizer)."""
+        return self._encode(list(texts), self.tokenizer, self.model.encode_text)
+
+
+class _PairedCLIPMetric:
+    """Mean of a per-pair score over all pairs seen by `update`."""
+
+    key: str
+    score: Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+    def __init__(self, embedder: CLIPEmbedder | None = None, **embedder_kwargs: Any) -> None:
+        self.embedder = embedder or CLIPEmbedder(**embedder_kwargs)
+        self._scores: list[np.ndarray] = []
+
+    def update_embeddings(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Add pairs given as embeddings (row i of `a` with row i of `b`)."""
+        self._scores.append(self.score(a, b))
+
+    def compute(self) -> dict[str, Any]:
+        if not self._scores:
+            raise RuntimeError(f"{type(self).__name__}.compute() before any update()")
+        scores = np.concatenate(self._scores)
+        return {
+            self.key: float(scores.mean()),
+            f"{self.key}_std": float(scores.std()),
+            "n_pairs": len(scores),
+            **self.embedder.provenance,
+        }
+
+    def reset(self) -> None:
+        self._scores = []
+
+
+class CLIPScore(_PairedCLIPMetric):
+    """CLIP-T: mean over (image, text) pairs of 100 · max(cos, 0)."""
+
+    key = "clip_t"
+    score = staticmethod(clip_t_scores)
+
+    def update(self, images: Sequence[Image.Image] | np.ndarray, texts: Sequence[str]) -> None:
+        if len(images) != len(texts):
+            raise ValueError(f"{len(images)} images but {len(texts)} texts")
+        self.update_embeddings(self.embedder.embed_images(images), self.embedder.embed_texts(texts))
+
+
+class CLIPImageScore(_PairedCLIPMetric):
+    """CLIP-I: mean over (generated, reference) image pairs of the cosine similarity (0..1 scale)."""
+
+    key = "clip_i"
+    score = staticmethod(cosine_scores)
+
+    def update(
+        self, images: Sequence[Image.Image] | np.ndarray, references: Sequence[Image.Image] | np.ndarray
+    ) -> None:
+        if len(images) != len(references):
+            raise ValueError(f"{len(images)} images but {len(references)} reference images")
+        self.update_embeddings(self.embedder.embed_images(images), self.embedder.embed_images(references))

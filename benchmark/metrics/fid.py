@@ -1,0 +1,137 @@
+"""FID and KID over Inception pool3 features, each an `update()` / `compute()` class that needs no Ray.
+
+Both keep the per-image features (float32, 8 KiB per image) and compute statistics in float64 at `compute()`.
+`update_features()` takes features extracted elsewhere (a Ray actor, or one extraction shared by FID and KID).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmark.metrics.frechet import feature_stats, frechet_distance, sample_factor
+from benchmark.metrics.inception import FEATURE_DIM, ImageBatch, InceptionFeatureExtractor
+
+__all__ = ["FID", "KID", "kernel_inception_distance"]
+
+KID_SEED = 2020  # torch-fidelity's default rng_seed, so values are comparable
+_FULL_GRAM_MAX = 8192  # precompute all kernel values once when n_real + n_fake is at most this
+
+
+def _poly_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a @ b.T / a.shape[1] + 1.0) ** 3
+
+
+def _unbiased_mmd2(kxx: np.ndarray, kyy: np.ndarray, kxy: np.ndarray) -> float:
+    """Unbiased MMD² (diagonals of Kxx and Kyy dropped; all of Kxy kept), as in KID."""
+    m = len(kxx)
+    within = kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)
+    return float(within / (m * (m - 1)) - 2.0 * kxy.sum() / (m * m))
+
+
+def kernel_inception_distance(
+    x: np.ndarray, y: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = KID_SEED
+) -> tuple[float, float]:
+    """Mean and std over `subsets` random subsets of unbiased MMD² with the kernel (xᵀy/d + 1)³, float64.
+
+    Subsets are drawn as torch-fidelity draws them (`RandomState(seed).choice(n, size, replace=False)`, x then y),
+    with `subset_size` capped at the smaller set.
+    """
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    m = min(subset_size, len(x), len(y))
+    if m < 2:
+        raise ValueError(f"KID needs at least 2 samples per set, got {len(x)} and {len(y)}")
+    full = len(x) + len(y) <= _FULL_GRAM_MAX
+    if full:
+        kxx_all, kyy_all, kxy_all = _poly_kernel(x, x), _poly_kernel(y, y), _poly_kernel(x, y)
+    rng = np.random.RandomState(seed)
+    values = np.empty(subsets)
+    for s in range(subsets):
+        i = rng.choice(len(x), m, replace=False)
+        j = rng.choice(len(y), m, replace=False)
+        if full:
+            blocks = kxx_all[np.ix_(i, i)], kyy_all[np.ix_(j, j)], kxy_all[np.ix_(i, j)]
+        else:
+            blocks = _poly_kernel(x[i], x[i]), _poly_kernel(y[j], y[j]), _poly_kernel(x[i], y[j])
+        values[s] = _unbiased_mmd2(*blocks)
+    return float(values.mean()), float(values.std())
+
+
+class _InceptionMetric:
+    """Collects Inception features of real and generated ("fake") images."""
+
+    def __init__(
+        self,
+        extractor: InceptionFeatureExtractor | None = None,
+        *,
+        weights_path: str | Path | None = None,
+        allow_download: bool = False,
+        device: str | None = None,
+    ) -> None:
+        self.extractor = extractor or InceptionFeatureExtractor(
+            weights_path, allow_download=allow_download, device=device
+        )
+        self._features: dict[bool, list[np.ndarray]] = {True: [], False: []}
+
+    def update(self, images: ImageBatch, real: bool) -> None:
+        """Add PIL images or uint8 N×H×W×3 images to the real or the generated set."""
+        self.update_features(self.extractor(images), real)
+
+    def update_features(self, features: np.ndarray, real: bool) -> None:
+        """Add precomputed N×2048 features (from the same extractor) to the real or the generated set."""
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2 or features.shape[1] != FEATURE_DIM:
+            raise ValueError(f"expected N x {FEATURE_DIM} features, got {features.shape}")
+        self._features[real].append(features)
+
+    def features(self, real: bool) -> np.ndarray:
+        return np.concatenate([np.zeros((0, FEATURE_DIM), np.float32), *self._features[real]])
+
+    def reset(self) -> None:
+        self._features = {True: [], False: []}
+
+    def _provenance(self, real: np.ndarray, fake: np.ndarray) -> dict[str, Any]:
+        return {**self.extractor.provenance, "n_real": len(real), "n_fake": len(fake)}
+
+
+class FID(_InceptionMetric):
+    """Fréchet Inception Distance: |μr − μf|² + Tr(Σr + Σf − 2(Σr Σf)^½), float64 statistics."""
+
+    def compute(self) -> dict[str, Any]:
+        real, fake = self.features(True), self.features(False)
+        small, large = sorted((real, fake), key=len)  # the distance is symmetric; factor the smaller set
+        mu_s, sigma_s = feature_stats(small)
+        mu_l, sigma_l = feature_stats(large)
+        factor = sample_factor(small) if len(small) < FEATURE_DIM else None
+        fid = frechet_distance(mu_s, sigma_s, mu_l, sigma_l, factor1=factor)
+        return {"fid": fid, **self._provenance(real, fake)}
+
+
+class KID(_InceptionMetric):
+    """Kernel Inception Distance: mean and std of unbiased polynomial-kernel MMD² over random subsets."""
+
+    def __init__(
+        self,
+        extractor: InceptionFeatureExtractor | None = None,
+        *,
+        subsets: int = 100,
+        subset_size: int = 1000,
+        seed: int = KID_SEED,
+        **extractor_kwargs: Any,
+    ) -> None:
+        super().__init__(extractor, **extractor_kwargs)
+        self.subsets, self.subset_size, self.seed = subsets, subset_size, seed
+
+    def compute(self) -> dict[str, Any]:
+        real, fake = self.features(True), self.features(False)
+        mean, std = kernel_inception_distance(real, fake, self.subsets, self.subset_size, self.seed)
+        return {
+            "kid_mean": mean,
+            "kid_std": std,
+            "kid_subsets": self.subsets,
+            "kid_subset_size": min(self.subset_size, len(real), len(fake)),
+            "kid_seed": self.seed,
+            **self._provenance(real, fake),
+        }

@@ -1,0 +1,215 @@
+"""CompSG-Bench end to end on CPU with tiny random models: generate on Ray actors, judge, score, record,
+render, verify; and the cheap pieces (adapters, seeds, config, run-directory identity) without models."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from test_benchmark_dataset import export_rows, png, write_export
+from test_leaderboard import EVIL, check_page_in_browser, record
+
+from benchmark.dataset import build_benchmark, load_benchmark
+from benchmark.generate import (
+    ADAPTERS,
+    GenerationTask,
+    generate_images,
+    image_seed,
+    images_digest,
+    iter_images,
+)
+from benchmark.judge import JudgeSettings, judge_images, read_judgements
+from benchmark.leaderboard import load_records
+from benchmark.leaderboard import main as leaderboard_main
+from benchmark.run import RunConfig, main, parse_config, run_benchmark
+from schemas import BenchmarkResult, SceneGraph
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> Path:
+    """A frozen benchmark of two samples (a third row has too few relations)."""
+    root = tmp_path_factory.mktemp("compsg")
+    write_export(root / "export", {"test": export_rows([5, 6, 3])})
+    build_benchmark(root / "export", root / "bench.parquet", split="test", min_relations=5)
+    return root / "bench.parquet"
+
+
+@pytest.fixture(scope="module")
+def models(tiny_models_dir, tmp_path_factory) -> dict[str, Path]:
+    """The tiny checkpoints, plus an SDXL-SG directory (a small SG encoder on top of the tiny SDXL)."""
+    import torch
+
+    from training.pipeline import SDXLSGPipeline
+    from training.sg_encoder import SGEncoder, SGEncoderConfig
+
+    root = tmp_path_factory.mktemp("sdxl_sg")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        encoder = SGEncoder(SGEncoderConfig(text_dim=96, hidden_dim=16, mlp_hidden_dim=16, num_layers=1))
+    SDXLSGPipeline.save_encoder(root / "model", encoder, base_model=tiny_models_dir / "sdxl")
+    return {
+        "sdxl_sg": root / "model",
+        "judge": tiny_models_dir / "qwen2_5_vl",
+        "clip": tiny_models_dir / "open_clip",
+        "inception": tiny_models_dir / "inception" / "pt_inception-random.pth",
+    }
+
+
+def run_args(bench: Path, models: dict[str, Path], output: Path, *extra: str) -> list[str]:
+    return [
+        "--bench", str(bench), "--adapter", "sdxl-sg", "--model", str(models["sdxl_sg"]), "--output", str(output),
+        "--images-per-sample", "1", "--steps", "2", "--height", "64", "--width", "64", "--seed", "7",
+        "--judge-model", str(models["judge"]), "--judge-max-new-tokens", "256", "--judge-max-objects", "4",
+        "--judge-max-relations", "4", "--judge-max-attributes", "1",
+        "--clip-model", str(models["clip"]), "--cmmd-clip-model", str(models["clip"]),
+        "--inception-weights", str(models["inception"]), "--kid-subsets", "10",
+        *extra,
+    ]  # fmt: skip
+
+
+# ---------------------------------------------------------------------- cheap pieces
+
+
+def test_adapters_condition_on_their_field(bench):
+    sample = load_benchmark(bench).samples[0]
+    task = GenerationTask.of(sample)
+    assert ADAPTERS["diffusers-caption"].condition(task) == {"prompt": sample.caption}
+    assert ADAPTERS["diffusers-sg-text"].condition(task) == {"prompt": sample.sg_text}
+    graph = ADAPTERS["sdxl-sg"].condition(task)["scene_graph"]
+    assert isinstance(graph, SceneGraph) and graph == sample.scene_graph
+
+
+def test_image_seeds_depend_only_on_seed_key_and_index():
+    assert image_seed(42, "k", 0) == image_seed(42, "k", 0)
+    seeds = {image_seed(s, k, i) for s in (42, 43) for k in ("a", "b") for i in range(3)}
+    assert len(seeds) == 12 and all(0 <= s < 2**63 for s in seeds)
+
+
+def test_config_from_yaml_and_command_line(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("adapter: diffusers-sg-text\nsteps: 12\njudge_restrict_vocabulary: false\nmodel: m\n")
+    parsed = parse_config(["--config", str(config), "--bench", "b", "--output", "o", "--steps", "3"])
+    assert parsed == RunConfig(
+        bench="b", adapter="diffusers-sg-text", model="m", output="o", steps=3, judge_restrict_vocabulary=False
+    )
+    config.write_text("stepz: 3\n")
+    with pytest.raises(SystemExit):
+        parse_config(["--config", str(config)])
+    with pytest.raises(SystemExit):
+        parse_config(["--bench", "b"])  # no adapter, model, output
+
+
+def test_diffusers_adapter_generates_resumably(bench, tiny_models_dir, tmp_path):
+    from PIL import Image
+
+    samples = load_benchmark(bench).samples[:1]
+    settings = RunConfig("b", "diffusers-sg-text", str(tiny_models_dir / "sdxl"), "o", steps=2, height=32, width=32,
+                         images_per_sample=2).generation()  # fmt: skip
+    assert settings.scheduler == "EulerDiscreteScheduler"  # read from model_index.json
+    index = generate_images(samples, "diffusers-sg-text", str(tiny_models_dir / "sdxl"), settings, tmp_path, chunk_size=1)
+    assert index.column("key").to_pylist() == [s.key for s in samples for _ in range(2)]
+    assert index.column("seed").to_pylist() == [image_seed(42, s.key, i) for s in samples for i in range(2)]
+    assert len(list((tmp_path / "images").glob("part-*.parquet"))) == 1
+    for table in iter_images(tmp_path):
+        assert {Image.open(io.BytesIO(p)).size for p in table.column("png").to_pylist()} == {(32, 32)}
+    digest = images_digest(tmp_path)
+    # a resumed run with one more sample generates only that one
+    more = load_benchmark(bench).samples
+    generate_images(more, "diffusers-sg-text", str(tiny_models_dir / "sdxl"), settings, tmp_path, chunk_size=1)
+    assert len(list((tmp_path / "images").glob("part-*.parquet"))) == 2
+    assert images_digest(tmp_path) != digest
+
+
+def test_run_directory_of_another_configuration_is_refused(bench, models, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"benchmark": {}, "model": {}, "generation": {}, "judge": {}}))
+    with pytest.raises(ValueError, match="another configuration .*benchmark, generation, judge, model"):
+        run_benchmark(parse_config(run_args(bench, models, out)))
+
+
+def test_verify_fails_when_images_are_missing(bench, tmp_path, capsys):
+    config = RunConfig(str(bench), "sdxl-sg", "m", str(tmp_path))
+    stub = record("m", 0.5, 20.0).model_copy(update={"benchmark": load_benchmark(bench).info()})
+    stub = stub.model_copy(update={"provenance": stub.provenance.model_copy(update={"config": asdict(config)})})
+    (tmp_path / "result.json").write_text(stub.to_json())
+    assert leaderboard_main(["verify", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "cannot recompute" in err and "2 images missing" in err
+
+
+# ---------------------------------------------------------------------- end to end
+
+
+def tamper(run_dir: Path) -> None:
+    """Replace the pixels of one stored image, keeping its key, index and seed."""
+    part = sorted((run_dir / "images").glob("part-*.parquet"))[0]
+    table = pq.read_table(part)
+    pngs = table.column("png").to_pylist()
+    pngs[0] = png(12345)
+    pq.write_table(table.set_column(table.schema.get_field_index("png"), "png", pa.array(pngs, pa.binary())), part)
+
+
+@pytest.mark.slow
+def test_end_to_end_on_ray_reproducible_rendered_and_verified(bench, models, tmp_path, capsys):
+    # run a in this process, run b on two Ray actors with one sample per chunk
+    assert main(run_args(bench, models, tmp_path / "a", "--num-actors", "0")) == 0
+    import ray
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert main(run_args(bench, models, tmp_path / "b", "--num-actors", "2", "--chunk-size", "1")) == 0
+    finally:
+        ray.shutdown()
+    a, b = load_records([tmp_path / "a", tmp_path / "b"])
+
+    # one record, fully described
+    assert isinstance(a, BenchmarkResult)
+    assert a.benchmark == load_benchmark(bench).info() and a.benchmark.n_samples == 2
+    assert a.model.adapter == "sdxl-sg" and a.model.conditioning == "scene_graph" and len(a.model.weights_hash) == 64
+    assert set(a.metrics) == {"fid", "kid_mean", "clip_t", "clip_i", "cmmd", "sg_iou", "entity_iou", "relation_iou"}
+    assert all(0.0 <= a.metrics[k] <= 1.0 for k in ("sg_iou", "entity_iou", "relation_iou"))
+    details = a.metric_details
+    assert details["fid"]["n_real"] == 2 and details["fid"]["n_fake"] == 2 and details["fid"]["weights_sha256"]
+    assert details["graph_iou"]["n_images"] == 2 and details["graph_iou"]["restrict_vocabulary"] is True
+    assert sum(details["graph_iou"]["judge_status"].values()) == 2
+    assert b.provenance.config["num_actors"] == 2 and a.provenance.packages["torch"]
+    assert a.provenance.wall_time_s > 0 and "cpu_count" in a.provenance.hardware
+
+    # no Ray vs two actors: the same images, the same judge answers, the same numbers
+    assert images_digest(tmp_path / "a") == images_digest(tmp_path / "b") == details["images"]["sha256"]
+    assert read_judgements(tmp_path / "a" / "judge") == read_judgements(tmp_path / "b" / "judge")
+    assert a.metrics == b.metrics and a.run_id == b.run_id
+
+    # resuming a finished run regenerates and re-judges nothing (and loads no model)
+    files = sorted((tmp_path / "a").rglob("part-*.parquet"))
+    stamps = [f.stat().st_mtime_ns for f in files]
+    samples = load_benchmark(bench).samples
+    generate_images(samples, "sdxl-sg", "/nonexistent", a.generation, tmp_path / "a")
+    judge_images(samples, iter_images(tmp_path / "a"), JudgeSettings("/nonexistent"), tmp_path / "a" / "judge")
+    assert sorted((tmp_path / "a").rglob("part-*.parquet")) == files
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+
+    # the leaderboard renders the records (plus one with a hostile model id) and the page works in a browser
+    evil = record(EVIL, 1.0, 10.0, content_hash=a.benchmark.content_hash)
+    (tmp_path / "evil.json").write_text(evil.to_json())
+    site = tmp_path / "site"
+    inputs = [str(tmp_path / "a"), str(tmp_path / "b" / "result.json"), str(tmp_path / "evil.json")]
+    assert leaderboard_main(["render", *inputs, "--output", str(site)]) == 0
+    markdown = (site / "leaderboard.md").read_text()
+    assert markdown.count(str(models["sdxl_sg"])) == 2 and "<script>" not in markdown
+    escaped = "&lt;script&gt;document.title='pwned'&lt;/script&gt;evil|model"
+    check_page_in_browser(site / "index.html", [escaped, str(models["sdxl_sg"]), str(models["sdxl_sg"])])
+
+    # verify: an untouched run reproduces; a tampered image is caught
+    capsys.readouterr()
+    assert leaderboard_main(["verify", str(tmp_path / "a" / "result.json")]) == 0
+    assert "ok" in capsys.readouterr().out
+    tamper(tmp_path / "b")
+    assert leaderboard_main(["verify", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert "MISMATCH images: digest" in err and "MISMATCH fid" in err

@@ -1,0 +1,133 @@
+"""SG-IoU / Entity-IoU / Relation-IoU on hand-written graphs."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmark.metrics.graph_iou import GraphIoU, graph_iou, normalize_name, singular
+from schemas import SceneGraph
+
+
+def sg(objects: list[str], relations: list[tuple[int, str, int]] = ()) -> SceneGraph:
+    return SceneGraph.from_json(
+        {
+            "objects": [{"id": i, "name": n} for i, n in enumerate(objects)],
+            "relations": [{"subject": s, "predicate": p, "object": o} for s, p, o in relations],
+        }
+    )
+
+
+TARGET = sg(["man", "horse", "hat"], [(0, "riding", 1), (0, "wearing", 2)])
+
+
+def test_identical_graphs_score_one():
+    assert graph_iou(TARGET, TARGET) == {"sg_iou": 1.0, "entity_iou": 1.0, "relation_iou": 1.0}
+
+
+def test_partial_overlap_is_set_iou():
+    predicted = sg(["man", "horse", "dog"], [(0, "riding", 1), (2, "chasing", 1)])
+    # triples {man riding horse} ∩ → 1 of 3; entities {man, horse} of {man, horse, hat, dog}; predicates 1 of 3
+    assert graph_iou(predicted, TARGET) == pytest.approx({"sg_iou": 1 / 3, "entity_iou": 2 / 4, "relation_iou": 1 / 3})
+
+
+def test_symmetric():
+    predicted = sg(["man", "dog"], [(0, "walking", 1)])
+    assert graph_iou(predicted, TARGET) == graph_iou(TARGET, predicted)
+
+
+def test_duplicates_collapse():
+    # two "man" nodes with the same relation to the horse are one entity and one triple
+    predicted = sg(["man", "man", "horse", "hat"], [(0, "riding", 2), (1, "riding", 2), (0, "wearing", 3)])
+    assert graph_iou(predicted, TARGET) == {"sg_iou": 1.0, "entity_iou": 1.0, "relation_iou": 1.0}
+
+
+def test_ids_do_not_matter():
+    shuffled = SceneGraph.from_json(
+        {
+            "objects": [{"id": 7, "name": "hat"}, {"id": 3, "name": "horse"}, {"id": 5, "name": "man"}],
+            "relations": [{"subject": 5, "predicate": "wearing", "object": 7}, {"subject": 5, "predicate": "riding", "object": 3}],
+        }
+    )
+    assert graph_iou(shuffled, TARGET)["sg_iou"] == 1.0
+
+
+def test_direction_matters_for_triples():
+    reversed_ = sg(["man", "horse", "hat"], [(1, "riding", 0), (0, "wearing", 2)])
+    assert graph_iou(reversed_, TARGET) == pytest.approx({"sg_iou": 1 / 3, "entity_iou": 1.0, "relation_iou": 1.0})
+
+
+def test_empty_graphs():
+    empty = SceneGraph()
+    assert graph_iou(empty, empty) == {"sg_iou": 1.0, "entity_iou": 1.0, "relation_iou": 1.0}
+    assert graph_iou(empty, TARGET) == {"sg_iou": 0.0, "entity_iou": 0.0, "relation_iou": 0.0}
+    assert graph_iou(TARGET, empty) == {"sg_iou": 0.0, "entity_iou": 0.0, "relation_iou": 0.0}
+    # objects but no relations on both sides: the relation sets are both empty → 1.0
+    objects_only = sg(["man"])
+    assert graph_iou(objects_only, sg(["man"])) == {"sg_iou": 1.0, "entity_iou": 1.0, "relation_iou": 1.0}
+    assert graph_iou(objects_only, TARGET) == {"sg_iou": 0.0, "entity_iou": 1 / 3, "relation_iou": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("plural", "expected"),
+    [
+        ("people", "person"),
+        ("men", "man"),
+        ("women", "woman"),
+        ("children", "child"),
+        ("feet", "foot"),
+        ("teeth", "tooth"),
+        ("mice", "mouse"),
+        ("puppies", "puppy"),
+        ("glasses", "glass"),
+        ("boxes", "box"),
+        ("benches", "bench"),
+        ("dishes", "dish"),
+        ("buses", "bus"),
+        ("horses", "horse"),
+        ("cats", "cat"),
+        ("ties", "tie"),
+        ("leaves", "leaf"),
+        # already singular
+        ("glass", "glass"),
+        ("bus", "bus"),
+        ("tennis", "tennis"),
+        ("gas", "gas"),
+        ("person", "person"),
+    ],
+)
+def test_singular(plural, expected):
+    assert singular(plural) == expected
+
+
+def test_name_normalisation():
+    assert normalize_name("  Young   Men ") == "young man"
+    assert normalize_name("traffic_lights") == "traffic light"
+
+
+def test_plural_forms_match():
+    predicted = sg(["Men", "horses", "hats"], [(0, "riding", 1), (0, "Wearing", 2)])
+    assert graph_iou(predicted, TARGET) == {"sg_iou": 1.0, "entity_iou": 1.0, "relation_iou": 1.0}
+
+
+def test_synonyms_applied_after_normalisation():
+    predicted = sg(["guys", "pony", "cap"], [(0, "on top of", 1), (0, "wears", 2)])
+    without = graph_iou(predicted, TARGET)
+    assert without["entity_iou"] == 0.0
+    synonyms = {"guy": "man", "Pony": "horse", "caps": "hat", "on top of": "riding", "wears": "wearing"}
+    assert graph_iou(predicted, TARGET, synonyms) == {"sg_iou": 1.0, "entity_iou": 1.0, "relation_iou": 1.0}
+
+
+def test_accumulator_means():
+    metric = GraphIoU()
+    assert metric.update(TARGET, TARGET)["sg_iou"] == 1.0
+    metric.update(SceneGraph(), TARGET)
+    assert metric.compute() == {"sg_iou": 0.5, "entity_iou": 0.5, "relation_iou": 0.5}
+    metric.reset()
+    with pytest.raises(ValueError, match="at least one"):
+        metric.compute()
+
+
+def test_accumulator_synonyms():
+    metric = GraphIoU(synonyms={"pony": "horse"})
+    metric.update(sg(["man", "pony", "hat"], [(0, "riding", 1), (0, "wearing", 2)]), TARGET)
+    assert metric.compute()["sg_iou"] == 1.0

@@ -1,0 +1,300 @@
+"""Image metrics against independent references: scipy `sqrtm`, torchmetrics, torch-fidelity, hand computations."""
+
+from __future__ import annotations
+
+import importlib
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import scipy.linalg as scipy_linalg
+import torch
+import torch_fidelity.metric_fid as tf_fid
+import torch_fidelity.metric_kid as tf_kid
+import torchmetrics.image.fid as tm_fid
+from PIL import Image
+
+from benchmark.metrics import (
+    CMMD,
+    FID,
+    KID,
+    CLIPEmbedder,
+    CLIPImageScore,
+    CLIPScore,
+    InceptionFeatureExtractor,
+    clip_t_scores,
+    cmmd,
+    covariance_factor,
+    feature_stats,
+    frechet_distance,
+    kernel_inception_distance,
+    load_inception,
+    sample_factor,
+)
+from benchmark.metrics.inception import clean_resize, resolve_inception_weights
+
+# The package exports functions named like their modules (`cmmd`), so fetch the modules themselves.
+cmmd_module = importlib.import_module("benchmark.metrics.cmmd")
+fid_module = importlib.import_module("benchmark.metrics.fid")
+
+
+def _gaussian_samples(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    mixing = rng.standard_normal((d, d)) / math.sqrt(d) + np.eye(d)
+    return rng.standard_normal((n, d)) @ mixing + rng.standard_normal(d)
+
+
+def _fid_scipy_sqrtm(mu1, sigma1, mu2, sigma2) -> float:
+    """pytorch-fid / clean-fid: trace of scipy's sqrtm(Σ1Σ2), real part."""
+    covmean = scipy_linalg.sqrtm(sigma1 @ sigma2)
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean).real)
+
+
+def _fid_references(mu1, sigma1, mu2, sigma2) -> dict[str, float]:
+    t = [torch.from_numpy(a) for a in (mu1, sigma1, mu2, sigma2)]
+    fidelity = tf_fid.fid_statistics_to_metric(
+        {"mu": mu1, "sigma": sigma1}, {"mu": mu2, "sigma": sigma2}, False
+    )
+    return {
+        "scipy_sqrtm": _fid_scipy_sqrtm(mu1, sigma1, mu2, sigma2),
+        "torchmetrics": float(tm_fid._compute_fid(*t)),
+        "torch_fidelity": fidelity[tf_fid.KEY_METRIC_FID],
+    }
+
+
+def test_frechet_matches_references_well_conditioned() -> None:
+    rng = np.random.default_rng(0)
+    mu1, sigma1 = feature_stats(_gaussian_samples(rng, 600, 64))
+    mu2, sigma2 = feature_stats(_gaussian_samples(rng, 500, 64))
+    ours = frechet_distance(mu1, sigma1, mu2, sigma2)
+    for name, reference in _fid_references(mu1, sigma1, mu2, sigma2).items():
+        assert ours == pytest.approx(reference, rel=1e-6), name
+    # The eigen-factor path (taken when Cholesky fails) and a cached factor give the same value.
+    eigen_factor = np.linalg.eigh(sigma1)[1] * np.sqrt(np.linalg.eigh(sigma1)[0])
+    assert frechet_distance(mu1, sigma1, mu2, sigma2, factor1=eigen_factor) == pytest.approx(ours, rel=1e-10)
+    assert frechet_distance(mu1, sigma1, mu2, sigma2, covariance_factor(sigma1)) == ours
+    assert frechet_distance(mu2, sigma2, mu1, sigma1) == pytest.approx(ours, rel=1e-10)
+
+
+def test_frechet_rank_deficient_is_finite_and_nonnegative() -> None:
+    rng = np.random.default_rng(1)
+    x, y = _gaussian_samples(rng, 100, 256), _gaussian_samples(rng, 100, 256)
+    mu1, sigma1 = feature_stats(x)
+    mu2, sigma2 = feature_stats(y)
+    with np.errstate(all="ignore"):
+        assert np.iscomplexobj(scipy_linalg.sqrtm(sigma1 @ sigma2))  # where the sqrtm method goes complex
+    ours = frechet_distance(mu1, sigma1, mu2, sigma2)
+    assert math.isfinite(ours) and ours > 0
+    assert ours == pytest.approx(_fid_references(mu1, sigma1, mu2, sigma2)["torchmetrics"], rel=1e-6)
+    same = frechet_distance(mu1, sigma1, mu1, sigma1)
+    assert 0.0 <= same < 1e-9 * np.trace(sigma1)
+    # The centred data is an exact (d×n) factor: the same value from a 100×100 instead of a 256×256 eigenproblem
+    # (more exact, even: no noise eigenvalues of the 156 null directions enter the trace).
+    factor = sample_factor(x)
+    assert frechet_distance(mu1, sigma1, mu2, sigma2, factor1=factor) == pytest.approx(ours, rel=1e-7)
+    assert 0.0 <= frechet_distance(mu1, sigma1, mu1, sigma1, factor1=factor) < 1e-9 * np.trace(sigma1)
+
+
+@pytest.mark.parametrize("full_gram", [True, False])
+def test_kid_matches_torch_fidelity(monkeypatch: pytest.MonkeyPatch, full_gram: bool) -> None:
+    if not full_gram:
+        monkeypatch.setattr(fid_module, "_FULL_GRAM_MAX", 0)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((300, 48)).astype(np.float32)
+    y = (rng.standard_normal((250, 48)) * 1.1 + 0.1).astype(np.float32)
+    mean, std = kernel_inception_distance(x, y, subsets=20, subset_size=100, seed=123)
+    reference = tf_kid.kid_features_to_metric(
+        torch.from_numpy(x).double(),
+        torch.from_numpy(y).double(),
+        kid_subsets=20,
+        kid_subset_size=100,
+        rng_seed=123,
+        verbose=False,
+    )
+    assert mean == pytest.approx(reference[tf_kid.KEY_METRIC_KID_MEAN], rel=1e-9)
+    assert std == pytest.approx(reference[tf_kid.KEY_METRIC_KID_STD], rel=1e-9)
+    assert mean > 0
+
+
+class _FixedEmbeddingCLIP:
+    """Stands in for the transformers CLIP model + processor torchmetrics calls, returning fixed embeddings."""
+
+    def __init__(self, image_embeddings: np.ndarray, text_embeddings: np.ndarray) -> None:
+        self.image, self.text = torch.from_numpy(image_embeddings), torch.from_numpy(text_embeddings)
+        self.config = SimpleNamespace()
+
+    def __call__(self, images=None, text=None, **_):
+        return {"pixel_values": torch.zeros(1), "input_ids": torch.zeros(1), "attention_mask": torch.zeros(1)}
+
+    def to(self, _device):
+        return self
+
+    def get_image_features(self, _pixels):
+        return self.image
+
+    def get_text_features(self, _ids, _mask):
+        return self.text
+
+
+def test_clip_t_matches_torchmetrics_formula() -> None:
+    from torchmetrics.functional.multimodal.clip_score import _clip_score_update
+
+    rng = np.random.default_rng(3)
+    text = rng.standard_normal((6, 16))
+    image = text * rng.uniform(0.5, 2.0, (6, 1)) + 0.8 * rng.standard_normal((6, 16))  # unnormalised, cos > 0
+    stub = _FixedEmbeddingCLIP(image, text)
+    images = [torch.zeros(3, 8, 8, dtype=torch.uint8)] * 6
+    reference, n = _clip_score_update(images, ["caption"] * 6, stub, stub)
+    ours = clip_t_scores(image, text)
+    np.testing.assert_allclose(ours, reference.numpy(), rtol=1e-12)
+    assert n == 6 and ours.mean() == pytest.approx(max(float(reference.mean()), 0.0), rel=1e-12)
+    # Per-pair clamp: an opposite pair scores 0 instead of pulling the mean down.
+    assert clip_t_scores(
+        np.array([[1.0, 0.0], [1.0, 0.0]]), np.array([[1.0, 0.0], [-1.0, 0.0]])
+    ).tolist() == [
+        100.0,
+        0.0,
+    ]
+
+
+def test_cmmd_by_hand_and_naive_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    # x = {(0,0), (3,4)}, y = {(0,0), (0,0)}: with q = exp(-25/200), Kxx = (1+q)/2, Kyy = 1, Kxy = (1+q)/2,
+    # so CMMD = 1000 * (1 - q) / 2.
+    x, y = np.array([[0.0, 0.0], [3.0, 4.0]]), np.zeros((2, 2))
+    assert cmmd(x, y) == pytest.approx(1000 * (1 - math.exp(-0.125)) / 2, rel=1e-12)
+    assert cmmd(x, x) == pytest.approx(0.0, abs=1e-12)
+
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((20, 8)) * 3, rng.standard_normal((15, 8)) * 3 + 1
+
+    def mean_k(p: np.ndarray, q: np.ndarray) -> float:
+        return np.mean([[math.exp(-np.sum((u - v) ** 2) / (2 * 10.0**2)) for v in q] for u in p])
+
+    naive = 1000 * (mean_k(a, a) + mean_k(b, b) - 2 * mean_k(a, b))
+    assert cmmd(a, b) == pytest.approx(naive, rel=1e-9)
+    monkeypatch.setattr(cmmd_module, "_BLOCK", 7)  # the blocked path gives the same value
+    assert cmmd(a, b) == pytest.approx(naive, rel=1e-9)
+    assert cmmd(a, b, sigma=2.0) != pytest.approx(naive)
+
+
+@pytest.fixture(scope="module")
+def inception_weights(tiny_models_dir: Path) -> Path:
+    return tiny_models_dir / "inception" / "pt_inception-random.pth"
+
+
+@pytest.fixture(scope="module")
+def extractor(inception_weights: Path) -> InceptionFeatureExtractor:
+    return InceptionFeatureExtractor(inception_weights, device="cpu", batch_size=4)
+
+
+def _images(seed: int, n: int, size: tuple[int, int] = (96, 128)) -> np.ndarray:
+    """Smooth random images (so that bicubic resizing has something to do), uint8 N×H×W×3."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (n, 6, 8, 3), dtype=np.uint8)
+    return np.stack(
+        [np.asarray(Image.fromarray(im).resize(size[::-1], Image.Resampling.BILINEAR)) for im in small]
+    )
+
+
+def test_random_inception_loads_and_matches_torch_fidelity(inception_weights: Path) -> None:
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    ours = load_inception(inception_weights)
+    reference = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], str(inception_weights))
+    pixels = torch.from_numpy(_images(5, 2, (299, 299))).permute(0, 3, 1, 2).contiguous()
+    with torch.inference_mode():
+        a, (b,) = ours(pixels.float()), reference(pixels)
+    assert a.shape == (2, 2048)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert a.std(dim=0).mean() > 0
+
+
+def test_clean_resize() -> None:
+    image = _images(6, 1)[0]
+    out = clean_resize(image)
+    assert out.shape == (299, 299, 3) and out.dtype == np.float32
+    assert out.min() >= 0.0 and out.max() <= 255.0 and not np.allclose(out, np.round(out))  # not quantised
+    square = _images(7, 1, (299, 299))[0]
+    np.testing.assert_array_equal(clean_resize(square), square.astype(np.float32))
+    np.testing.assert_allclose(clean_resize(np.full((40, 50, 3), 77, np.uint8)), 77.0, atol=1e-4)
+
+
+def test_clean_resize_matches_clean_fid() -> None:
+    import cleanfid.resize as resize
+    image = _images(12, 1, (300, 411))[0]
+    clean_fid = resize.make_resizer("PIL", False, "bicubic", (299, 299))(image)
+    np.testing.assert_array_equal(clean_resize(image), clean_fid)
+
+
+def test_fid_and_kid_classes(extractor: InceptionFeatureExtractor) -> None:
+    images = _images(8, 3)
+    fid = FID(extractor)
+    fid.update(images, real=True)
+    features = extractor([Image.fromarray(im) for im in images])
+    assert features.shape == (3, 2048) and features.dtype == np.float32
+    np.testing.assert_allclose(
+        fid.features(real=True), features, rtol=1e-5, atol=1e-6
+    )  # arrays == PIL images
+    fid.update_features(features, real=False)
+    result = fid.compute()
+    assert 0.0 <= result["fid"] < 1e-6
+    assert result["n_real"] == result["n_fake"] == 3
+    assert result["weights_sha256"] == extractor.weights_sha256 and len(result["weights_sha256"]) == 64
+    assert result["extractor"].startswith("inception-v3") and result["resize"].startswith("clean")
+
+    other = extractor(_images(9, 2))
+    fid.reset()
+    fid.update_features(features, real=True)
+    fid.update_features(other, real=False)
+    assert fid.compute()["fid"] > 0
+
+    kid = KID(extractor, subsets=10)
+    kid.update_features(features, real=True)
+    kid.update_features(other, real=False)
+    out = kid.compute()
+    assert out["kid_subset_size"] == 2 and out["n_real"] == 3 and out["n_fake"] == 2
+    assert math.isfinite(out["kid_mean"]) and out["kid_std"] >= 0
+
+
+def test_inception_weights_are_never_silently_replaced(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, inception_weights: Path
+) -> None:
+    monkeypatch.delenv("LAION_SG_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="allow downloading"):
+        resolve_inception_weights()
+    with pytest.raises(FileNotFoundError):
+        resolve_inception_weights(tmp_path / "missing.pth")
+    monkeypatch.setenv("LAION_SG_INCEPTION_WEIGHTS", str(inception_weights))
+    assert resolve_inception_weights() == inception_weights
+
+
+def test_clip_metrics_with_tiny_open_clip(tiny_models_dir: Path) -> None:
+    embedder = CLIPEmbedder(tiny_models_dir / "open_clip", device="cpu")
+    assert embedder.provenance["clip_model"].startswith("local-dir:")
+    assert len(embedder.provenance["clip_weights_sha256"]) == 64
+    images, references = _images(10, 3), _images(11, 3)
+    texts = ["a red cube on a table", "two dogs", "a man riding a horse"]
+    image_emb, text_emb = embedder.embed_images(images), embedder.embed_texts(texts)
+    np.testing.assert_allclose(np.linalg.norm(image_emb, axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(text_emb, axis=1), 1.0, rtol=1e-12)
+
+    clip_t = CLIPScore(embedder)
+    clip_t.update([Image.fromarray(im) for im in images], texts)
+    assert clip_t.compute()["clip_t"] == pytest.approx(clip_t_scores(image_emb, text_emb).mean(), rel=1e-6)
+
+    clip_i = CLIPImageScore(embedder)
+    clip_i.update(images, images)
+    assert clip_i.compute()["clip_i"] == pytest.approx(1.0, abs=1e-6)
+    clip_i.reset()
+    clip_i.update(images, references)
+    assert -1.0 <= clip_i.compute()["clip_i"] < 1.0
+
+    metric = CMMD(embedder)
+    metric.update(images, real=True)
+    metric.update_embeddings(embedder.embed_images(references), real=False)
+    out = metric.compute()
+    assert out["cmmd"] == pytest.approx(cmmd(image_emb, embedder.embed_images(references)), rel=1e-9)
+    assert out["n_real"] == out["n_fake"] == 3 and out["cmmd_sigma"] == 10.0
