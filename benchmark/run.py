@@ -5,27 +5,27 @@
          --judge-model ID --clip-model ID --clip-pretrained TAG --inception-weights PTH --config run.yaml]
 
 ``--config`` reads a YAML mapping whose keys are the option names with underscores (``images_per_sample: 4``);
-options on the command line override it. Generation and judging run on ``--num-actors`` Ray actors (one GPU each
-on a GPU cluster), or in this process with ``--num-actors 0``; both give the same images and numbers, because
-every image has its own seed and chunks are independent (see `benchmark.generate`, `benchmark.chunks`). The
-metrics are computed here from the stored images, each image's features kept by (key, image index) and fed to
-the metrics in that order, so a run, a resumed run and `benchmark.leaderboard verify` compute the same numbers:
+options on the command line override it. Generation, judging and feature extraction run on ``--num-actors`` Ray
+actors (one GPU each on a GPU cluster), or in this process with ``--num-actors 0``; both give the same images and
+numbers, because every image has its own seed and chunks are independent (see `benchmark.generate`,
+`benchmark.chunks`, `benchmark.features`). Each image's features are stored by (key, image index) and fed to the
+metrics in that order, so a run, a resumed run and `benchmark.leaderboard verify` compute the same numbers:
 
 - FID and KID (Inception pool3, clean resize) of generated images against the reference images;
 - CLIP-T (100·max(cos, 0) between a generated image and the sample's caption, or its SG text) and CLIP-I (cosine
   to the reference image), with ``--clip-model``; CMMD with ``--cmmd-clip-model`` (ViT-L/14@336 by default);
 - SG-IoU, Entity-IoU, Relation-IoU of the judge's graphs (`benchmark.judge`).
 
-RUN_DIR keeps the images (``images/``), the judge's answers (``judge/``) and ``run.json`` (what the images and
-judgements depend on); a re-run with the same configuration resumes, one with another configuration is refused.
+RUN_DIR keeps the images (``images/``), the judge's answers (``judge/``), the image features (``features/``, one
+folder per set of metric networks) and ``run.json`` (what the images and judgements depend on); a re-run with the
+same configuration resumes, one with another configuration is refused.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
-import io
+import itertools
 import json
 import time
 from collections.abc import Sequence
@@ -33,9 +33,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from benchmark.dataset import BenchmarkSample, BenchmarkSet, load_benchmark
+from benchmark.features import REFERENCE_INDEX, FeatureItem, FeatureSettings, extract_features
 from benchmark.generate import ADAPTERS, generate_images, image_index, images_digest, iter_images
 from benchmark.judge import JudgeSettings, judge_images, score_judgements
 from benchmark.provenance import provenance, weights_sha256
@@ -47,7 +46,6 @@ RESULT_FILE = "result.json"
 IDENTITY_FILE = "run.json"
 _PATH_OPTIONS = ("bench", "output", "inception_weights", "synonyms")
 _MODEL_OPTIONS = ("model", "judge_model", "clip_model", "cmmd_clip_model")
-_METRIC_BATCH = 32  # images decoded at a time while computing metrics
 
 
 @dataclass(frozen=True)
@@ -85,6 +83,7 @@ class RunConfig:
     allow_download: bool = False
     kid_subsets: int = 100
     kid_subset_size: int = 1000
+    feature_batch_size: int = 32
 
     def generation(self) -> GenerationSettings:
         return GenerationSettings(
@@ -107,6 +106,17 @@ class RunConfig:
             max_objects=self.judge_max_objects,
             max_relations=self.judge_max_relations,
             max_attributes=self.judge_max_attributes,
+        )
+
+    def features(self) -> FeatureSettings:
+        return FeatureSettings(
+            inception_weights=self.inception_weights,
+            allow_download=self.allow_download,
+            clip_model=self.clip_model,
+            clip_pretrained=self.clip_pretrained,
+            cmmd_clip_model=self.cmmd_clip_model,
+            cmmd_clip_pretrained=self.cmmd_clip_pretrained,
+            batch_size=self.feature_batch_size,
         )
 
     def resolved(self) -> RunConfig:
@@ -137,75 +147,46 @@ def _default_scheduler(model: str) -> str | None:
 # ---------------------------------------------------------------------- metrics
 
 
-def _decode(data: bytes) -> Any:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
-        return image.convert("RGB")
-
-
-def _ordered(by_id: dict[Any, np.ndarray], ids: Sequence[Any]) -> np.ndarray:
-    return np.stack([by_id[i] for i in ids])
-
-
-@functools.lru_cache(maxsize=2)
-def _inception(weights: str | None, allow_download: bool) -> Any:
-    """The Inception extractor, loaded once per process (a run and a verify, or several verifies, share it)."""
-    from benchmark.metrics import InceptionFeatureExtractor
-
-    return InceptionFeatureExtractor(weights, allow_download=allow_download)
-
-
-@functools.lru_cache(maxsize=2)
-def _clip(model: str, pretrained: str | None) -> Any:
-    """An open_clip embedder, loaded once per process."""
-    from benchmark.metrics import CLIPEmbedder
-
-    return CLIPEmbedder(model, pretrained)
-
-
 def _image_metrics(
-    config: RunConfig, samples: Sequence[BenchmarkSample], run_dir: Path
+    config: RunConfig,
+    samples: Sequence[BenchmarkSample],
+    run_dir: Path,
+    state_dir: Path,
+    fake: list[tuple[str, int]],
 ) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
-    """FID, KID, CLIP-T, CLIP-I and CMMD from the stored images and the references."""
-    from benchmark.metrics import CMMD, FID, KID, CLIPImageScore, CLIPScore
+    """FID, KID, CLIP-T, CLIP-I and CMMD of the stored images (`fake`: their sorted (key, image_index)) against
+    the references, from features extracted on `config.num_actors` Ray actors (or in this process) and stored
+    under `state_dir/features/`."""
+    from benchmark.metrics import CMMD, FID, KID, CLIPImageScore, CLIPScore, Precomputed
 
-    inception = _inception(config.inception_weights, config.allow_download)
-    clip = _clip(config.clip_model, config.clip_pretrained)
-    same_cmmd = (config.cmmd_clip_model, config.cmmd_clip_pretrained) == (config.clip_model, config.clip_pretrained)
-    cmmd_clip = clip if same_cmmd else _clip(config.cmmd_clip_model, config.cmmd_clip_pretrained)
-
-    def embed(images: list[Any], into: dict[str, dict[Any, np.ndarray]], ids: list[Any]) -> None:
-        outputs = {"inception": inception(images), "clip": clip.embed_images(images)}
-        outputs["cmmd"] = outputs["clip"] if same_cmmd else cmmd_clip.embed_images(images)
-        for name, array in outputs.items():
-            into[name].update(zip(ids, array, strict=True))
-
-    real: dict[str, dict[Any, np.ndarray]] = {"inception": {}, "clip": {}, "cmmd": {}}
-    fake: dict[str, dict[Any, np.ndarray]] = {"inception": {}, "clip": {}, "cmmd": {}}
-    for start in range(0, len(samples), _METRIC_BATCH):
-        batch = samples[start : start + _METRIC_BATCH]
-        embed([_decode(s.image) for s in batch], real, [s.key for s in batch])
-    for table in iter_images(run_dir, ["key", "image_index", "png"]):
-        rows = table.to_pylist()
-        for start in range(0, len(rows), _METRIC_BATCH):
-            batch = rows[start : start + _METRIC_BATCH]
-            embed([_decode(r["png"]) for r in batch], fake, [(r["key"], r["image_index"]) for r in batch])
-
-    keys = [s.key for s in samples]
-    generated = sorted(fake["inception"])
-    owners = [key for key, _ in generated]
+    settings = config.features()
     texts = {s.key: s.caption if config.clip_t_text == "caption" else s.sg_text for s in samples}
+    references = (FeatureItem(s.key, REFERENCE_INDEX, s.image, texts[s.key]) for s in samples)
+    generated = (
+        FeatureItem(row["key"], row["image_index"], row["png"])
+        for table in iter_images(run_dir, ["key", "image_index", "png"])
+        for row in table.sort_by([("key", "ascending"), ("image_index", "ascending")]).to_pylist()
+    )
+    stored = extract_features(
+        itertools.chain(references, generated),
+        settings,
+        state_dir / "features" / settings.digest([texts[s.key] for s in samples]),
+        num_actors=config.num_actors,
+    )
+    real = [(s.key, REFERENCE_INDEX) for s in samples]
+    owners = [(key, REFERENCE_INDEX) for key, _ in fake]
+    provenance = {name: Precomputed(value) for name, value in settings.provenance().items()}
 
-    fid, kid = FID(inception), KID(inception, subsets=config.kid_subsets, subset_size=config.kid_subset_size)
+    fid = FID(provenance["inception"])
+    kid = KID(provenance["inception"], subsets=config.kid_subsets, subset_size=config.kid_subset_size)
     for metric in (fid, kid):
-        metric.update_features(_ordered(real["inception"], keys), real=True)
-        metric.update_features(_ordered(fake["inception"], generated), real=False)
-    clip_t, clip_i, cmmd = CLIPScore(clip), CLIPImageScore(clip), CMMD(cmmd_clip)
-    clip_t.update_embeddings(_ordered(fake["clip"], generated), clip.embed_texts([texts[k] for k in owners]))
-    clip_i.update_embeddings(_ordered(fake["clip"], generated), _ordered(real["clip"], owners))
-    cmmd.update_embeddings(_ordered(real["cmmd"], keys), real=True)
-    cmmd.update_embeddings(_ordered(fake["cmmd"], generated), real=False)
+        metric.update_features(stored.array("inception", real), real=True)
+        metric.update_features(stored.array("inception", fake), real=False)
+    clip_t, clip_i, cmmd = CLIPScore(provenance["clip"]), CLIPImageScore(provenance["clip"]), CMMD(provenance["cmmd"])
+    clip_t.update_embeddings(stored.array("clip", fake), stored.array("text_clip", owners))
+    clip_i.update_embeddings(stored.array("clip", fake), stored.array("clip", owners))
+    cmmd.update_embeddings(stored.array("cmmd", real), real=True)
+    cmmd.update_embeddings(stored.array("cmmd", fake), real=False)
 
     results = {"fid": fid.compute(), "kid": kid.compute(), "clip_t": clip_t.compute(), "clip_i": clip_i.compute()}
     results["cmmd"] = cmmd.compute()
@@ -228,9 +209,10 @@ def _read_synonyms(path: str | None) -> dict[str, str] | None:
 
 
 def compute_metrics(
-    config: RunConfig, bench: BenchmarkSet, run_dir: Path, judge_dir: Path
+    config: RunConfig, bench: BenchmarkSet, run_dir: Path, state_dir: Path
 ) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
-    """Every metric of a run from its stored images (judgements are stored under, or resumed from, `judge_dir`)."""
+    """Every metric of a run from its stored images. Judgements and image features are stored under, or resumed
+    from, `state_dir` (``judge/``, ``features/``)."""
     samples = bench.samples
     stored = image_index(run_dir)
     expected = {(s.key, i) for s in samples for i in range(config.images_per_sample)}
@@ -246,12 +228,12 @@ def compute_metrics(
         samples,
         iter_images(run_dir, ["key", "image_index", "png"]),
         judge,
-        judge_dir,
+        state_dir / "judge",
         num_actors=config.num_actors,
         chunk_size=config.chunk_size,
     )
     iou, judge_details = score_judgements(samples, judgements, synonyms)
-    metrics, details = _image_metrics(config, samples, run_dir)
+    metrics, details = _image_metrics(config, samples, run_dir, state_dir, sorted(found))
     metrics |= iou
     details["graph_iou"] = {
         **judge_details,
@@ -318,7 +300,7 @@ def run_benchmark(config: RunConfig) -> BenchmarkResult:
         num_actors=config.num_actors,
         chunk_size=config.chunk_size,
     )
-    metrics, details = compute_metrics(config, bench, run_dir, run_dir / "judge")
+    metrics, details = compute_metrics(config, bench, run_dir, run_dir)
     record = BenchmarkResult(
         benchmark=bench.info(),
         model=model,

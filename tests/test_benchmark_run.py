@@ -23,10 +23,10 @@ from benchmark.generate import (
     images_digest,
     iter_images,
 )
-from benchmark.judge import JudgeSettings, judge_images, read_judgements
+from benchmark.judge import read_judgements
 from benchmark.leaderboard import load_records
 from benchmark.leaderboard import main as leaderboard_main
-from benchmark.run import RunConfig, main, parse_config, run_benchmark
+from benchmark.run import RunConfig, compute_metrics, main, parse_config, run_benchmark
 from schemas import BenchmarkResult, SceneGraph
 
 
@@ -68,6 +68,7 @@ def run_args(bench: Path, models: dict[str, Path], output: Path, *extra: str) ->
         "--judge-max-relations", "4", "--judge-max-attributes", "1",
         "--clip-model", str(models["clip"]), "--cmmd-clip-model", str(models["clip"]),
         "--inception-weights", str(models["inception"]), "--kid-subsets", "10",
+        "--feature-batch-size", "3",  # 2 references + 2 generated images: two feature chunks, 3 + 1
         *extra,
     ]  # fmt: skip
 
@@ -155,8 +156,18 @@ def tamper(run_dir: Path) -> None:
     pq.write_table(table.set_column(table.schema.get_field_index("png"), "png", pa.array(pngs, pa.binary())), part)
 
 
+def stored_features(run_dir: Path) -> pa.Table:
+    """Every image-feature row stored under a run, sorted by (key, image_index)."""
+    parts = sorted((run_dir / "features").rglob("part-*.parquet"))
+    return pa.concat_tables(pq.read_table(p) for p in parts).sort_by([("key", "ascending"), ("image_index", "ascending")])
+
+
+def no_model(*args, **kwargs):
+    raise AssertionError("a finished run must not load a model")
+
+
 @pytest.mark.slow
-def test_end_to_end_on_ray_reproducible_rendered_and_verified(bench, models, tmp_path, capsys):
+def test_end_to_end_on_ray_reproducible_rendered_and_verified(bench, models, tmp_path, capsys, monkeypatch):
     # run a in this process, run b on two Ray actors with one sample per chunk
     assert main(run_args(bench, models, tmp_path / "a", "--num-actors", "0")) == 0
     import ray
@@ -183,16 +194,23 @@ def test_end_to_end_on_ray_reproducible_rendered_and_verified(bench, models, tmp
     # no Ray vs two actors: the same images, the same judge answers, the same numbers
     assert images_digest(tmp_path / "a") == images_digest(tmp_path / "b") == details["images"]["sha256"]
     assert read_judgements(tmp_path / "a" / "judge") == read_judgements(tmp_path / "b" / "judge")
+    assert stored_features(tmp_path / "a") == stored_features(tmp_path / "b")
+    assert stored_features(tmp_path / "a").num_rows == 4
+    assert len(list((tmp_path / "b" / "features").rglob("part-*.parquet"))) == 2
     assert a.metrics == b.metrics and a.run_id == b.run_id
 
-    # resuming a finished run regenerates and re-judges nothing (and loads no model)
+    # resuming a finished run regenerates, re-judges and re-featurises nothing (and loads no model)
     files = sorted((tmp_path / "a").rglob("part-*.parquet"))
     stamps = [f.stat().st_mtime_ns for f in files]
     samples = load_benchmark(bench).samples
     generate_images(samples, "sdxl-sg", "/nonexistent", a.generation, tmp_path / "a")
-    judge_images(samples, iter_images(tmp_path / "a"), JudgeSettings("/nonexistent"), tmp_path / "a" / "judge")
+    monkeypatch.setattr("benchmark.features.ImageFeaturizer", no_model)
+    monkeypatch.setattr("benchmark.judge.GraphJudge", no_model)
+    metrics, _ = compute_metrics(RunConfig(**a.provenance.config), load_benchmark(bench), tmp_path / "a", tmp_path / "a")
+    assert metrics == a.metrics
     assert sorted((tmp_path / "a").rglob("part-*.parquet")) == files
     assert [f.stat().st_mtime_ns for f in files] == stamps
+    monkeypatch.undo()
 
     # the leaderboard renders the records (plus one with a hostile model id) and the page works in a browser
     evil = record(EVIL, 1.0, 10.0, content_hash=a.benchmark.content_hash)

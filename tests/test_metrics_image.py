@@ -241,7 +241,7 @@ def test_fid_and_kid_classes(extractor: InceptionFeatureExtractor) -> None:
     result = fid.compute()
     assert 0.0 <= result["fid"] < 1e-6
     assert result["n_real"] == result["n_fake"] == 3
-    assert result["weights_sha256"] == extractor.weights_sha256 and len(result["weights_sha256"]) == 64
+    assert result["weights_sha256"] == extractor.provenance["weights_sha256"] and len(result["weights_sha256"]) == 64
     assert result["extractor"].startswith("inception-v3") and result["resize"].startswith("clean")
 
     other = extractor(_images(9, 2))

@@ -3,7 +3,14 @@
 Heavy dependencies (torch, torchvision, open_clip) are imported only when a model is built.
 """
 
-from benchmark.metrics.clip_score import CLIPEmbedder, CLIPImageScore, CLIPScore, clip_t_scores, cosine_scores
+from benchmark.metrics.clip_score import (
+    CLIPEmbedder,
+    CLIPImageScore,
+    CLIPScore,
+    clip_provenance,
+    clip_t_scores,
+    cosine_scores,
+)
 from benchmark.metrics.cmmd import CMMD, cmmd
 from benchmark.metrics.fid import FID, KID, kernel_inception_distance
 from benchmark.metrics.frechet import (
@@ -14,7 +21,13 @@ from benchmark.metrics.frechet import (
     trace_sqrt_product,
 )
 from benchmark.metrics.graph_iou import GraphIoU, graph_iou
-from benchmark.metrics.inception import InceptionFeatureExtractor, build_random_inception, load_inception
+from benchmark.metrics.inception import (
+    InceptionFeatureExtractor,
+    build_random_inception,
+    inception_provenance,
+    load_inception,
+)
+from benchmark.metrics.precomputed import Precomputed
 
 __all__ = [
     "CLIPEmbedder",
@@ -25,7 +38,9 @@ __all__ = [
     "GraphIoU",
     "InceptionFeatureExtractor",
     "KID",
+    "Precomputed",
     "build_random_inception",
+    "clip_provenance",
     "clip_t_scores",
     "cmmd",
     "cosine_scores",
@@ -33,6 +48,7 @@ __all__ = [
     "feature_stats",
     "frechet_distance",
     "graph_iou",
+    "inception_provenance",
     "kernel_inception_distance",
     "load_inception",
     "sample_factor",

@@ -17,12 +17,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from benchmark.metrics.precomputed import Precomputed
 from benchmark.provenance import weights_sha256
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["CLIPEmbedder", "CLIPImageScore", "CLIPScore", "clip_t_scores", "cosine_scores", "l2_normalize"]
+__all__ = [
+    "CLIPEmbedder",
+    "CLIPImageScore",
+    "CLIPScore",
+    "clip_provenance",
+    "clip_t_scores",
+    "cosine_scores",
+    "l2_normalize",
+]
 
 _SCHEMAS = ("local-dir:", "hf-hub:")
 
@@ -52,6 +61,20 @@ def _as_pil(images: Sequence[Image.Image] | Sequence[np.ndarray] | np.ndarray) -
     ]
 
 
+def clip_provenance(model: str | Path, pretrained: str | None) -> dict[str, Any]:
+    """The open_clip name the model loads under (a local folder becomes ``local-dir:DIR``), its pretrained tag
+    (none for a schema name) and, for a local folder, the sha256 of its weights."""
+    name = str(model)
+    if not name.startswith(_SCHEMAS) and Path(name).is_dir():
+        name = "local-dir:" + name
+    local_dir = name.removeprefix("local-dir:") if name.startswith("local-dir:") else None
+    return {
+        "clip_model": name,
+        "clip_pretrained": None if name.startswith(_SCHEMAS) else pretrained,
+        "clip_weights_sha256": weights_sha256(local_dir),
+    }
+
+
 class CLIPEmbedder:
     """L2-normalised open_clip image and text embeddings (float64 arrays)."""
 
@@ -66,23 +89,15 @@ class CLIPEmbedder:
         import open_clip
         import torch
 
-        name = str(model)
-        if not name.startswith(_SCHEMAS) and Path(name).is_dir():
-            name = "local-dir:" + name
-        schema_given = name.startswith(_SCHEMAS)
+        self.provenance = clip_provenance(model, pretrained)
+        name = self.provenance["clip_model"]
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=None if schema_given else pretrained, device=self.device
+            name, pretrained=self.provenance["clip_pretrained"], device=self.device
         )
         self.model.eval().requires_grad_(False)
         self.tokenizer = open_clip.get_tokenizer(name)
         self.batch_size = batch_size
-        local_dir = name.removeprefix("local-dir:") if name.startswith("local-dir:") else None
-        self.provenance: dict[str, Any] = {
-            "clip_model": name,
-            "clip_pretrained": None if schema_given else pretrained,
-            "clip_weights_sha256": weights_sha256(local_dir),
-        }
 
     def _encode(
         self,
@@ -121,7 +136,7 @@ class _PairedCLIPMetric:
     key: str
     score: Callable[[np.ndarray, np.ndarray], np.ndarray]
 
-    def __init__(self, embedder: CLIPEmbedder | None = None, **embedder_kwargs: Any) -> None:
+    def __init__(self, embedder: CLIPEmbedder | Precomputed | None = None, **embedder_kwargs: Any) -> None:
         self.embedder = embedder or CLIPEmbedder(**embedder_kwargs)
         self._scores: list[np.ndarray] = []
 

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from benchmark.metrics.clip_score import CLIPEmbedder
+from benchmark.metrics.precomputed import Precomputed
 
 __all__ = ["CMMD", "cmmd"]
 
@@ -48,7 +49,7 @@ class CMMD:
 
     def __init__(
         self,
-        embedder: CLIPEmbedder | None = None,
+        embedder: CLIPEmbedder | Precomputed | None = None,
         *,
         sigma: float = 10.0,
         model: str = "ViT-L-14-336",

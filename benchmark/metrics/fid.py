@@ -13,6 +13,7 @@ import numpy as np
 
 from benchmark.metrics.frechet import feature_stats, frechet_distance, sample_factor
 from benchmark.metrics.inception import FEATURE_DIM, ImageBatch, InceptionFeatureExtractor
+from benchmark.metrics.precomputed import Precomputed
 
 __all__ = ["FID", "KID", "kernel_inception_distance"]
 
@@ -64,7 +65,7 @@ class _InceptionMetric:
 
     def __init__(
         self,
-        extractor: InceptionFeatureExtractor | None = None,
+        extractor: InceptionFeatureExtractor | Precomputed | None = None,
         *,
         weights_path: str | Path | None = None,
         allow_download: bool = False,
@@ -114,7 +115,7 @@ class KID(_InceptionMetric):
 
     def __init__(
         self,
-        extractor: InceptionFeatureExtractor | None = None,
+        extractor: InceptionFeatureExtractor | Precomputed | None = None,
         *,
         subsets: int = 100,
         subset_size: int = 1000,

@@ -36,6 +36,7 @@ __all__ = [
     "InceptionFeatureExtractor",
     "build_random_inception",
     "clean_resize",
+    "inception_provenance",
     "load_inception",
     "resolve_inception_weights",
     "to_uint8_arrays",
@@ -143,6 +144,17 @@ def resolve_inception_weights(weights_path: str | Path | None = None, allow_down
     return cached
 
 
+def inception_provenance(weights_path: str | Path | None = None, allow_download: bool = False) -> dict[str, Any]:
+    """What must accompany any FID or KID: the network, its weights file and their sha256, the resize."""
+    path = resolve_inception_weights(weights_path, allow_download)
+    return {
+        "extractor": EXTRACTOR_NAME,
+        "weights_path": str(path),
+        "weights_sha256": weights_sha256(path),
+        "resize": RESIZE_MODE,
+    }
+
+
 def load_inception(path: str | Path) -> torch.nn.Module:
     """The FID Inception network with the state dict in `path` (strict), in eval mode, gradients off."""
     import torch
@@ -209,21 +221,10 @@ class InceptionFeatureExtractor:
     ) -> None:
         import torch
 
-        path = resolve_inception_weights(weights_path, allow_download)
+        self.provenance = inception_provenance(weights_path, allow_download)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = load_inception(path).to(self.device)
+        self.model = load_inception(self.provenance["weights_path"]).to(self.device)
         self.batch_size = batch_size
-        self.weights_path = str(path)
-        self.weights_sha256 = weights_sha256(path)
-
-    @property
-    def provenance(self) -> dict[str, Any]:
-        return {
-            "extractor": EXTRACTOR_NAME,
-            "weights_path": self.weights_path,
-            "weights_sha256": self.weights_sha256,
-            "resize": RESIZE_MODE,
-        }
 
     def __call__(self, images: ImageBatch) -> np.ndarray:
         """N×2048 float32 features; images are resized in a thread pool, one batch at a time."""
