@@ -2,6 +2,7 @@
 
     python bench/train_step.py --size tiny --resolution 64 --batch-size 4 --steps 5      # CPU, tiny random SDXL
     python bench/train_step.py --size full --resolution 512 --batch-size 1 --steps 10    # GPU, full-size SDXL
+    python bench/train_step.py --size full --resolution 1024 --batch-size 1 --device meta # FLOPs only, any machine
 
 - `--size tiny`: the tiny random SDXL of `training.tiny_sdxl` and a 32-wide SG encoder.
 - `--size full`: SDXL base 1.0's architecture (UNet 2.57B, VAE 84M, CLIP-L 123M, OpenCLIP-bigG 695M parameters)
@@ -11,8 +12,12 @@
   with the precomputed latents and text features (`training.precompute`), as `--cache` training does.
 
 Each path: one warm-up step, then `--steps` timed steps (`train_step`: forward, backward, clip, AdamW); the
-median step time is reported (robust to other jobs on a shared machine); data collation is outside the timing. FLOPs of one step are counted with `torch.utils.flop_counter.FlopCounterMode`
-(matmuls, convolutions, attention; forward + backward). MFU = FLOPs per step / step time / peak, with the peak
+median step time is reported (robust to other jobs on a shared machine); data collation is outside the timing.
+Model FLOPs of one step (forward + backward; matmuls, convolutions, attention) are counted with
+`torch.utils.flop_counter.FlopCounterMode` on a weightless copy on the meta device, where attention runs as
+matmuls: a real CPU step hides attention inside a kernel the counter does not know, and gradient checkpointing's
+recompute is not model FLOPs. `--device meta` only counts, so full-size FLOPs need no GPU and no memory.
+MFU = FLOPs per step / step time / peak, with the peak
 from `--peak-tflops`, else a table of GPU bf16 dense peaks, else (CPU) the measured fp32 matmul rate of this
 machine. Peak memory: `torch.cuda.max_memory_allocated` on GPU, the process's peak RSS on CPU.
 """
@@ -164,9 +169,7 @@ def peak_memory_mib(device: torch.device) -> float:
 def measure(
     frozen: FrozenSDXL, encoder: SGEncoder, batch: TrainBatch, steps: int, device: torch.device
 ) -> dict[str, Any]:
-    """Median time of `steps` training steps after one warm-up step, then one step's FLOPs."""
-    from torch.utils.flop_counter import FlopCounterMode
-
+    """Median time of `steps` training steps after one warm-up step, and the peak memory."""
     optimizer = build_optimizer(encoder, lr=5e-4, weight_decay=0.2)
     scheduler = build_lr_scheduler(optimizer, warmup_steps=0, total_steps=steps + 2)
     autocast = device.type == "cuda"
@@ -187,11 +190,19 @@ def measure(
         torch.cuda.reset_peak_memory_stats(device)
     timed(0)
     seconds = statistics.median(timed(index) for index in range(1, steps + 1))
-    memory = peak_memory_mib(device)
+    return {"step_s": seconds, "samples_per_s": batch.size / seconds, "peak_mem_mib": peak_memory_mib(device)}
+
+
+def count_flops(frozen: FrozenSDXL, encoder: SGEncoder, batch: TrainBatch) -> dict[str, Any]:
+    """FLOPs of one step's forward and backward (the optimizer's are negligible; a raw batch's include the frozen
+    VAE and text encoders). On the meta device this costs no memory and no compute, so any size can be counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from training.step import diffusion_loss
+
     with FlopCounterMode(display=False) as counter:
-        step(steps + 1)
-    return {"step_s": seconds, "samples_per_s": batch.size / seconds, "flops": counter.get_total_flops(),
-            "peak_mem_mib": memory}  # fmt: skip
+        diffusion_loss(frozen, encoder, batch, seed=0).backward()
+    return {"flops": counter.get_total_flops()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,7 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolution", type=int, default=None, help="default 64 (tiny) or 512 (full)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cuda, cpu, or meta (count FLOPs only: no weights, no timing; any size on any machine)",
+    )
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--peak-tflops", type=float, help="peak FLOP/s of the device for MFU, in TFLOP/s")
     parser.add_argument("--json", help="also write the figures to this file")
@@ -209,40 +224,58 @@ def main(argv: list[str] | None = None) -> int:
     resolution = args.resolution or (64 if args.size == "tiny" else 512)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tiny_dir = build_tiny_sdxl(
-            Path(tmp) / "sdxl"
-        )  # full size takes only the tokenizers (CLIP's vocabulary)
-        if args.size == "tiny":
-            frozen = FrozenSDXL.load(tiny_dir, device, dtype)
-            encoder_config = SGEncoderConfig.for_text_encoders(
-                *frozen.text_encoders, hidden_dim=32, mlp_hidden_dim=64
-            )
-        else:
-            frozen = full_size_frozen(tiny_dir, device, dtype)
-            encoder_config = SGEncoderConfig.for_text_encoders(*frozen.text_encoders)
-        rows = [r for r in read_rows(find_splits(write_fixture_dataset(Path(tmp) / "data"))["train"]) if usable(r)]
-    if args.gradient_checkpointing:
-        frozen.unet.enable_gradient_checkpointing()
-    rows = (rows * (args.batch_size // len(rows) + 1))[: args.batch_size]
-    raw = RowCollator(frozen.tokenizers, ImageConfig(resolution=resolution))(rows).to(device)
-    latents, features = frozen.encode(raw)
-    cached = TrainBatch(keys=raw.keys, time_ids=raw.time_ids, latents=latents, features=features.to(device))
-    peak, peak_source = peak_flops(device, args.peak_tflops)
+    meta = torch.device("meta")
 
-    results = {}
-    for path, batch in (("raw", raw), ("cache", cached)):
-        torch.manual_seed(0)
-        encoder = SGEncoder(encoder_config).to(device)
-        results[path] = measure(frozen, encoder, batch, args.steps, device)
-        results[path]["mfu"] = results[path]["flops"] / results[path]["step_s"] / peak
+    def build(device: torch.device) -> FrozenSDXL:
+        if args.size == "tiny":
+            return FrozenSDXL.load(tiny_dir, device, dtype)
+        return full_size_frozen(tiny_dir, device, dtype)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny_dir = build_tiny_sdxl(Path(tmp) / "sdxl")  # full size takes only its tokenizers (CLIP's vocabulary)
+        frozen = build(device)
+        counting = frozen if device == meta else build(meta)  # FLOPs are counted on a weightless copy
+        rows = [r for r in read_rows(find_splits(write_fixture_dataset(Path(tmp) / "data"))["train"]) if usable(r)]
+    small = {"hidden_dim": 32, "mlp_hidden_dim": 64} if args.size == "tiny" else {}
+    encoder_config = SGEncoderConfig.for_text_encoders(*frozen.text_encoders, **small)
+    if args.gradient_checkpointing:
+        frozen.unet.enable_gradient_checkpointing()  # not on the counting copy: model FLOPs exclude recompute
+    rows = (rows * (args.batch_size // len(rows) + 1))[: args.batch_size]
+    raw = RowCollator(frozen.tokenizers, ImageConfig(resolution=resolution))(rows)
+
+    def batches(frozen: FrozenSDXL, device: torch.device) -> dict[str, TrainBatch]:
+        on_device = raw.to(device)
+        latents, features = frozen.encode(on_device)
+        cached = TrainBatch(keys=raw.keys, time_ids=on_device.time_ids, latents=latents, features=features.to(device))
+        return {"raw": on_device, "cache": cached}
+
     sg_params = SGEncoder(encoder_config).num_parameters()
     frozen_params = sum(p.numel() for m in frozen.modules() for p in m.parameters())
-
     print(f"SDXL-SG training step: size={args.size} resolution={resolution} batch={args.batch_size} "
-          f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}) "
+          f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else device.type}) "
           f"dtype={dtype} gradient_checkpointing={args.gradient_checkpointing}")  # fmt: skip
     print(f"parameters: frozen SDXL {frozen_params / 1e6:,.1f}M, SG encoder {sg_params / 1e6:,.2f}M")
+
+    results = {
+        path: count_flops(counting, SGEncoder(encoder_config).to(meta), batch)
+        for path, batch in batches(counting, meta).items()
+    }
+    print("model FLOPs of one step's forward + backward (FlopCounterMode on the meta device, attention as matmuls)")
+    for path, r in results.items():
+        print(f"{path:6s} {r['flops'] / 1e12:9.3f} TFLOP/step {r['flops'] / 1e12 / args.batch_size:9.3f} TFLOP/sample")
+    ratio = results["raw"]["flops"] / results["cache"]["flops"]
+    print(f"raw/cache FLOP ratio {ratio:.3f}: the cache gain in samples/s if both paths ran at the same MFU")
+    if device == meta:
+        if args.json:
+            Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+        return 0
+
+    peak, peak_source = peak_flops(device, args.peak_tflops)
+    for path, batch in batches(frozen, device).items():
+        torch.manual_seed(0)
+        encoder = SGEncoder(encoder_config).to(device)
+        results[path] |= measure(frozen, encoder, batch, args.steps, device)
+        results[path]["mfu"] = results[path]["flops"] / results[path]["step_s"] / peak
     print(f"peak for MFU: {peak / 1e12:.3f} TFLOP/s ({peak_source})")
     print(f"{'path':6s} {'step s':>9s} {'samples/s':>10s} {'GFLOP/step':>11s} {'MFU':>7s} {'peak MiB':>9s}")
     for path, r in results.items():

@@ -6,6 +6,7 @@ running RNG, so a run resumed from a checkpoint draws exactly the noise an unint
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,7 +118,7 @@ def diffusion_loss(
         target = scheduler.get_velocity(latents, noise, timesteps)
     else:
         raise ValueError(f"unsupported prediction type {scheduler.config.prediction_type!r}")
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
         prompt_embeds, pooled = encoder(features)
         prediction = unet(
             noisy.to(unet.dtype),

@@ -1,0 +1,48 @@
+"""bench/train_step.py counts model FLOPs on a weightless meta-device copy. The count must equal what the same
+step counts when it really runs on CPU with attention as matmuls (SDPA's math backend)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from train_step import count_flops  # noqa: E402
+
+from training.data import ImageConfig, RowCollator, find_splits, read_rows, usable  # noqa: E402
+from training.fixtures import write_fixture_dataset  # noqa: E402
+from training.sg_encoder import SGEncoder, SGEncoderConfig  # noqa: E402
+from training.step import FrozenSDXL  # noqa: E402
+
+
+def test_meta_flop_count_equals_a_real_cpu_step(tiny_models_dir: Path, tmp_path: Path) -> None:
+    rows = [r for r in read_rows(find_splits(write_fixture_dataset(tmp_path / "data"))["train"]) if usable(r)][:2]
+    flops = {}
+    for device in ("meta", "cpu"):
+        frozen = FrozenSDXL.load(tiny_models_dir / "sdxl", device)
+        config = SGEncoderConfig.for_text_encoders(*frozen.text_encoders, hidden_dim=32, mlp_hidden_dim=64)
+        batch = RowCollator(frozen.tokenizers, ImageConfig(resolution=64))(rows).to(torch.device(device))
+        with sdpa_kernel(SDPBackend.MATH):
+            flops[device] = count_flops(frozen, SGEncoder(config).to(device), batch)["flops"]
+    assert flops["meta"] == flops["cpu"] > 0
+
+
+def test_bench_script_reports_flops_time_and_memory(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    command = [sys.executable, "bench/train_step.py", "--size", "tiny", "--batch-size", "2", "--steps", "1",
+               "--device", "cpu", "--json", str(out)]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    assert results["raw"]["flops"] > results["cache"]["flops"] > 0  # the cache skips the VAE and text encoders
+    for r in results.values():
+        assert r["samples_per_s"] > 0 and r["peak_mem_mib"] > 0
+        assert abs(r["mfu"] - r["flops"] / r["step_s"] / json.loads(out.read_text())["peak_flops"]) < 1e-12
+    assert "raw/cache FLOP ratio" in done.stdout
