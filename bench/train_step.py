@@ -230,15 +230,15 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = torch.device("meta")
 
-    def build(device: torch.device) -> FrozenSDXL:
+    def build(tiny_dir: Path, device: torch.device) -> FrozenSDXL:
         if args.size == "tiny":
             return FrozenSDXL.load(tiny_dir, device, dtype)
-        return full_size_frozen(tiny_dir, device, dtype)
+        return full_size_frozen(tiny_dir, device, dtype)  # takes only the tokenizers (CLIP's vocabulary)
 
     with tempfile.TemporaryDirectory() as tmp:
-        tiny_dir = build_tiny_sdxl(Path(tmp) / "sdxl")  # full size takes only its tokenizers (CLIP's vocabulary)
-        frozen = build(device)
-        counting = frozen if device == meta else build(meta)  # FLOPs are counted on a weightless copy
+        tiny_dir = build_tiny_sdxl(Path(tmp) / "sdxl")
+        frozen = build(tiny_dir, device)
+        counting = frozen if device == meta else build(tiny_dir, meta)  # FLOPs are counted on a weightless copy
         rows = [r for r in read_rows(find_splits(write_fixture_dataset(Path(tmp) / "data"))["train"]) if usable(r)]
     small = {"hidden_dim": 32, "mlp_hidden_dim": 64} if args.size == "tiny" else {}
     encoder_config = SGEncoderConfig.for_text_encoders(*frozen.text_encoders, **small)

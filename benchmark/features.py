@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -76,10 +77,10 @@ class FeatureSettings:
             "cmmd": clip_provenance(self.cmmd_clip_model, self.cmmd_clip_pretrained),
         }
 
-    def digest(self, texts: Sequence[str]) -> str:
-        """16 hex digits over the networks (with their weights' sha256), the batch size and the texts CLIP-T
-        compares with."""
-        identity = {"provenance": self.provenance(), "batch_size": self.batch_size, "texts": list(texts)}
+    def digest(self, provenance: dict[str, dict[str, Any]], texts: Sequence[str]) -> str:
+        """16 hex digits over the networks (`provenance()`, with their weights' sha256), the batch size and the
+        texts CLIP-T compares with."""
+        identity = {"provenance": provenance, "batch_size": self.batch_size, "texts": list(texts)}
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -156,13 +157,8 @@ class StoredFeatures:
 
 
 def _chunks(items: Iterable[FeatureItem], chunk_size: int) -> Iterator[tuple[str, list[FeatureItem]]]:
-    chunk: list[FeatureItem] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == chunk_size:
-            yield chunk_name([f"{i.key}:{i.image_index}" for i in chunk]), chunk
-            chunk = []
-    if chunk:
+    remaining = iter(items)
+    while chunk := list(itertools.islice(remaining, chunk_size)):
         yield chunk_name([f"{i.key}:{i.image_index}" for i in chunk]), chunk
 
 

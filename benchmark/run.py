@@ -160,6 +160,7 @@ def _image_metrics(
     from benchmark.metrics import CMMD, FID, KID, CLIPImageScore, CLIPScore, Precomputed
 
     settings = config.features()
+    provenance = settings.provenance()
     texts = {s.key: s.caption if config.clip_t_text == "caption" else s.sg_text for s in samples}
     references = (FeatureItem(s.key, REFERENCE_INDEX, s.image, texts[s.key]) for s in samples)
     generated = (
@@ -170,19 +171,19 @@ def _image_metrics(
     stored = extract_features(
         itertools.chain(references, generated),
         settings,
-        state_dir / "features" / settings.digest([texts[s.key] for s in samples]),
+        state_dir / "features" / settings.digest(provenance, [texts[s.key] for s in samples]),
         num_actors=config.num_actors,
     )
     real = [(s.key, REFERENCE_INDEX) for s in samples]
     owners = [(key, REFERENCE_INDEX) for key, _ in fake]
-    provenance = {name: Precomputed(value) for name, value in settings.provenance().items()}
+    inception, clip, cmmd_clip = (Precomputed(provenance[name]) for name in ("inception", "clip", "cmmd"))
 
-    fid = FID(provenance["inception"])
-    kid = KID(provenance["inception"], subsets=config.kid_subsets, subset_size=config.kid_subset_size)
+    fid = FID(inception)
+    kid = KID(inception, subsets=config.kid_subsets, subset_size=config.kid_subset_size)
     for metric in (fid, kid):
         metric.update_features(stored.array("inception", real), real=True)
         metric.update_features(stored.array("inception", fake), real=False)
-    clip_t, clip_i, cmmd = CLIPScore(provenance["clip"]), CLIPImageScore(provenance["clip"]), CMMD(provenance["cmmd"])
+    clip_t, clip_i, cmmd = CLIPScore(clip), CLIPImageScore(clip), CMMD(cmmd_clip)
     clip_t.update_embeddings(stored.array("clip", fake), stored.array("text_clip", owners))
     clip_i.update_embeddings(stored.array("clip", fake), stored.array("clip", owners))
     cmmd.update_embeddings(stored.array("cmmd", real), real=True)
