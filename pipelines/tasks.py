@@ -200,9 +200,10 @@ def _graph_from_object(data: Mapping[str, Any]) -> tuple[SceneGraph, list[str]]:
     """Our own JSON shape, LAION-SG's raw model shape (``items: ["person_0", ...]``) or its record shape."""
     if "items" in data and "objects" not in data:
         items = data["items"]
+        notes: list[str] = []  # the converters repair; their changes are this answer's repairs
         if isinstance(items, list) and items and isinstance(items[0], Mapping):
-            return SceneGraph.from_laion_sg(data), []
-        return SceneGraph.from_vlm_raw(data), []
+            return SceneGraph.from_laion_sg(data, changes=notes), notes
+        return SceneGraph.from_vlm_raw(data, changes=notes), notes
     unknown = sorted(set(data) - {"objects", "relations"})
     notes = [f"ignored unknown keys {unknown}"] if unknown else []
     return SceneGraph.from_json(data), notes

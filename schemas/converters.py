@@ -7,17 +7,24 @@
 - The VLM raw shape of LAION-SG's GPT-4o output: ``{"items": ["person_0"], "attributes": [[0, "young"]],
   "relations": [[0, "holding", 1]]}``.
 
-Converters are faithful: they do not normalise text or drop relations. Call `SceneGraph.repair()` for that.
-Every malformed record raises `RecordError` naming the record and the field.
+Every `from_*` converter returns a VALID graph (`SceneGraph.validate()` passes) or raises `RecordError` naming the
+record and the field. A record that is structurally broken (a missing key, a wrong type, a duplicate id) raises; the
+near-misses of real data (upper case, stray spaces, self-loops, duplicate triples, text that breaks the character
+rule, a relation to an id that is not there) are repaired with `SceneGraph.repair()`, which drops what it cannot
+fix. A graph that is valid as read is returned unchanged (ids included). Pass a list as ``changes`` to receive the
+repair notes (empty when nothing was changed); a record whose objects are all dropped raises. The `to_*`
+functions write what they are given.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from schemas.scene_graph import (
+    DEFAULT_LIMITS,
+    Limits,
     RecordError,
     SceneGraph,
     SGObject,
@@ -43,11 +50,38 @@ __all__ = [
 ]
 
 
+def _record_name(key: str, value: Any) -> str:
+    """``img_id=123`` for messages; a hostile id is cut short."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        return f"{key}=<an integer of {value.bit_length()} bits>"
+    return f"{key}={value!s:.40}"
+
+
+def _optional_list(mapping: Mapping[str, Any], key: str, record: str, where: str) -> Sequence[Any]:
+    """An optional list: missing or null is empty, anything else must be a list."""
+    value = mapping.get(key)
+    return [] if value is None else _require_list(value, record, where)
+
+
+def _valid(
+    graph: SceneGraph, record: str, field: str, note: str, limits: Limits, changes: list[str] | None
+) -> SceneGraph:
+    """`graph` when valid, else its repair; raises when a record with objects keeps none of them."""
+    if graph.is_valid(limits):
+        return graph
+    repaired, made = graph.repair(limits)
+    if graph.objects and not repaired.objects:
+        raise RecordError(record, field, f"no usable object after repair ({note}): " + "; ".join(made))
+    if changes is not None:
+        changes.extend(made)
+    return repaired
+
+
 def _decode(obj: Mapping[str, Any] | str | bytes, record: str) -> Mapping[str, Any]:
     if isinstance(obj, str | bytes):
         try:
             obj = json.loads(obj)
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
             raise RecordError(record, "<json>", f"invalid JSON: {exc}") from None
     return _require_mapping(obj, record, "<root>")
 
@@ -55,15 +89,19 @@ def _decode(obj: Mapping[str, Any] | str | bytes, record: str) -> Mapping[str, A
 # ---------------------------------------------------------------------- LAION-SG
 
 
-def from_laion_sg(record: Mapping[str, Any]) -> SceneGraph:
-    """A LAION-SG record (their JSON layout) to a graph; item ids become object ids."""
+def from_laion_sg(
+    record: Mapping[str, Any], *, limits: Limits = DEFAULT_LIMITS, changes: list[str] | None = None
+) -> SceneGraph:
+    """A LAION-SG record (their JSON layout) to a valid graph; item ids become object ids (see the module doc)."""
     record = _require_mapping(record, "<laion_sg>", "<root>")
-    name = f"img_id={record.get('img_id', '?')}"
+    name = _record_name("img_id", record.get("img_id", "?"))
     objects = [
         SGObject(
             id=_require_int(_field(item, "item_id", name, f"items[{i}]"), name, f"items[{i}].item_id"),
             name=_require_str(_field(item, "label", name, f"items[{i}]"), name, f"items[{i}].label"),
-            attributes=_require_str_list(item.get("attributes") or [], name, f"items[{i}].attributes"),
+            attributes=_require_str_list(
+                _optional_list(item, "attributes", name, f"items[{i}].attributes"), name, f"items[{i}].attributes"
+            ),
         )
         for i, item in enumerate(_require_mappings(_field(record, "items", name, "<root>"), name, "items"))
     ]
@@ -73,9 +111,11 @@ def from_laion_sg(record: Mapping[str, Any]) -> SceneGraph:
             predicate=_require_str(_field(rel, "relation", name, f"relations[{i}]"), name, f"relations[{i}].relation"),
             object=_require_int(_field(rel, "item2", name, f"relations[{i}]"), name, f"relations[{i}].item2"),
         )
-        for i, rel in enumerate(_require_mappings(record.get("relations") or [], name, "relations"))
+        for i, rel in enumerate(
+            _require_mappings(_optional_list(record, "relations", name, "relations"), name, "relations")
+        )
     ]
-    return SceneGraph(objects, relations)
+    return _valid(SceneGraph(objects, relations), name, "items", "objects[i] is items[i]", limits, changes)
 
 
 def to_laion_sg(
@@ -115,13 +155,16 @@ def to_laion_sg(
 # ---------------------------------------------------------------------- Visual Genome
 
 
-def from_visual_genome(entry: Mapping[str, Any]) -> SceneGraph:
-    """A Visual Genome ``scene_graphs.json`` entry to a graph with dense ids (VG ids are global, large ints).
+def from_visual_genome(
+    entry: Mapping[str, Any], *, limits: Limits = DEFAULT_LIMITS, changes: list[str] | None = None
+) -> SceneGraph:
+    """A Visual Genome ``scene_graphs.json`` entry to a valid graph with dense ids (VG ids are global, large ints).
 
     The first of ``names`` is the object's name (older dumps use ``name``); ``attributes`` is read when present.
+    Raw VG text ("ON", "Man ") is normalised; self-loops and duplicate triples are dropped (see the module doc).
     """
     entry = _require_mapping(entry, "<visual_genome>", "<root>")
-    name = f"image_id={entry.get('image_id', '?')}"
+    name = _record_name("image_id", entry.get("image_id", "?"))
     objects: list[SGObject] = []
     dense: dict[int, int] = {}
     for i, obj in enumerate(_require_mappings(_field(entry, "objects", name, "<root>"), name, "objects")):
@@ -133,13 +176,17 @@ def from_visual_genome(entry: Mapping[str, Any]) -> SceneGraph:
             label = names[0]
         else:
             label = _require_str(_field(obj, "name", name, f"objects[{i}]"), name, f"objects[{i}].name")
-        attributes = _require_str_list(obj.get("attributes") or [], name, f"objects[{i}].attributes")
+        attributes = _require_str_list(
+            _optional_list(obj, "attributes", name, f"objects[{i}].attributes"), name, f"objects[{i}].attributes"
+        )
         if vg_id in dense:
             raise RecordError(name, f"objects[{i}].object_id", f"duplicate object_id {vg_id}")
         dense[vg_id] = len(objects)
         objects.append(SGObject(dense[vg_id], label, attributes))
     relations = []
-    for i, rel in enumerate(_require_mappings(entry.get("relationships") or [], name, "relationships")):
+    for i, rel in enumerate(
+        _require_mappings(_optional_list(entry, "relationships", name, "relationships"), name, "relationships")
+    ):
         ends = []
         for end in ("subject_id", "object_id"):
             vg_id = _require_int(_field(rel, end, name, f"relationships[{i}]"), name, f"relationships[{i}].{end}")
@@ -148,7 +195,8 @@ def from_visual_genome(entry: Mapping[str, Any]) -> SceneGraph:
             ends.append(dense[vg_id])
         predicate = _require_str(_field(rel, "predicate", name, f"relationships[{i}]"), name, f"relationships[{i}].predicate")
         relations.append(SGRelation(ends[0], predicate, ends[1]))
-    return SceneGraph(objects, relations)
+    graph = SceneGraph(objects, relations)
+    return _valid(graph, name, "objects", "relations[i] is relationships[i]", limits, changes)
 
 
 def to_visual_genome(graph: SceneGraph, image_id: int = 0) -> dict[str, Any]:
@@ -166,13 +214,15 @@ def to_visual_genome(graph: SceneGraph, image_id: int = 0) -> dict[str, Any]:
 # ---------------------------------------------------------------------- sg2im
 
 
-def from_sg2im(obj: Mapping[str, Any] | str) -> SceneGraph:
-    """sg2im JSON (positional object indices, no attributes) to a graph; ids are the positions."""
+def from_sg2im(
+    obj: Mapping[str, Any] | str, *, limits: Limits = DEFAULT_LIMITS, changes: list[str] | None = None
+) -> SceneGraph:
+    """sg2im JSON (positional object indices, no attributes) to a valid graph; ids are the positions."""
     record = "<sg2im>"
     data = _decode(obj, record)
     names = _require_str_list(_field(data, "objects", record, "<root>"), record, "objects")
     relations = []
-    for i, triple in enumerate(_require_list(data.get("relationships") or [], record, "relationships")):
+    for i, triple in enumerate(_optional_list(data, "relationships", record, "relationships")):
         triple = _require_list(triple, record, f"relationships[{i}]")
         if len(triple) != 3:
             raise RecordError(record, f"relationships[{i}]", f"expected [subject, predicate, object], got {len(triple)} items")
@@ -182,7 +232,8 @@ def from_sg2im(obj: Mapping[str, Any] | str) -> SceneGraph:
             if not 0 <= index < len(names):
                 raise RecordError(record, f"relationships[{i}][{pos}]", f"index {index} outside objects[0..{len(names) - 1}]")
         relations.append(SGRelation(s, _require_str(triple[1], record, f"relationships[{i}][1]"), o))
-    return SceneGraph([SGObject(i, n) for i, n in enumerate(names)], relations)
+    graph = SceneGraph([SGObject(i, n) for i, n in enumerate(names)], relations)
+    return _valid(graph, record, "objects", "relations[i] is relationships[i]", limits, changes)
 
 
 def to_sg2im(graph: SceneGraph) -> dict[str, Any]:
@@ -199,16 +250,19 @@ def to_sg2im(graph: SceneGraph) -> dict[str, Any]:
 
 def _split_item(item: str, index: int, record: str) -> tuple[str, int]:
     """``"person_0"`` -> ("person", 0); an item without a numeric suffix takes its position as id."""
+    item = item.strip()
     stem, sep, suffix = item.rpartition("_")
-    if sep and suffix.isdigit():
+    if sep and suffix.isascii() and suffix.isdigit() and len(suffix) <= 9:
         return stem, int(suffix)
     if not item:
         raise RecordError(record, f"items[{index}]", "empty item name")
     return item, index
 
 
-def from_vlm_raw(obj: Mapping[str, Any] | str) -> SceneGraph:
-    """LAION-SG's raw model shape to a graph. Ids are the numeric suffixes of the item names."""
+def from_vlm_raw(
+    obj: Mapping[str, Any] | str, *, limits: Limits = DEFAULT_LIMITS, changes: list[str] | None = None
+) -> SceneGraph:
+    """LAION-SG's raw model shape to a valid graph. Ids are the numeric suffixes of the item names."""
     record = "<vlm_raw>"
     data = _decode(obj, record)
     objects: list[SGObject] = []
@@ -219,16 +273,18 @@ def from_vlm_raw(obj: Mapping[str, Any] | str) -> SceneGraph:
             raise RecordError(record, f"items[{i}]", f"duplicate id {object_id}")
         by_id[object_id] = SGObject(object_id, name)
         objects.append(by_id[object_id])
-    for i, entry in enumerate(_require_list(data.get("attributes") or [], record, "attributes")):
+    for i, entry in enumerate(_optional_list(data, "attributes", record, "attributes")):
         entry = _require_list(entry, record, f"attributes[{i}]")
         if not entry:
             raise RecordError(record, f"attributes[{i}]", "expected [id, attribute, ...], got []")
         object_id = _require_int(entry[0], record, f"attributes[{i}][0]")
         if object_id not in by_id:
             raise RecordError(record, f"attributes[{i}][0]", f"id {object_id} is not an item")
-        by_id[object_id].attributes.extend(_require_str_list(list(entry[1:]), record, f"attributes[{i}][1:]"))
+        by_id[object_id].attributes.extend(
+            _require_str(value, record, f"attributes[{i}][{j}]") for j, value in enumerate(entry[1:], start=1)
+        )
     relations = []
-    for i, triple in enumerate(_require_list(data.get("relations") or [], record, "relations")):
+    for i, triple in enumerate(_optional_list(data, "relations", record, "relations")):
         triple = _require_list(triple, record, f"relations[{i}]")
         if len(triple) != 3:
             raise RecordError(record, f"relations[{i}]", f"expected [subject, predicate, object], got {len(triple)} items")
@@ -239,7 +295,7 @@ def from_vlm_raw(obj: Mapping[str, Any] | str) -> SceneGraph:
                 _require_int(triple[2], record, f"relations[{i}][2]"),
             )
         )
-    return SceneGraph(objects, relations)
+    return _valid(SceneGraph(objects, relations), record, "items", "objects[i] is items[i]", limits, changes)
 
 
 def to_vlm_raw(graph: SceneGraph) -> dict[str, Any]:
