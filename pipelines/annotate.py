@@ -26,14 +26,16 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import logging
 import os
 import sys
+import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
@@ -48,9 +50,12 @@ from ray.data.datasource import Datasource, ReadTask
 
 from pipelines.engines import ENGINES, Engine, EngineOptions, build_engine
 from pipelines.engines.base import ROW_POSITION_FIELDS
+from pipelines.engines.http_session import mask_secrets
 from pipelines.images import MAX_PIXELS, MAX_SIDE, prepare_batch
 from pipelines.ingest import (
+    IMAGE_COLUMNS,
     INPUT_FORMATS,
+    METADATA_ONLY_FORMATS,
     FilterCounts,
     IngestFilters,
     Shard,
@@ -82,10 +87,18 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ROW_GROUP_SIZE = 256
+# The output directory: data files, per-shard completion records, set-aside outputs, settings and summary.
+DATA_DIR = "data"
+SHARDS_DIR = "shards"
+SUPERSEDED_DIR = "superseded"
+RUN_FILE = "run.json"
+SUMMARY_FILE = "summary.json"
+# Bound of an error text that quotes an exception.
+_ERROR_CHARS = 2000
 # Rows per block out of the read-and-prepare stage.
 BLOCK_ROWS = 64
 _TMP_PREFIX = "."
-_TMP_MARK = ".parquet.tmp-"
+_TMP_MARK = ".tmp-"
 # Columns of the read stage: what the later stages need of a row (image bytes only until they are prepared).
 _READ_FIELDS = (
     *ROW_POSITION_FIELDS,
@@ -159,7 +172,7 @@ def config_from_mapping(values: dict[str, Any]) -> AnnotateConfig:
     if missing:
         raise ConfigError(f"missing required settings: {', '.join(missing)}")
     try:
-        return AnnotateConfig(
+        config = AnnotateConfig(
             **{k: v for k, v in values.items() if k in _TOP_LEVEL},
             filters=IngestFilters(**(values.get("filters") or {})),
             limits=Limits(**(values.get("limits") or {})),
@@ -167,6 +180,46 @@ def config_from_mapping(values: dict[str, Any]) -> AnnotateConfig:
         )
     except TypeError as exc:  # an unknown key inside `filters` or `limits`
         raise ConfigError(str(exc)) from None
+    check_numbers(config)
+    return config
+
+
+# (section, setting, smallest allowed value or None, whether the value must be above it rather than at least it)
+_NUMERIC_SETTINGS: tuple[tuple[str, str, float, bool], ...] = (
+    ("", "limit", 1, False),
+    ("", "files_per_shard", 1, False),
+    ("", "rows_per_shard", 1, False),
+    ("", "max_side", 1, False),
+    ("", "max_pixels", 1, False),
+    ("", "num_cpus", 1, False),
+    ("engine_options", "batch_size", 1, False),
+    ("engine_options", "num_actors", 1, False),
+    ("engine_options", "max_new_tokens", 1, False),
+    ("engine_options", "max_model_len", 1, False),
+    ("engine_options", "cpus_per_actor", 0, True),
+    ("engine_options", "gpus_per_actor", 0, False),
+    ("engine_options", "max_retries", 0, False),
+    ("engine_options", "retry_wait", 0, False),
+    ("engine_options", "request_timeout", 0, True),
+    ("engine_options", "qps", 0, True),
+    ("limits", "max_objects", 1, False),
+    ("limits", "max_relations", 0, False),
+    ("limits", "max_attributes", 0, False),
+)
+
+
+def check_numbers(config: AnnotateConfig) -> None:
+    """Raise `ConfigError` naming the flag of the first number setting out of its range (None means unset)."""
+    for section, name, bound, strict in _NUMERIC_SETTINGS:
+        value = getattr(getattr(config, section) if section else config, name)
+        if value is None:
+            continue
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{flag} must be a number, got {value!r:.40}")
+        if value < bound or (strict and value == bound):
+            relation = ">" if strict else ">="
+            raise ConfigError(f"{flag} must be {relation} {bound:g}, got {value:g}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -183,7 +236,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--model", help="hub id or local directory (hf, vllm); model name sent to the endpoint (openai)")
     add("--input-format", choices=INPUT_FORMATS, help="default: detected from the input")
     add("--no-images", dest="images", action="store_const", const=False, help="leave the image bytes out")
-    add("--limit", type=int, help="annotate only the first N input shards (smoke tests)")
+    add("--limit", type=int, help="annotate only the first N input shards (smoke tests; N >= 1)")
     add("--files-per-shard", type=int, help="images per shard of a folder input (default 256)")
     add("--rows-per-shard", type=int, help="rows per shard of a Parquet input (default 10000)")
     add("--batch-size", type=int, help="rows per model call (hf) or per Ray Data batch")
@@ -202,7 +255,14 @@ def _parser() -> argparse.ArgumentParser:
     add("--max-model-len", type=int, help="vllm: context length")
     add("--trust-remote-code", action="store_const", const=True, help="allow model code from the hub")
     add("--base-url", help="openai: endpoint base URL, e.g. http://host:8000/v1")
-    add("--api-key-env", help="openai: environment variable holding the API key (default OPENAI_API_KEY)")
+    add(
+        "--api-key-env",
+        help="openai: environment variable holding the API key (default OPENAI_API_KEY; '' sends no key)",
+    )
+    add("--max-retries", type=int, help="openai: further tries of a failed request (default 3)")
+    add("--retry-wait", type=float, help="openai: first wait between tries in seconds, doubling (default 1)")
+    add("--request-timeout", type=float, help="openai: seconds before a request is given up (default 120)")
+    add("--qps", type=int, help="openai: requests per second per worker (default unbounded)")
     add("--num-cpus", type=int, help="CPUs of the in-process Ray instance (local runs only)")
     add("--dashboard", action="store_const", const=True, help="start Ray's dashboard (local runs only)")
     return parser
@@ -324,13 +384,36 @@ class ShardError(RuntimeError):
 
 @dataclass
 class ShardResult:
-    """What writing one shard produced."""
+    """What writing one shard produced; stored as ``OUT/shards/{name}.json``, the shard's completion record."""
 
     name: str
     rows: int
     status: Counter[str]
     failures: Counter[str]
     filters: FilterCounts
+    fingerprint: str = ""
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "shard": self.name,
+            "fingerprint": self.fingerprint,
+            "file": f"{DATA_DIR}/{self.name}.parquet" if self.rows else None,
+            "rows": self.rows,
+            "status": dict(self.status),
+            "failed_by_reason": dict(self.failures),
+            "filters": self.filters.to_dict(),
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ShardResult:
+        return cls(
+            record["shard"],
+            record["rows"],
+            Counter(record["status"]),
+            Counter(record["failed_by_reason"]),
+            FilterCounts(**record["filters"]),
+            record["fingerprint"],
+        )
 
 
 def _image_column(source: pa.Table) -> pa.StructArray:
@@ -373,14 +456,33 @@ def output_table(shard: Shard, source: pa.Table, annotations: pa.Table, task: Ta
     )
 
 
+def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """`write` a hidden temporary file beside `path`, then rename it into place: `path` only ever appears whole."""
+    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}{_TMP_MARK}{uuid.uuid4().hex}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
 def write_shard(
-    shard: Shard, parts: list[pa.Table], input_format: str, config: AnnotateConfig, task: Task, data_dir: Path
+    shard: Shard,
+    parts: list[pa.Table],
+    input_format: str,
+    config: AnnotateConfig,
+    task: Task,
+    output: Path,
+    before_publish: Callable[[], None] | None = None,
 ) -> ShardResult:
-    """Read the shard again, join its annotations, and write ``data_dir/{shard.name}.parquet`` atomically."""
+    """Read the shard again, join its annotations, write ``OUT/data/{shard.name}.parquet`` (only when the shard has
+    rows: `datasets` cannot read a 0-row file), then its completion record ``OUT/shards/{shard.name}.json``.
+
+    Both appear atomically, the record last: a shard without its record is pending, and a re-run rewrites its
+    data file in place. `before_publish` runs once before anything appears (it pins the run's settings).
+    """
     try:
         source, counts = read_shard(shard, input_format, config.filters)
     except Exception as exc:
-        raise ShardError(f"shard {shard.name} could not be read: {type(exc).__name__}: {exc}") from exc
+        message = mask_secrets(f"{type(exc).__name__}: {exc}")[:_ERROR_CHARS]
+        raise ShardError(f"shard {shard.name} could not be read: {message}") from exc
     if parts:
         annotations = pa.concat_tables(parts)
     else:
@@ -389,35 +491,41 @@ def write_shard(
         table = output_schema(task, config.images).empty_table()
     else:
         table = output_table(shard, source, annotations, task, config.images)
-    tmp = data_dir / f"{_TMP_PREFIX}{shard.name}{_TMP_MARK}{uuid.uuid4().hex}"
-    pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE)
-    os.replace(tmp, data_dir / f"{shard.name}.parquet")
-    statuses = (
-        table.column("annotation").combine_chunks().field("status").to_pylist() if table.num_rows else []
-    )
-    errors = table.column("annotation").combine_chunks().field("error").to_pylist() if table.num_rows else []
+    if before_publish is not None:
+        before_publish()
+    data_file = output / DATA_DIR / f"{shard.name}.parquet"
+    if table.num_rows:
+        _write_atomically(data_file, lambda tmp: pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE))
+    else:
+        data_file.unlink(missing_ok=True)
+    annotation = table.column("annotation").combine_chunks()
+    statuses = annotation.field("status").to_pylist() if table.num_rows else []
+    errors = annotation.field("error").to_pylist() if table.num_rows else []
     failures = Counter(failure_reason(e) for s, e in zip(statuses, errors, strict=True) if s == "failed")
-    return ShardResult(shard.name, table.num_rows, Counter(statuses), failures, counts)
+    result = ShardResult(shard.name, table.num_rows, Counter(statuses), failures, counts, shard.fingerprint)
+    record = json.dumps(result.to_record(), indent=1) + "\n"
+    _write_atomically(output / SHARDS_DIR / f"{shard.name}.json", lambda tmp: tmp.write_text(record))
+    return result
+
+
+def read_shard_records(output: Path) -> dict[str, ShardResult]:
+    """The completion records under ``OUT/shards/`` by shard name."""
+    records = {}
+    for path in sorted((output / SHARDS_DIR).glob("*.json")):
+        if not path.name.startswith(_TMP_PREFIX):
+            result = ShardResult.from_record(json.loads(path.read_text()))
+            records[result.name] = result
+    return records
 
 
 # ---------------------------------------------------------------------------------------------------- summary
 
 
 @dataclass
-class RunSummary:
-    """The run summary written to ``OUT/summary.json`` (no secrets: only the *name* of the API-key variable)."""
+class OutputTotals:
+    """Counts over every finished shard of the output (all runs so far), not only this run's."""
 
-    task: str
-    prompt_version: str
-    model: str
-    engine: str
-    input: str
-    input_format: str
-    output: str
-    shards_total: int = 0
     shards_done: int = 0
-    shards_skipped: int = 0
-    shards_failed: dict[str, str] = field(default_factory=dict)
     rows_in: int = 0
     rows_filtered: dict[str, int] = field(default_factory=dict)
     rows_annotated: int = 0
@@ -425,9 +533,6 @@ class RunSummary:
     repaired: int = 0
     failed: int = 0
     failed_by_reason: dict[str, int] = field(default_factory=dict)
-    wall_seconds: float = 0.0
-    startup_seconds: float | None = None
-    images_per_second: float = 0.0
 
     def add(self, result: ShardResult) -> None:
         self.shards_done += 1
@@ -439,24 +544,56 @@ class RunSummary:
         self.failed += result.status["failed"]
         self.failed_by_reason = dict(Counter(self.failed_by_reason) + result.failures)
 
+    def lines(self) -> list[str]:
+        filtered = sum(self.rows_filtered.values())
+        lines = [
+            f"rows: {self.rows_in} in, {filtered} filtered {self.rows_filtered or ''}".rstrip(),
+            f"annotated: {self.rows_annotated} = {self.ok} ok + {self.repaired} repaired + {self.failed} failed",
+        ]
+        return lines + [f"  failed: {reason}: {n}" for reason, n in sorted(self.failed_by_reason.items())]
+
+
+@dataclass
+class RunSummary(OutputTotals):
+    """The run summary written to ``OUT/summary.json``: this run's own figures at the top level, and in `output`
+    the totals over the whole output directory (what a re-run that had nothing left to do still reports).
+    No secrets: not even the name of the API-key variable."""
+
+    task: str = ""
+    prompt_version: str = ""
+    model: str = ""
+    engine: str = ""
+    input: str = ""
+    input_format: str = ""
+    output_dir: str = ""
+    shards_total: int = 0
+    shards_skipped: int = 0
+    shards_superseded: list[str] = field(default_factory=list)
+    shards_failed: dict[str, str] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    startup_seconds: float | None = None
+    rows_per_second: float = 0.0
+    images: bool = True
+    output: OutputTotals = field(default_factory=OutputTotals)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def text(self) -> str:
-        filtered = sum(self.rows_filtered.values())
+        unit = "images/s" if self.images else "rows/s"
         lines = [
             f"annotate: task={self.task} ({self.prompt_version}) engine={self.engine} model={self.model}",
             f"  shards: {self.shards_total} total, {self.shards_done} written, {self.shards_skipped} already done, "
-            f"{len(self.shards_failed)} failed",
-            f"  rows: {self.rows_in} in, {filtered} filtered {self.rows_filtered or ''}".rstrip(),
-            f"  annotated: {self.rows_annotated} = {self.ok} ok + {self.repaired} repaired + {self.failed} failed",
+            f"{len(self.shards_failed)} failed"
+            + (f", {len(self.shards_superseded)} superseded" if self.shards_superseded else ""),
+            *(f"  this run: {line}" for line in OutputTotals.lines(self)),
+            *(f"  whole output: {line}" for line in self.output.lines()),
         ]
-        lines += [f"    failed: {reason}: {n}" for reason, n in sorted(self.failed_by_reason.items())]
         lines += [f"  shard failed: {name}: {reason}" for name, reason in sorted(self.shards_failed.items())]
         startup = (
             "" if self.startup_seconds is None else f" ({self.startup_seconds:.1f} s until the first result)"
         )
-        lines.append(f"  {self.images_per_second:.2f} images/s, {self.wall_seconds:.1f} s wall{startup}")
+        lines.append(f"  {self.rows_per_second:.2f} {unit}, {self.wall_seconds:.1f} s wall{startup}")
         return "\n".join(lines)
 
 
@@ -475,8 +612,24 @@ def init_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard)
 
 
+class _SettingsPin:
+    """Writes ``OUT/run.json`` just before the first shard of a run appears (once, from any writer thread), so
+    that a run that fails before writing anything (a wrong model path, say) never pins its settings."""
+
+    def __init__(self, output: Path, manifest: dict[str, Any]):
+        self.path = output / RUN_FILE
+        self.manifest = manifest
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            if not self.path.exists():
+                text = json.dumps(self.manifest, indent=2) + "\n"
+                _write_atomically(self.path, lambda tmp: tmp.write_text(text))
+
+
 def _check_manifest(output: Path, manifest: dict[str, Any]) -> None:
-    path = output / "run.json"
+    path = output / RUN_FILE
     if path.exists():
         previous = json.loads(path.read_text())
         changed = sorted(k for k in manifest.keys() | previous.keys() if manifest.get(k) != previous.get(k))
@@ -485,8 +638,66 @@ def _check_manifest(output: Path, manifest: dict[str, Any]) -> None:
                 f"{output} holds the output of a run with different settings ({', '.join(changed)}); "
                 "use a new --output directory, or the same settings to resume"
             )
-    else:
-        path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _looks_like_local_path(model: str) -> bool:
+    """A model string meant as a directory: absolute, ``./``/``../``/``~``, or a relative path whose first part
+    exists here (a hub id is ``org/name``)."""
+    if model.startswith(("/", "./", "../", "~", ".\\")) or model.count("/") > 1:
+        return True
+    first = model.split("/", 1)[0]
+    return "/" in model and Path(first).is_dir()
+
+
+def _check_output(output: Path) -> None:
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output} is a file, not a directory")
+    probe = output / f"{_TMP_PREFIX}write-test-{uuid.uuid4().hex}"
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--output {output} is not writable: {exc.strerror or exc}") from None
+
+
+def check_before_start(config: AnnotateConfig, task: Task, input_format: str, engine_name: str | None) -> None:
+    """What can be checked before Ray starts and a model loads; raises `ConfigError` naming the flag or path.
+
+    `engine_name` is None when the caller brings its own engine.
+    """
+    _check_output(Path(config.output))
+    if task.needs_image and input_format in METADATA_ONLY_FORMATS:
+        raise ConfigError(
+            f"task {task.name} needs images, but --input {config.input} is {input_format} "
+            f"(metadata only: no image column {'/'.join(IMAGE_COLUMNS)}); download the images with img2dataset "
+            "first (docs/img2dataset.md), or choose a text task such as text_to_graph"
+        )
+    model = config.model
+    if engine_name in ("hf", "vllm") and _looks_like_local_path(model) and not Path(model).expanduser().is_dir():
+        raise ConfigError(f"--model {model}: no such directory (and not a hub id of the form org/name)")
+    if engine_name == "openai":
+        env = config.engine_options.api_key_env
+        if env and not os.environ.get(env):
+            raise ConfigError(
+                f"--api-key-env {env}: the environment variable {env} is not set; export it, or pass "
+                "--api-key-env '' for an endpoint that needs no key"
+            )
+
+
+def _set_aside_superseded(output: Path, planned: set[str], records: dict[str, ShardResult]) -> list[str]:
+    """Move the outputs of shards the input no longer has (files removed, a folder re-chunked) to
+    ``OUT/superseded/``, so that the output never holds a row twice; returns their names."""
+    gone = sorted(set(records) - planned)
+    if gone:
+        target = output / SUPERSEDED_DIR / time.strftime("%Y%m%dT%H%M%S")
+        target.mkdir(parents=True, exist_ok=True)
+        for name in gone:
+            for path in (output / DATA_DIR / f"{name}.parquet", output / SHARDS_DIR / f"{name}.json"):
+                if path.exists():
+                    os.replace(path, target / path.name)
+        logger.warning("moved the outputs of %d shards no longer in the input to %s", len(gone), target)
+    return gone
 
 
 def run(config: AnnotateConfig, engine: Engine | None = None) -> RunSummary:
@@ -495,27 +706,33 @@ def run(config: AnnotateConfig, engine: Engine | None = None) -> RunSummary:
     `engine` overrides the configured one (tests and benchmarks pass a `FixedAnswerEngine`); its task is used.
     """
     start = time.perf_counter()
+    check_numbers(config)
     try:
         input_format = config.input_format or detect_format(config.input)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if engine is None:
-        task = get_task(config.task, config.limits)
-        engine = build_engine(config.engine, task, config.model, config.engine_options)
-    task = engine.task
+    task = engine.task if engine is not None else get_task(config.task, config.limits)
+    check_before_start(config, task, input_format, None if engine is not None else config.engine)
     output = Path(config.output)
-    data_dir = output / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    _check_manifest(output, config.manifest(task, input_format))
-    for stale in data_dir.glob(f"{_TMP_PREFIX}*{_TMP_MARK}*"):
-        stale.unlink()
-
-    shards = list_shards(
-        config.input, input_format, config.files_per_shard, config.rows_per_shard, config.filters
-    )
+    manifest = config.manifest(task, input_format)
+    _check_manifest(output, manifest)
+    try:
+        shards = list_shards(
+            config.input, input_format, config.files_per_shard, config.rows_per_shard, config.filters
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if engine is None:
+        engine = build_engine(config.engine, task, config.model, config.engine_options)
+    for directory in (DATA_DIR, SHARDS_DIR):
+        (output / directory).mkdir(parents=True, exist_ok=True)
+        for stale in (output / directory).glob(f"{_TMP_PREFIX}*{_TMP_MARK}*"):
+            stale.unlink()
+    records = read_shard_records(output)
+    superseded = _set_aside_superseded(output, {s.name for s in shards}, records)
     if config.limit is not None:
         shards = shards[: config.limit]
-    pending = [s for s in shards if not (data_dir / f"{s.name}.parquet").exists()]
+    pending = [s for s in shards if getattr(records.get(s.name), "fingerprint", None) != s.fingerprint]
     summary = RunSummary(
         task=task.name,
         prompt_version=task.prompt_version,
@@ -523,19 +740,48 @@ def run(config: AnnotateConfig, engine: Engine | None = None) -> RunSummary:
         engine=engine.name,
         input=config.input,
         input_format=input_format,
-        output=str(output),
+        output_dir=str(output),
         shards_total=len(shards),
         shards_skipped=len(shards) - len(pending),
+        shards_superseded=superseded,
+        images=task.needs_image,
     )
     if pending:
         init_ray(config.num_cpus, config.dashboard)
-        _annotate(pending, input_format, config, engine, data_dir, summary, start)
+        _annotate(pending, input_format, config, engine, output, summary, start, _SettingsPin(output, manifest))
     summary.wall_seconds = round(time.perf_counter() - start, 3)
-    summary.images_per_second = (
+    summary.rows_per_second = (
         round(summary.rows_annotated / summary.wall_seconds, 3) if summary.wall_seconds else 0.0
     )
-    (output / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    records = read_shard_records(output)
+    for shard in shards:
+        if shard.name in records:
+            summary.output.add(records[shard.name])
+    if summary.output.rows_annotated:
+        (output / "README.md").write_text(dataset_card_yaml(task, list(records.values())))
+    (output / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
     return summary
+
+
+def dataset_card_yaml(task: Task, records: list[ShardResult]) -> str:
+    """A minimal dataset card whose YAML points `datasets.load_dataset(OUT)` at ``data/*.parquet`` (and not at the
+    JSON files beside it).
+
+    The config name carries a digest of the finished shards: `datasets` keys its cache by the folder's name and
+    the card's config, so two outputs both called ``out`` (or one output that grew) would otherwise share a
+    stale cache entry.
+    """
+    digest = hashlib.sha1()
+    for record in sorted(records, key=lambda r: r.name):
+        digest.update(f"{record.name}:{record.fingerprint}:{record.rows};".encode())
+    return (
+        f"---\nconfigs:\n- config_name: annotations-{digest.hexdigest()[:12]}\n  default: true\n"
+        f"  data_files:\n  - split: train\n    path: {DATA_DIR}/*.parquet\n---\n\n"
+        f"# Annotation output ({task.name}, prompt {task.prompt_version})\n\n"
+        f"Rows in `{DATA_DIR}/`, one file per input shard; `{SHARDS_DIR}/` holds each shard's completion record, "
+        f"`{RUN_FILE}` the settings and `{SUMMARY_FILE}` the counts. `python -m pipelines.export` turns this into "
+        "the dataset with splits and a full card.\n"
+    )
 
 
 def _annotate(
@@ -543,9 +789,10 @@ def _annotate(
     input_format: str,
     config: AnnotateConfig,
     engine: Engine,
-    data_dir: Path,
+    output: Path,
     summary: RunSummary,
     start: float,
+    before_publish: Callable[[], None],
 ) -> None:
     """Run the pipeline and write each shard as soon as all its rows are annotated."""
     by_name = {shard.name: shard for shard in shards}
@@ -556,7 +803,14 @@ def _annotate(
 
         def submit(name: str) -> None:
             futures[name] = writers.submit(
-                write_shard, by_name[name], parts.pop(name, []), input_format, config, engine.task, data_dir
+                write_shard,
+                by_name[name],
+                parts.pop(name, []),
+                input_format,
+                config,
+                engine.task,
+                output,
+                before_publish,
             )
 
         dataset = build_dataset(shards, input_format, config, engine)
@@ -589,7 +843,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"annotate: {exc}", file=sys.stderr)
         return 2
     print(summary.text())
-    print(f"summary: {Path(config.output) / 'summary.json'}")
+    print(f"summary: {Path(config.output) / SUMMARY_FILE}")
     return 1 if summary.shards_failed else 0
 
 

@@ -46,8 +46,10 @@ if TYPE_CHECKING:
     import ray.data
 
 __all__ = [
+    "IMAGE_COLUMNS",
     "INGEST_SCHEMA",
     "INPUT_FORMATS",
+    "METADATA_ONLY_FORMATS",
     "FilterCounts",
     "FilterCountsCollector",
     "IngestFilters",
@@ -60,6 +62,8 @@ __all__ = [
 ]
 
 INPUT_FORMATS = ("folder", "laion_parquet", "img2dataset_parquet", "webdataset")
+# Inputs with URLs and captions but no image bytes: only tasks without an image can run on them.
+METADATA_ONLY_FORMATS = ("laion_parquet",)
 
 INGEST_SCHEMA = pa.schema(
     [
@@ -76,7 +80,7 @@ INGEST_SCHEMA = pa.schema(
 
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"})
 # img2dataset names its image column (and tar member) after --encode_format.
-_IMAGE_COLUMNS = ("jpg", "jpeg", "png", "webp")
+IMAGE_COLUMNS = ("jpg", "jpeg", "png", "webp")
 
 # Output column -> source names in priority order. Each name matches exactly first, then in any letter case.
 # img2dataset's `width`/`height` are the size after its resizing; `original_*` and LAION's upper-case ones are not.
@@ -204,7 +208,9 @@ class Shard:
     relative to it. Parquet files longer than `rows_per_shard` are cut into row ranges
     [`row_start`, `row_stop`). `name` is deterministic, filesystem-safe and unique within the input.
     `drop_keys` are keys already taken by an earlier shard, and `planned_with` the filters they were planned
-    with (both filled by `plan_dedupe`).
+    with (both filled by `plan_dedupe`). `content_id` identifies what the shard reads (file names and sizes,
+    row range); `fingerprint` adds `drop_keys`, so that an output written for an earlier version of the shard
+    (files added to a folder chunk, a tar rewritten, a key now owned by another shard) is recognised as stale.
     """
 
     path: str
@@ -214,6 +220,25 @@ class Shard:
     row_stop: int | None = None
     drop_keys: frozenset[str] = frozenset()
     planned_with: IngestFilters | None = None
+    content_id: str = ""
+
+    @property
+    def fingerprint(self) -> str:
+        digest = hashlib.sha1(self.content_id.encode())
+        for key in sorted(self.drop_keys):
+            digest.update(key.encode())
+        return digest.hexdigest()
+
+
+def _content_id(root: Path, relatives: Sequence[str], extra: str = "") -> str:
+    """sha1 of the files' relative paths and sizes (plus `extra`, e.g. a row range): cheap, and it changes
+    when img2dataset adds to or rewrites a shard."""
+    digest = hashlib.sha1(extra.encode())
+    for relative in relatives:
+        path = root / relative
+        size = path.stat().st_size if path.exists() else -1
+        digest.update(f"{relative}\0{size}\0".encode())
+    return digest.hexdigest()
 
 
 def _visible(relative: PurePosixPath) -> bool:
@@ -238,7 +263,7 @@ def _input_files(path: Path, suffixes: frozenset[str]) -> tuple[Path, list[PureP
 
 
 def _image_column(schema: pa.Schema) -> str | None:
-    for name in _IMAGE_COLUMNS:
+    for name in IMAGE_COLUMNS:
         if name in schema.names:
             dtype = schema.field(name).type
             if pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype):
@@ -246,14 +271,24 @@ def _image_column(schema: pa.Schema) -> str | None:
     return None
 
 
+def _parquet_file(path: Path) -> pq.ParquetFile:
+    """Open a Parquet file; a file that is not Parquet (0 bytes, truncated, another format) raises `ValueError`
+    naming it."""
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        size = path.stat().st_size if path.exists() else 0
+        raise ValueError(f"{path}: not a readable Parquet file ({size} bytes): {exc}") from None
+
+
 def _parquet_kind(path: Path) -> str:
-    schema = pq.read_schema(path)
+    schema = _parquet_file(path).schema_arrow
     if _image_column(schema) is not None:
         return "img2dataset_parquet"
     if _resolve(schema.names, "url") is not None:
         return "laion_parquet"
     raise ValueError(
-        f"{path}: Parquet without an image column ({', '.join(_IMAGE_COLUMNS)}) or a URL column; "
+        f"{path}: Parquet without an image column ({', '.join(IMAGE_COLUMNS)}) or a URL column; "
         f"columns are {schema.names}"
     )
 
@@ -331,24 +366,30 @@ def list_shards(
         root, files = _input_files(path, IMAGE_EXTENSIONS)
         chunks = [files[i : i + files_per_shard] for i in range(0, len(files), files_per_shard)]
         shards = [
-            Shard(str(root), f"folder-{i:05d}", tuple(str(f) for f in chunk))
+            Shard(
+                str(root),
+                f"folder-{i:05d}",
+                tuple(str(f) for f in chunk),
+                content_id=_content_id(root, [str(f) for f in chunk]),
+            )
             for i, chunk in enumerate(chunks)
         ]
         sources = [shard.name for shard in shards]
     elif input_format == "webdataset":
         root, files = _input_files(path, frozenset({"tar"}))
-        shards = [Shard(str(root / f), _slug(f)) for f in files]
+        shards = [Shard(str(root / f), _slug(f), content_id=_content_id(root, [str(f)])) for f in files]
         sources = [str(f) for f in files]
     else:
         root, files = _input_files(path, frozenset({"parquet"}))
         shards, sources = [], []
         for f in files:
-            rows = pq.ParquetFile(root / f).metadata.num_rows
+            rows = _parquet_file(root / f).metadata.num_rows
             parts = max(1, math.ceil(rows / rows_per_shard))
             for part in range(parts):
                 name = _slug(f) if parts == 1 else f"{_slug(f)}-{part:05d}"
-                stop = min(rows, (part + 1) * rows_per_shard)
-                shards.append(Shard(str(root / f), name, row_start=part * rows_per_shard, row_stop=stop))
+                start, stop = part * rows_per_shard, min(rows, (part + 1) * rows_per_shard)
+                content_id = _content_id(root, [str(f)], f"{start}:{stop}")
+                shards.append(Shard(str(root / f), name, row_start=start, row_stop=stop, content_id=content_id))
                 sources.append(f"{f}#{part}")
     if not shards:
         raise ValueError(f"input {path}: no {input_format} shards found")
@@ -449,7 +490,7 @@ def _with_keys(raw: pa.Table) -> pa.Table:
 
 
 def _read_parquet(shard: Shard, images: bool) -> pa.Table:
-    parquet = pq.ParquetFile(shard.path)
+    parquet = _parquet_file(Path(shard.path))
     names = parquet.schema_arrow.names
     # The pre-pass (images=False) reads everything but captions and images.
     wanted = [target for target in _RAW_TYPES if images or target != "caption"]

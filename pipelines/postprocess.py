@@ -16,7 +16,20 @@ from pipelines.engines.base import PASSTHROUGH_FIELDS
 from pipelines.tasks import Parsed, Task
 from schemas import ANNOTATION_TYPE, annotation_record
 
-__all__ = ["KEEP_COLUMNS", "annotate_row", "postprocess_batch", "postprocess_schema"]
+__all__ = [
+    "KEEP_COLUMNS",
+    "MAX_ERROR_CHARS",
+    "MAX_RAW_OUTPUT_CHARS",
+    "annotate_row",
+    "bound_text",
+    "postprocess_batch",
+    "postprocess_schema",
+]
+
+# What a row stores of the model's answer and of its error text, at most: a runaway or hostile answer
+# (megabytes of text, ten thousand objects) must not blow up a shard. The row's error says when it was cut.
+MAX_RAW_OUTPUT_CHARS = 32_768
+MAX_ERROR_CHARS = 2_000
 
 # Engine output columns kept for writing the shard files: the row bookkeeping, without the skip reason
 # (which becomes the annotation's error).
@@ -42,6 +55,13 @@ def annotate_row(task: Task, row: dict[str, Any]) -> Parsed:
     return parsed
 
 
+def bound_text(text: str | None, limit: int) -> tuple[str | None, bool]:
+    """`text` cut to `limit` characters, and whether it was cut."""
+    if text is None or len(text) <= limit:
+        return text, False
+    return text[:limit], True
+
+
 def postprocess_batch(batch: pa.Table, task: Task, model: str, engine: str) -> pa.Table:
     """Engine output rows (`pipelines.engines.base.ENGINE_OUTPUT_SCHEMA`) -> `postprocess_schema(task)` rows."""
     schema = postprocess_schema(task)
@@ -51,6 +71,13 @@ def postprocess_batch(batch: pa.Table, task: Task, model: str, engine: str) -> p
         columns[name] = []
     for row in batch.to_pylist():
         parsed = annotate_row(task, row)
+        raw_output, raw_cut = bound_text(row["raw_output"], MAX_RAW_OUTPUT_CHARS)
+        error = parsed.error
+        if error is not None and len(error) > MAX_ERROR_CHARS:
+            error = f"{error[:MAX_ERROR_CHARS]}… (error text cut from {len(error)} characters)"
+        if raw_cut:
+            note = f"raw_output stored cut to {MAX_RAW_OUTPUT_CHARS} of {len(row['raw_output'])} characters"
+            error = note if error is None else f"{error}; {note}"
         columns["annotation"].append(
             annotation_record(
                 model=model,
@@ -58,8 +85,8 @@ def postprocess_batch(batch: pa.Table, task: Task, model: str, engine: str) -> p
                 task=task.name,
                 prompt_version=task.prompt_version,
                 status=parsed.status,
-                raw_output=row["raw_output"],
-                error=parsed.error,
+                raw_output=raw_output,
+                error=error,
                 seconds=row["seconds"],
             )
         )

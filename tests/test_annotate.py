@@ -91,7 +91,7 @@ def test_hf_folder_to_dataset(ray_local, qwen_dir: str, photos: Path, tmp_path: 
     summary = run(config)
     assert (summary.shards_total, summary.shards_done, summary.shards_skipped) == (2, 2, 0)
     assert summary.rows_in == summary.rows_annotated == len(PHOTOS) and summary.failed == 0
-    assert summary.ok + summary.repaired == len(PHOTOS) and summary.images_per_second > 0
+    assert summary.ok + summary.repaired == len(PHOTOS) and summary.rows_per_second > 0
     assert json.loads((output / "summary.json").read_text()) == summary.to_dict()
 
     dataset = datasets.load_dataset("parquet", data_files=str(output / "data" / "*.parquet"), split="train")

@@ -15,7 +15,8 @@ from PIL import Image
 from pipelines.engines import EngineOptions, build_engine
 from pipelines.engines.base import ENGINE_OUTPUT_SCHEMA, PASSTHROUGH_COLUMNS, image_data_url, openai_messages
 from pipelines.engines.hf import HFGenerator
-from pipelines.engines.openai import AuthorizedSession, OpenAIEngine, chat_completions_url
+from pipelines.engines.http_session import ResilientSession, api_key_headers
+from pipelines.engines.openai import OpenAIEngine, chat_completions_url
 from pipelines.engines.processor import ERROR_COLUMN, normalise_processor_output
 from pipelines.engines.vllm import VLLMEngine, vllm_config_kwargs
 from pipelines.tasks import PromptTemplate, Task, get_task, parse_spatial_caption
@@ -201,15 +202,18 @@ def test_openai_payload_and_key_handling(monkeypatch: pytest.MonkeyPatch) -> Non
     assert chat_completions_url("http://h:1/v1/") == "http://h:1/v1/chat/completions"
     assert chat_completions_url("http://h:1/v1/chat/completions") == "http://h:1/v1/chat/completions"
     monkeypatch.setenv("MY_KEY", "sk-do-not-leak")
-    session = AuthorizedSession("MY_KEY")
-    assert "sk-do-not-leak" not in repr(session)
+    session = ResilientSession(api_key_headers("MY_KEY"))
+    assert "sk-do-not-leak" not in repr(session) and "sk-do-not-leak" not in repr(session())
+    assert api_key_headers("") == {} and api_key_headers("UNSET_VARIABLE_X") == {}
     config = engine.processor_config()
     assert config.url == "http://h:1/v1/chat/completions" and not config.headers
     assert "sk-do-not-leak" not in repr(config) and "sk-do-not-leak" not in config.model_dump_json()
     answer = {"choices": [{"message": {"content": "{}"}, "finish_reason": "length"}]}
-    assert engine.generation({"http_response": answer}).truncated is True
-    error = engine.generation({"http_response": {"error": {"message": "rate limited"}}})
+    assert engine.generation({"http_response": {"body": json.dumps(answer)}}).truncated is True
+    error = engine.generation({"http_response": {"body": json.dumps({"error": {"message": "rate limited"}})}})
     assert error.text is None and error.error == "engine error: HTTP API error: rate limited"
+    error = engine.generation({"http_response": {"body": None, "error": "HTTP 503 (4 tries)"}})
+    assert error.text is None and error.error == "engine error: HTTP 503 (4 tries)"
 
 
 def test_openai_messages_are_openai_shaped() -> None:

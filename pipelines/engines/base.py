@@ -70,9 +70,10 @@ class EngineOptions:
     """Engine settings; each engine reads the ones that apply to it.
 
     `batch_size` rows per model call (hf) or per Ray Data batch (vllm, openai); `num_actors` model replicas
-    (hf actors, vLLM engines) or concurrent HTTP workers; `max_new_tokens` bounds every answer. The API key of
-    the openai engine is read from the environment variable named `api_key_env` inside the workers, never from
-    a config value.
+    (hf actors, vLLM engines) or concurrent HTTP workers; `max_new_tokens` bounds every answer. The openai engine
+    retries a failed request `max_retries` times (waiting ``retry_wait * 2**n`` seconds, or the server's
+    ``Retry-After``) and gives up on one after `request_timeout` seconds. Its API key is read from the environment
+    variable named `api_key_env` (empty: send no key), never from a config value.
     """
 
     batch_size: int = 8
@@ -86,6 +87,8 @@ class EngineOptions:
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     max_retries: int = 3
+    retry_wait: float = 1.0
+    request_timeout: float = 120.0
     qps: int | None = None
     max_model_len: int = 8192
     accelerator_type: str | None = None

@@ -2,26 +2,35 @@
 
 Each request carries the task's JSON schema as ``response_format`` (``json_schema``, ``strict``), images as
 base64 ``data:`` URLs, greedy decoding and a token bound. The API key is read from the environment variable named
-by `EngineOptions.api_key_env` and handed to the HTTP workers inside an aiohttp session factory, never in the
-processor config, the rows, the logs or the run summary.
+by `EngineOptions.api_key_env` and handed to the HTTP workers inside the session factory
+(`pipelines.engines.http_session.ResilientSession`), never in the processor config, the rows, the logs or the run
+summary. Whatever the server answers (an HTML error page, a body that is not a chat completion, a rate limit that
+never lifts, a timeout) becomes that row's ``engine_error``; it never ends the job.
 """
 
 from __future__ import annotations
 
-import os
+import json
 from typing import TYPE_CHECKING, Any
 
 from pipelines.engines.base import Generation, openai_messages
+from pipelines.engines.http_session import ResilientSession, RetryPolicy, api_key_headers
 from pipelines.engines.processor import ProcessorEngine
 from pipelines.tasks import ChatRequest
 
 if TYPE_CHECKING:
-    import aiohttp
     from ray.data.llm import HttpRequestProcessorConfig
 
-__all__ = ["DEFAULT_BASE_URL", "AuthorizedSession", "OpenAIEngine", "chat_completions_url"]
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "OpenAIEngine",
+    "chat_completions_url",
+    "read_chat_completion",
+    "read_completion_object",
+]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_ERROR_CHARS = 300
 
 
 def chat_completions_url(base_url: str | None) -> str:
@@ -30,21 +39,62 @@ def chat_completions_url(base_url: str | None) -> str:
     return url if url.endswith("/chat/completions") else f"{url}/chat/completions"
 
 
-class AuthorizedSession:
-    """An aiohttp session factory that sends ``Authorization: Bearer <key>``; its repr never shows the key."""
+def _kind(value: Any) -> str:
+    return "null" if value is None else f"a JSON {type(value).__name__}"
 
-    def __init__(self, env_name: str):
-        self.env_name = env_name
-        self._key = os.environ.get(env_name)
 
-    def __call__(self) -> aiohttp.ClientSession:
-        import aiohttp
+def read_chat_completion(answer: Any) -> Generation:
+    """The generation in an answer of `ResilientSession` (``{"body", "content_type", "error"}``), or an engine
+    error saying what is wrong with it."""
+    if not isinstance(answer, dict) or answer.get("error"):
+        error = answer.get("error") if isinstance(answer, dict) else f"unexpected answer {_kind(answer)}"
+        return Generation(None, error=f"engine error: {error}")
+    body = answer.get("body") or ""
+    if not body.strip():
+        return Generation(None, error="engine error: HTTP 200 with an empty body")
+    try:
+        response = json.loads(body)
+    except json.JSONDecodeError:
+        return Generation(
+            None,
+            error=f"engine error: HTTP 200 with a non-JSON body ({answer.get('content_type')}, {len(body)} characters)",
+        )
+    return read_completion_object(response)
 
-        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
-        return aiohttp.ClientSession(headers=headers)
 
-    def __repr__(self) -> str:
-        return f"AuthorizedSession(env_name={self.env_name!r})"
+def read_completion_object(response: Any) -> Generation:
+    """The generation in a decoded chat-completions body, or an engine error saying what is wrong with it."""
+    if not isinstance(response, dict):
+        return Generation(None, error=f"engine error: not a chat completion: the body is {_kind(response)}")
+    if not response:
+        return Generation(None, error="engine error: not a chat completion: the body is an empty JSON object")
+    error = response.get("error")
+    if error:
+        message = error.get("message", error) if isinstance(error, dict) else error
+        return Generation(None, error=f"engine error: HTTP API error: {str(message)[:_ERROR_CHARS]}")
+    choices = response.get("choices")
+    if not isinstance(choices, list) or not choices:
+        what = "an empty list" if choices == [] else _kind(choices)
+        keys = sorted(response)[:8]
+        return Generation(
+            None, error=f"engine error: not a chat completion: 'choices' is {what} (keys {keys})"
+        )
+    choice = choices[0]
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict):
+        return Generation(None, error="engine error: not a chat completion: choices[0].message is missing")
+    content = message.get("content")
+    if content is None and message.get("refusal"):
+        return Generation(
+            None, error=f"engine error: the model refused: {str(message['refusal'])[:_ERROR_CHARS]}"
+        )
+    if content is None:
+        return Generation(None, error="engine error: empty answer: message.content is null")
+    if not isinstance(content, str):
+        return Generation(
+            None, error=f"engine error: message.content is {_kind(content)}, expected a string"
+        )
+    return Generation(content, truncated=choice.get("finish_reason") == "length")
 
 
 class OpenAIEngine(ProcessorEngine):
@@ -56,11 +106,16 @@ class OpenAIEngine(ProcessorEngine):
         from ray.data.llm import HttpRequestProcessorConfig
 
         options = self.options
+        policy = RetryPolicy(
+            max_retries=options.max_retries, base_wait=options.retry_wait, timeout=options.request_timeout
+        )
         return HttpRequestProcessorConfig(
             url=chat_completions_url(options.base_url),
-            session_factory=AuthorizedSession(options.api_key_env),
+            session_factory=ResilientSession(
+                api_key_headers(options.api_key_env), policy, max_concurrency=options.batch_size
+            ),
             qps=options.qps,
-            max_retries=options.max_retries,
+            max_retries=0,  # retries happen in the session, which honours Retry-After
             batch_size=options.batch_size,
             concurrency=options.num_actors,
         )
@@ -82,13 +137,4 @@ class OpenAIEngine(ProcessorEngine):
         return {"payload": self.payload(request)}
 
     def generation(self, row: dict[str, Any]) -> Generation:
-        response = row["http_response"]
-        error = response.get("error")
-        if error:
-            message = error.get("message", error) if isinstance(error, dict) else error
-            return Generation(None, error=f"engine error: HTTP API error: {message}")
-        choice = response["choices"][0]
-        message = choice["message"]
-        if message.get("content") is None and message.get("refusal"):
-            return Generation(None, error=f"engine error: the model refused: {message['refusal']}")
-        return Generation(message.get("content"), truncated=choice.get("finish_reason") == "length")
+        return read_chat_completion(row["http_response"])

@@ -80,7 +80,10 @@ class ProcessorEngine(Engine):
 
     def postprocess_row(self, row: dict[str, Any]) -> dict[str, Any]:
         """A successful processor row -> passthrough columns + the generation (no request, no image)."""
-        generation = self.generation(row)
+        try:
+            generation = self.generation(row)
+        except Exception as exc:  # noqa: BLE001 - an answer we cannot read is that row's error, not the job's
+            generation = Generation(None, error=f"engine error: unreadable answer: {type(exc).__name__}")
         return {name: row[name] for name in PASSTHROUGH_COLUMNS} | {
             "raw_output": generation.text,
             "engine_error": generation.error,

@@ -1,0 +1,373 @@
+"""Hostile inputs to the annotate job: every fault is one row's status or one clear up-front error, nothing lost.
+
+The engine cases run the real ``openai`` engine (``ray.data.llm``'s HTTP processor) against `FaultyServer` on
+127.0.0.1; the expected statuses and reasons are written out by hand per case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from awkward_images import PHOTOS, skimage_photo_bytes
+from faulty_server import FaultyServer
+
+import pipelines.annotate as annotate
+from pipelines.annotate import config_from_mapping, main, run
+from pipelines.engines import EngineOptions
+from pipelines.engines.fixed import FixedAnswerEngine
+from pipelines.engines.http_session import mask_secrets, retry_after_seconds
+from pipelines.postprocess import MAX_ERROR_CHARS, MAX_RAW_OUTPUT_CHARS
+from pipelines.tasks import get_task
+from schemas import SceneGraph, scene_graph_from_arrow
+
+CANARY = "sk-canary-7f3a9c-never-in-any-output"
+RETRIES = 2
+
+# case (the row's caption) -> (status, substrings its error must contain, attempts the server saw)
+EXPECTED: dict[str, tuple[str, tuple[str, ...], int]] = {
+    "goodrow": ("ok", (), 1),
+    "htmlerror": ("failed", ("HTTP 500", "Internal Server Error", "3 tries"), 1 + RETRIES),
+    "notjson": ("failed", ("HTTP 200 with a non-JSON body", "text/plain"), 1),
+    "emptybody": ("failed", ("HTTP 200 with an empty body",), 1),
+    "foo": ("failed", ("not a chat completion", "'choices' is null", "['foo']"), 1),
+    "emptyobject": ("failed", ("the body is an empty JSON object",), 1),
+    "jsonlist": ("failed", ("a JSON list",), 1),
+    "emptychoices": ("failed", ("'choices' is an empty list",), 1),
+    "nullchoices": ("failed", ("'choices' is null",), 1),
+    "objectcontent": ("failed", ("message.content is a JSON dict, expected a string",), 1),
+    "nullcontent": ("failed", ("message.content is null",), 1),
+    "reservedkey": ("failed", ("'choices' is an empty list",), 1),
+    "ratelimited": ("failed", ("HTTP 429", "rate limit exceeded", "3 tries"), 1 + RETRIES),
+    "throttledonce": ("ok", (), 2),  # 429 with Retry-After, then an answer
+    "echokey": ("failed", ("HTTP 401", "invalid credentials: ***"), 1),
+    "slowanswer": ("failed", ("timed out after 2 s", "3 tries"), 1 + RETRIES),
+    "hugeanswer": ("ok", (f"raw_output stored cut to {MAX_RAW_OUTPUT_CHARS} of 10000",), 1),
+    "manyobjects": ("repaired", ("9936", "raw_output stored cut"), 1),
+    "markupgraph": ("repaired", ("characters not allowed",), 1),
+}
+
+
+def _laion_captions(path: Path, captions: list[str]) -> Path:
+    """A LAION-style metadata Parquet: one row per caption, URL and TEXT columns only."""
+    path.mkdir(parents=True, exist_ok=True)
+    table = pa.table(
+        {"URL": [f"https://example.com/{i}.jpg" for i in range(len(captions))], "TEXT": captions}
+    )
+    pq.write_table(table, path / "part-00000.parquet")
+    return path
+
+
+def _rows(output: Path) -> list[dict]:
+    return [r for p in sorted((output / "data").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+
+
+def _files_containing(root: Path, needle: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def _engine_argv(server: FaultyServer, source: Path, output: Path, task: str = "text_to_graph") -> list[str]:
+    return [
+        "--input", str(source), "--output", str(output), "--task", task, "--engine", "openai",
+        "--model", "hostile-test", "--base-url", server.base_url, "--api-key-env", "HOSTILE_TEST_KEY",
+        "--max-retries", str(RETRIES), "--retry-wait", "0.01", "--request-timeout", "2",
+        "--batch-size", "8", "--num-actors", "1",
+    ]  # fmt: skip
+
+
+def test_every_server_answer_is_a_row_result(ray_local, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("HOSTILE_TEST_KEY", CANARY)
+    cases = list(EXPECTED)
+    source = _laion_captions(tmp_path / "meta", [f"case {case}" for case in cases])
+    output = tmp_path / "out"
+    with FaultyServer(slow_seconds=5) as server:
+        assert main(_engine_argv(server, source, output)) == 0
+    printed = capsys.readouterr().out
+    rows = _rows(output)
+    assert Counter(r["caption"] for r in rows) == Counter(f"case {c}" for c in cases)  # each row exactly once
+    for row in rows:
+        case = row["caption"].removeprefix("case ")
+        status, fragments, attempts = EXPECTED[case]
+        annotation = row["annotation"]
+        assert annotation["status"] == status, (case, annotation)
+        for fragment in fragments:
+            assert fragment in (annotation["error"] or ""), (case, annotation["error"])
+        # The server sees every try, except one that a loaded machine timed out before it connected.
+        assert 1 <= server.attempts[case] <= attempts, (case, annotation["error"], server.log)
+        assert len(annotation["error"] or "") <= MAX_ERROR_CHARS + 200, case
+        assert len(annotation["raw_output"] or "") <= MAX_RAW_OUTPUT_CHARS, case
+        if status != "failed":
+            graph = scene_graph_from_arrow(row["scene_graph"])
+            assert graph.is_valid() and row["sg_text"] == graph.to_text()
+            assert not set("<>\"'=:") & set(row["sg_text"]), row["sg_text"]
+    markup = next(r for r in rows if r["caption"] == "case markupgraph")
+    assert markup["sg_text"] == "dog"  # the markup object, attribute and predicate dropped, nothing invented
+    many = next(r for r in rows if r["caption"] == "case manyobjects")
+    assert len(scene_graph_from_arrow(many["scene_graph"]).objects) == 64
+
+    summary = json.loads((output / "summary.json").read_text())
+    failed = sum(1 for s, _, _ in EXPECTED.values() if s == "failed")
+    assert summary["failed"] == failed and summary["rows_annotated"] == len(cases)
+    assert summary["output"]["failed"] == failed and "engine error" in summary["failed_by_reason"]
+    assert "this run: annotated: 19" in printed and "whole output: annotated: 19" in printed
+    assert set(server.authorizations) == {f"Bearer {CANARY}"}
+    session_logs = Path(ray_local._private.worker._global_node.get_session_dir_path()) / "logs"
+    assert not _files_containing(output, CANARY.encode()) and not _files_containing(session_logs, CANARY.encode())
+    assert CANARY not in printed
+
+    # A re-run with nothing left to do reports the whole output, not zeros.
+    assert main(_engine_argv(server, source, output)) == 0
+    again = json.loads((output / "summary.json").read_text())
+    assert again["rows_annotated"] == 0 and again["shards_skipped"] == 1
+    assert again["output"] == summary["output"]
+
+
+@pytest.mark.parametrize("case", ["echorequest", "ratelimited"])
+def test_request_bodies_and_images_never_reach_error_texts(
+    ray_local, tmp_path: Path, monkeypatch, case: str
+) -> None:
+    monkeypatch.setenv("HOSTILE_TEST_KEY", CANARY)
+    source = tmp_path / "photos"
+    source.mkdir()
+    for name in PHOTOS[:2]:
+        (source / name).write_bytes(skimage_photo_bytes(name))
+    output = tmp_path / "out"
+    with FaultyServer(force=case) as server:
+        assert main(_engine_argv(server, source, output, task="scene_graph")) == 0
+    rows = _rows(output)
+    assert len(rows) == 2
+    for row in rows:
+        error = row["annotation"]["error"]
+        assert row["annotation"]["status"] == "failed" and error.startswith("engine error: HTTP")
+        assert "base64," not in error and "/9j/" not in error and len(error) < 1000, error[:300]
+        assert '"messages"' not in error and "objective image annotator" not in error
+    assert not _files_containing(output, CANARY.encode())
+
+
+def test_retry_after_and_masking() -> None:
+    assert retry_after_seconds("7") == 7.0 and retry_after_seconds(None) is None
+    assert retry_after_seconds("soon") is None
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412490.0) == 0.0
+    text = 'key sk-abc in {"url": "data:image/jpeg;base64,/9j/4AAQSkZJRg=="}'
+    assert mask_secrets(text, ("sk-abc",)) == 'key *** in {"url": "data:…"}'
+
+
+# ---------------------------------------------------------------------------------------------------- CLI checks
+
+
+@pytest.fixture
+def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if the job gets as far as starting Ray or building an engine."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the job started Ray or loaded a model before refusing its settings")
+
+    monkeypatch.setattr(annotate, "init_ray", refuse)
+    monkeypatch.setattr(annotate, "build_engine", refuse)
+
+
+def _photos(tmp_path: Path) -> Path:
+    source = tmp_path / "photos"
+    source.mkdir(exist_ok=True)
+    (source / "a.png").write_bytes(skimage_photo_bytes(PHOTOS[0]))
+    return source
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (["--batch-size", "-3"], "--batch-size must be >= 1, got -3"),
+        (["--num-actors", "0"], "--num-actors must be >= 1"),
+        (["--num-actors", "-1"], "--num-actors must be >= 1"),
+        (["--files-per-shard", "0"], "--files-per-shard must be >= 1"),
+        (["--rows-per-shard", "0"], "--rows-per-shard must be >= 1"),
+        (["--limit", "-1"], "--limit must be >= 1, got -1"),
+        (["--limit", "0"], "--limit must be >= 1"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+        (["--request-timeout", "0"], "--request-timeout must be > 0"),
+        (["--max-objects", "0"], "--max-objects must be >= 1"),
+        (["--model", "/no/such/model/dir"], "--model /no/such/model/dir: no such directory"),
+        (["--model", "./missing-model"], "--model ./missing-model: no such directory"),
+    ],
+)
+def test_bad_flags_are_refused_before_ray_starts(
+    tmp_path: Path, no_ray: None, capsys, flags: list[str], needle: str
+) -> None:
+    argv = ["--input", str(_photos(tmp_path)), "--output", str(tmp_path / "out"), "--model", str(tmp_path)]
+    assert main([*argv, *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "out" / "run.json").exists()
+
+
+def test_bad_paths_and_inputs_are_refused_before_ray_starts(
+    tmp_path: Path, no_ray: None, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photos = _photos(tmp_path)
+    model = str(tmp_path)
+
+    def refused(argv: list[str]) -> str:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        return err
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    assert "--output" in refused(["--input", str(photos), "--output", str(a_file), "--model", model])
+    assert "is a file, not a directory" in refused(
+        ["--input", str(photos), "--output", str(a_file), "--model", model]
+    )
+    assert "not writable" in refused(["--input", str(photos), "--output", str(a_file / "sub"), "--model", model])
+
+    monkeypatch.delenv("NO_SUCH_KEY_VARIABLE", raising=False)
+    err = refused(
+        ["--input", str(photos), "--output", str(tmp_path / "o1"), "--model", "gpt-4o", "--engine", "openai",
+         "--api-key-env", "NO_SUCH_KEY_VARIABLE"]
+    )  # fmt: skip
+    assert "--api-key-env NO_SUCH_KEY_VARIABLE" in err and "not set" in err
+
+    meta = _laion_captions(tmp_path / "meta", ["a dog"])
+    err = refused(["--input", str(meta), "--output", str(tmp_path / "o2"), "--model", model])
+    assert "task scene_graph needs images" in err and "laion_parquet" in err and "jpg" in err
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    pq.write_table(pa.table({"URL": ["https://e.com/1.jpg"], "TEXT": ["a cat"]}), broken / "a.parquet")
+    (broken / "b.parquet").write_bytes(b"")
+    err = refused(
+        ["--input", str(broken), "--output", str(tmp_path / "o3"), "--model", model, "--task", "text_to_graph"]
+    )
+    assert str(broken / "b.parquet") in err and "0 bytes" in err
+
+
+def test_a_run_that_fails_before_any_shard_does_not_pin_its_settings(ray_local, tmp_path: Path) -> None:
+    """A model directory that does not load fails the run; the corrected re-run is not refused."""
+    source = _photos(tmp_path)
+    output = tmp_path / "out"
+    empty_model = tmp_path / "empty-model"
+    empty_model.mkdir()
+    settings = {"input": str(source), "output": str(output), "batch_size": 1}
+    with pytest.raises(Exception):  # noqa: B017 - whatever the model loader raises
+        run(config_from_mapping({**settings, "model": str(empty_model)}))
+    assert not (output / "run.json").exists() and not list(output.rglob("*.parquet"))
+    fixed = FixedAnswerEngine(get_task("scene_graph"), ['{"objects":[{"id":0,"name":"cat","attributes":[]}],'
+                                                        '"relations":[]}'], EngineOptions())  # fmt: skip
+    summary = run(config_from_mapping({**settings, "model": "another-model"}), engine=fixed)
+    assert summary.rows_annotated == 1 and json.loads((output / "run.json").read_text())["model"] == "another-model"
+
+
+# ---------------------------------------------------------------------------------------------------- resume
+
+
+def _graph_answer() -> str:
+    return SceneGraph.from_json({"objects": [{"id": 0, "name": "cat", "attributes": []}], "relations": []}).to_json()
+
+
+def test_grown_and_changed_shards_are_annotated_and_nothing_is_duplicated(ray_local, tmp_path: Path) -> None:
+    """img2dataset ``--incremental_mode extend`` adds shard folders; a re-run annotates exactly what is new."""
+    import datasets
+
+    source = tmp_path / "files"
+    (source / "00000").mkdir(parents=True)
+    images = [skimage_photo_bytes(name) for name in PHOTOS]
+    for i, data in enumerate(images[:4]):
+        (source / "00000" / f"0000{i}.png").write_bytes(data)
+    output = tmp_path / "out"
+    settings = {"input": str(source), "output": str(output), "model": "m", "files_per_shard": 2}
+    engine = FixedAnswerEngine(get_task("scene_graph"), [_graph_answer()], EngineOptions())
+    first = run(config_from_mapping(settings), engine=engine)
+    assert first.rows_annotated == 4
+
+    (source / "00001").mkdir()
+    for i, data in enumerate(images[4:]):
+        (source / "00001" / f"0001{i}.png").write_bytes(data)
+    second = run(config_from_mapping(settings), engine=engine)
+    expected = {hashlib.sha1(data).hexdigest() for data in images}
+    keys = Counter(row["key"] for row in _rows(output))
+    assert keys == Counter(dict.fromkeys(expected, 1)), (second.text(), keys)
+    assert second.output.rows_annotated == len(images)
+
+    # A file removed from the folder: its chunk is re-annotated, and the chunk that no longer exists is set aside.
+    # Files removed: the chunks that changed are re-annotated, and the chunk that no longer exists is set aside.
+    removed = sorted(source.rglob("*.png"))[:2]
+    removed_keys = {hashlib.sha1(path.read_bytes()).hexdigest() for path in removed}
+    for path in removed:
+        path.unlink()
+    third = run(config_from_mapping(settings), engine=engine)
+    keys = Counter(row["key"] for row in _rows(output))
+    assert keys == Counter(dict.fromkeys(expected - removed_keys, 1))
+    assert third.shards_superseded == ["folder-00002"] and (output / "superseded").is_dir()
+    assert third.output.rows_annotated == len(images) - 2
+
+    dataset = datasets.load_dataset(str(output), split="train")
+    assert len(dataset) == len(images) - 2 and isinstance(dataset.features["image"], datasets.Image)
+
+
+def test_all_filtered_shard_writes_no_empty_file_and_the_output_loads(ray_local, tmp_path: Path) -> None:
+    import datasets
+
+    source = tmp_path / "img2dataset"
+    source.mkdir()
+    for shard, scores in (("00000", [7.0, 8.0]), ("00001", [1.0, 2.0])):
+        table = pa.table(
+            {
+                "url": [f"https://e.com/{shard}/{i}.png" for i in range(2)],
+                "caption": ["a", "b"],
+                "png": [skimage_photo_bytes(PHOTOS[i]) for i in range(2)],
+                "status": ["success", "success"],
+                "AESTHETIC_SCORE": scores,
+            }
+        )
+        pq.write_table(table, source / f"{shard}.parquet")
+    output = tmp_path / "out"
+    config = config_from_mapping(
+        {"input": str(source), "output": str(output), "model": "m", "filters": {"min_aesthetic_score": 5.0}}
+    )
+    summary = run(config, engine=FixedAnswerEngine(get_task("scene_graph"), [_graph_answer()], EngineOptions()))
+    assert summary.shards_done == 2 and summary.rows_annotated == 2
+    assert summary.rows_filtered == {"aesthetic_score<5": 2}
+    assert sorted(p.name for p in (output / "data").iterdir()) == ["00000.parquet"]
+    assert sorted(p.name for p in (output / "shards").iterdir()) == ["00000.json", "00001.json"]
+    assert len(datasets.load_dataset(str(output), split="train")) == 2
+    assert len(datasets.load_dataset("parquet", data_files=str(output / "data" / "*.parquet"), split="train")) == 2
+    again = run(config, engine=FixedAnswerEngine(get_task("scene_graph"), [_graph_answer()], EngineOptions()))
+    assert again.shards_skipped == 2 and again.output.rows_filtered == {"aesthetic_score<5": 2}
+
+
+def test_a_shard_left_without_its_record_is_rewritten_not_duplicated(ray_local, tmp_path: Path) -> None:
+    """A kill between the data file's rename and the record's: the re-run rewrites that file in place."""
+    source = _photos(tmp_path)
+    shutil.copy(source / "a.png", source / "b.png")
+    (source / "b.png").write_bytes(skimage_photo_bytes(PHOTOS[1]))
+    output = tmp_path / "out"
+    settings = {"input": str(source), "output": str(output), "model": "m", "files_per_shard": 1}
+    engine = FixedAnswerEngine(get_task("scene_graph"), [_graph_answer()], EngineOptions())
+    run(config_from_mapping(settings), engine=engine)
+    (output / "shards" / "folder-00001.json").unlink()
+    (output / "shards" / ".folder-00000.json.tmp-deadbeef").write_text("{")  # a write killed half-way
+    again = run(config_from_mapping(settings), engine=engine)
+    assert (again.shards_done, again.shards_skipped) == (1, 1)
+    assert len(_rows(output)) == 2 and not [p for p in output.rglob(".*tmp*")]
+    assert os.path.exists(output / "shards" / "folder-00001.json")
