@@ -14,6 +14,9 @@ one JSON line per row, in key order, ``[key, caption, scene_graph, sg_text, sha2
 
     python -m benchmark.dataset --input EXPORTED_DIR --output bench.parquet --split test --min-relations 5 \\
         [--subset N --seed 0 --version 1.0]
+
+Input that cannot give a benchmark (no such split, no image column, no row passing the selection) raises
+`BenchmarkSelectionError` with what was read; `main` prints it and exits with status 2, without a traceback.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +49,7 @@ __all__ = [
     "BENCHMARK_SCHEMA",
     "BenchmarkHashError",
     "BenchmarkSample",
+    "BenchmarkSelectionError",
     "BenchmarkSet",
     "build_benchmark",
     "content_hash",
@@ -75,6 +80,10 @@ BENCHMARK_SCHEMA = with_hf_metadata(
 
 class BenchmarkHashError(ValueError):
     """The benchmark file does not match the content hash of its manifest."""
+
+
+class BenchmarkSelectionError(ValueError):
+    """The input cannot give a benchmark set (missing split or column, no row passing the selection)."""
 
 
 @dataclass(frozen=True)
@@ -139,16 +148,17 @@ def split_files(source: str | Path, split: str) -> list[str]:
         return [str(path)]
     patterns = get_data_patterns(str(path))
     if split not in patterns:
-        raise ValueError(f"no {split!r} split under {path}; found splits: {', '.join(sorted(patterns))}")
+        raise BenchmarkSelectionError(f"no {split!r} split under {path}; found splits: {', '.join(sorted(patterns))}")
     files = DataFilesDict.from_patterns({split: patterns[split]}, base_path=str(path))[split]
     parquet = sorted(str(f) for f in files if str(f).endswith(".parquet"))
     if not parquet:
-        raise ValueError(f"the {split!r} split under {path} has no Parquet files")
+        raise BenchmarkSelectionError(f"the {split!r} split under {path} has no Parquet files")
     return parquet
 
 
 def _eligible(files: Sequence[str], min_relations: int) -> tuple[list[str], dict[str, int]]:
-    """Keys of rows with enough relations and a usable annotation, plus counts of what was excluded."""
+    """Keys of rows with enough relations and a usable annotation, plus counts of what was excluded (and
+    ``max_relations``, the most relations of any row read, or None when no row was read)."""
     dataset = pads.dataset(list(files), format="parquet")
     columns = ["key", "scene_graph"] + (["annotation"] if "annotation" in dataset.schema.names else [])
     table = dataset.to_table(columns=columns)
@@ -163,6 +173,7 @@ def _eligible(files: Sequence[str], min_relations: int) -> tuple[list[str], dict
         raise ValueError("duplicate keys among the selected rows; keys must be unique")
     counts = {
         "split_rows": table.num_rows,
+        "max_relations": pc.max(relations).as_py(),
         "failed_annotation": pc.sum(failed.cast(pa.int64())).as_py() or 0,
         "too_few_relations": table.num_rows - (pc.sum(enough.cast(pa.int64())).as_py() or 0),
     }
@@ -189,14 +200,29 @@ def build_benchmark(
     seed: int = 0,
     version: str = "1.0",
 ) -> dict[str, Any]:
-    """Select, freeze and hash a benchmark set; write the Parquet file and its manifest; return the manifest."""
+    """Select, freeze and hash a benchmark set; write the Parquet file and its manifest; return the manifest.
+
+    Raises `BenchmarkSelectionError` when the input cannot give a benchmark set."""
+    if subset is not None and subset < 1:
+        raise BenchmarkSelectionError(f"the subset size must be at least 1, got {subset}")
     files = split_files(source, split)
     dataset = pads.dataset(files, format="parquet")
     if "image" not in dataset.schema.names:
-        raise ValueError(f"{source} has no image column: the benchmark needs the reference images; export with images")
+        raise BenchmarkSelectionError(
+            f"{source} has no image column: the benchmark needs the reference images; export with images"
+        )
     keys, counts = _eligible(files, min_relations)
+    max_relations = counts.pop("max_relations")
+    if not keys:
+        raise BenchmarkSelectionError(
+            f"no row of split {split!r} under {source} has at least {min_relations} relations (--min-relations) "
+            f"and a usable annotation: read {counts['split_rows']} rows, the most relations in any row is "
+            f"{max_relations if max_relations is not None else 'none (no rows)'}, "
+            f"{counts['failed_annotation']} rows have a failed annotation"
+        )
     table = dataset.to_table(
-        columns=["key", "caption", "scene_graph", "sg_text", "image"], filter=pc.field("key").isin(keys)
+        columns=["key", "caption", "scene_graph", "sg_text", "image"],
+        filter=pc.field("key").isin(pa.array(keys, pa.string())),
     )
     base = Path(source) if Path(source).is_dir() else Path(source).parent
     rows = []
@@ -220,7 +246,10 @@ def build_benchmark(
         rows = sorted(rows, key=lambda r: subset_rank(r["key"], seed))[:subset]
     rows.sort(key=lambda r: r["key"])
     if not rows:
-        raise ValueError(f"no rows of split {split!r} under {source} qualify for the benchmark")
+        raise BenchmarkSelectionError(
+            f"no row of split {split!r} under {source} qualifies for the benchmark: {len(keys)} rows have at least "
+            f"{min_relations} relations and a usable annotation, but none has a readable reference image"
+        )
     counts["selected"] = len(rows)
 
     output = Path(output)
@@ -281,15 +310,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the stable subset")
     parser.add_argument("--version", default="1.0", help="the benchmark version recorded in results")
     args = parser.parse_args(argv)
-    manifest = build_benchmark(
-        args.input,
-        args.output,
-        split=args.split,
-        min_relations=args.min_relations,
-        subset=args.subset,
-        seed=args.seed,
-        version=args.version,
-    )
+    try:
+        manifest = build_benchmark(
+            args.input,
+            args.output,
+            split=args.split,
+            min_relations=args.min_relations,
+            subset=args.subset,
+            seed=args.seed,
+            version=args.version,
+        )
+    except (BenchmarkSelectionError, FileNotFoundError) as exc:
+        print(f"benchmark.dataset: error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps({k: manifest[k] for k in ("name", "version", "content_hash", "counts")}, indent=2))
     return 0
 

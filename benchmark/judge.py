@@ -5,8 +5,14 @@ The judge is the annotation `hf` engine (`pipelines.engines.hf.HFGenerator`: tra
 with the ``judge`` task, whose JSON schema restricts names and predicates to the intended graph's vocabulary
 (`Vocabulary.of(target)`, as LAION-SG restricted its judge), or with the open ``scene_graph`` task when
 `restrict_vocabulary` is off. Images are bounded like annotation inputs (`pipelines.images.prepare_image`).
-An answer that cannot be parsed counts as an empty graph (IoU 0 against a non-empty target) and is counted in
-the details. Judgements are stored under ``RUN_DIR/judge/`` as Parquet chunks, resumable like the images.
+Judgements are stored under ``RUN_DIR/judge/`` as Parquet chunks, resumable like the images.
+
+Failed items. A generated image that cannot be decoded is never sent to the judge (the model would answer blind):
+it is stored as a judgement with status ``failed``, no graph, no raw output and the error
+``"undecodable image: <reason>"``. An answer that cannot be parsed is stored as ``failed`` with the parser's
+reason. Every failed item stays in the IoU means with IoU 0.0 on all three metrics (`GraphIoU.update_failed`):
+a model is not rewarded for images that show nothing judgeable, and the means are always over all images.
+`score_judgements` reports how many items failed and why (``n_failed``, ``failed``) in the details.
 """
 
 from __future__ import annotations
@@ -96,30 +102,43 @@ class GraphJudge:
     def __call__(self, items: Sequence[JudgeItem]) -> list[dict[str, Any]]:
         from pipelines.images import encode_jpeg, prepare_image
 
-        tasks, requests = [], []
+        rows: list[dict[str, Any] | None] = []
+        pending = []  # (position in rows, item, task, request) of the images the judge can see
         for item in items:
-            task = self.task(SceneGraph.from_json(item.target_json, record=item.key))
             prepared = prepare_image(item.png)
-            tasks.append(task)
-            requests.append(task.request(image=encode_jpeg(prepared.image) if prepared.image else None))
+            if prepared.image is None:  # never ask the judge about an image it cannot see
+                rows.append(_failed_row(item, f"undecodable image: {prepared.error or 'no image'}"))
+                continue
+            task = self.task(SceneGraph.from_json(item.target_json, record=item.key))
+            pending.append((len(rows), item, task, task.request(image=encode_jpeg(prepared.image))))
+            rows.append(None)
         size = self.settings.batch_size
+        requests = [request for *_, request in pending]
         generations = [
             g for start in range(0, len(requests), size) for g in self.generator.generate(requests[start : start + size])
         ]
-        rows = []
-        for item, task, generation in zip(items, tasks, generations, strict=True):
+        for (position, item, task, _), generation in zip(pending, generations, strict=True):
             parsed = task.parse(generation.text)
-            rows.append(
-                {
-                    "key": item.key,
-                    "image_index": item.image_index,
-                    "scene_graph": None if parsed.value is None else parsed.value.to_dict(),
-                    "status": parsed.status,
-                    "error": generation.error or parsed.error,
-                    "raw_output": generation.text,
-                }
-            )
-        return rows
+            rows[position] = {
+                "key": item.key,
+                "image_index": item.image_index,
+                "scene_graph": None if parsed.value is None else parsed.value.to_dict(),
+                "status": parsed.status,
+                "error": generation.error or parsed.error,
+                "raw_output": generation.text,
+            }
+        return [row for row in rows if row is not None]
+
+
+def _failed_row(item: JudgeItem, error: str) -> dict[str, Any]:
+    return {
+        "key": item.key,
+        "image_index": item.image_index,
+        "scene_graph": None,
+        "status": "failed",
+        "error": error,
+        "raw_output": None,
+    }
 
 
 def read_judgements(out_dir: str | Path) -> pa.Table:
@@ -170,14 +189,23 @@ def judge_images(
 def score_judgements(
     samples: Sequence[BenchmarkSample], judgements: pa.Table, synonyms: Mapping[str, str] | None = None
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Mean SG-IoU, Entity-IoU and Relation-IoU of the judged graphs against the intended ones, and details
-    (number of images, answer status counts)."""
+    """Mean SG-IoU, Entity-IoU and Relation-IoU of the judged graphs against the intended ones, and details.
+
+    Every judgement counts once in each mean. A ``failed`` one (undecodable image, unparseable answer, engine
+    error) scores 0.0 on all three IoUs, whatever its target. The details hold ``n_images`` (all judgements),
+    ``judge_status`` (count per status), ``n_failed`` and ``failed`` (``"key:image_index"`` -> error, for every
+    failed item)."""
     targets = {s.key: s.scene_graph for s in samples}
     metric = GraphIoU(synonyms=synonyms)
     statuses: Counter[str] = Counter()
+    failed: dict[str, str] = {}
     for row in judgements.to_pylist():
-        predicted = scene_graph_from_arrow(row["scene_graph"]) or SceneGraph()
-        metric.update(predicted, targets[row["key"]])
         statuses[row["status"]] += 1
+        if row["status"] == "failed" or row["scene_graph"] is None:
+            metric.update_failed()
+            failed[f"{row['key']}:{row['image_index']}"] = row["error"] or "no graph"
+            continue
+        metric.update(scene_graph_from_arrow(row["scene_graph"]), targets[row["key"]])
     means = metric.compute()
-    return {key: means[key] for key in IOU_KEYS}, {"n_images": len(metric.scores), "judge_status": dict(statuses)}
+    details = {"n_images": len(metric.scores), "judge_status": dict(statuses), "n_failed": len(failed), "failed": failed}
+    return {key: means[key] for key in IOU_KEYS}, details

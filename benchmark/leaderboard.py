@@ -7,8 +7,18 @@ which recomputes a record's metrics from its stored images.
 Records of different benchmark sets (version or content hash) are not comparable and get separate tables. The
 HTML page needs nothing outside itself: a sortable table (a few lines of inline JavaScript, allowed by a
 Content-Security-Policy hash and nothing else), one inline-SVG bar chart per metric, an SG-IoU-vs-FID scatter
-plot, and each record's provenance in a details row and in the model cell's title. Every text taken from a
-record is HTML-escaped.
+plot, and each record's provenance in a details row and in the model cell's title.
+
+Every text taken from a record (model ids, adapters, metric names, the benchmark's name, version and content
+hash, ...) is escaped: in HTML with `html.escape` (quotes included), in Markdown with `html.escape`, backslash
+escapes of Markdown punctuation (so no link, image, emphasis or code span can be formed) and line breaks
+written as ``<br>``. Neither output makes a link from record text: the HTML page has no links at all, and in
+Markdown only a bare http(s) URL can become one (GitHub's autolinks), never ``javascript:`` or ``data:``.
+
+Records are read strictly: a file that cannot be read, is not JSON, does not have the record's shape, or holds a
+metric that is not a finite real number (``true``, ``"27.5"``, NaN) stops `render` before anything is written,
+with one line per bad file naming the file and the field (exit status 2); ``--skip-invalid`` renders the valid
+records instead and lists the skipped files as warnings.
 """
 
 from __future__ import annotations
@@ -19,17 +29,21 @@ import hashlib
 import html
 import json
 import math
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from schemas import BenchmarkResult
 
 __all__ = [
     "METRICS",
     "Metric",
+    "RecordError",
     "load_records",
     "main",
     "render_html",
@@ -67,12 +81,60 @@ _DEFAULT_SORT = METRICS[0]
 _SCATTER_AXES = ("fid", "sg_iou")
 
 
-def load_records(paths: Sequence[str | Path]) -> list[BenchmarkResult]:
-    """Result records from JSON files, or from run directories holding ``result.json``."""
-    records = []
+class RecordError(ValueError):
+    """Some result files could not be read as records; `problems` maps each file to what is wrong with it."""
+
+    def __init__(self, problems: dict[Path, str]) -> None:
+        self.problems = problems
+        lines = [f"{path}: {problem}" for path, problem in problems.items()]
+        super().__init__(f"{len(problems)} invalid result record(s):\n" + "\n".join(lines))
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "record"
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)
+
+
+def read_record(file: Path) -> BenchmarkResult:
+    """One record from a JSON file; raises `RecordError` naming the file and what is wrong with it."""
+    try:
+        data = json.loads(file.read_bytes())
+    except OSError as exc:
+        raise RecordError({file: f"cannot read: {exc.strerror or exc}"}) from None
+    except UnicodeDecodeError as exc:
+        raise RecordError({file: f"not UTF-8 text: {exc.reason} at byte {exc.start}"}) from None
+    except json.JSONDecodeError as exc:
+        raise RecordError({file: f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"}) from None
+    except RecursionError:
+        raise RecordError({file: "not valid JSON: nested too deeply"}) from None
+    if not isinstance(data, dict):
+        raise RecordError({file: f"not a result record: a JSON {type(data).__name__}, not an object"})
+    try:
+        return BenchmarkResult.model_validate(data)
+    except ValidationError as exc:
+        raise RecordError({file: f"not a valid result record: {_validation_message(exc)}"}) from None
+
+
+def load_records(paths: Sequence[str | Path], *, skip_invalid: bool = False) -> list[BenchmarkResult]:
+    """Result records from JSON files, or from run directories holding ``result.json``.
+
+    Every file is read before anything is reported: if some are invalid, `RecordError` lists them all (file and
+    reason). With `skip_invalid`, they are left out instead and each one is printed to stderr as a warning."""
+    records, problems = [], {}
     for path in map(Path, paths):
         file = path / RESULT_FILE if path.is_dir() else path
-        records.append(BenchmarkResult.from_json(file.read_text()))
+        try:
+            records.append(read_record(file))
+        except RecordError as exc:
+            problems.update(exc.problems)
+    if problems and not skip_invalid:
+        raise RecordError(problems)
+    for file, problem in problems.items():
+        print(f"warning: skipped {file}: {problem}", file=sys.stderr)
     return records
 
 
@@ -118,8 +180,23 @@ def _provenance_summary(record: BenchmarkResult) -> str:
     return " · ".join(parts)
 
 
-def _md_cell(text: str) -> str:
-    return html.escape(text).replace("|", "\\|")
+_LINE_BREAK = re.compile(r"\r\n|[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]")
+# Markdown syntax characters that could make a link, an image, a code span, emphasis, strike-through or a table
+# cell out of record text: backslash, backtick, "*", "[", "]", "|", "~", and "_" unless inside a word (where it
+# never makes emphasis, and paths such as "sdxl_sg" stay readable). "&", "<", ">" and quotes are HTML entities.
+_MD_SYNTAX = re.compile(r"[\\`*\[\]|~]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+
+
+def _md_cell(text: Any) -> str:
+    """Any text as inert Markdown inline content: HTML-escaped, Markdown syntax backslash-escaped (no links,
+    images, emphasis, code spans or extra table cells), line breaks as ``<br>``."""
+    escaped = _MD_SYNTAX.sub(lambda m: "\\" + m.group(0), html.escape(str(text), quote=True))
+    return _LINE_BREAK.sub("<br>", escaped)
+
+
+def _md_code(text: str) -> str:
+    """A code span for plain alphanumeric text (a hex hash); anything else as an escaped cell."""
+    return f"`{text}`" if re.fullmatch(r"[0-9A-Za-z]+", text) else _md_cell(text)
 
 
 def render_markdown(records: Sequence[BenchmarkResult]) -> str:
@@ -128,8 +205,8 @@ def render_markdown(records: Sequence[BenchmarkResult]) -> str:
     for (name, version, content_hash), members in _groups(records).items():
         columns = _columns(members)
         n = members[0].benchmark.n_samples
-        lines += [f"## {_md_cell(name)} {_md_cell(version)} (`{content_hash[:12]}`, {n} samples)", ""]
-        header = ["#", "Model", "Adapter", "Settings", *(f"{m.label} {m.arrow}" for m in columns)]
+        lines += [f"## {_md_cell(name)} {_md_cell(version)} ({_md_code(content_hash[:12])}, {n} samples)", ""]
+        header = ["#", "Model", "Adapter", "Settings", *(f"{_md_cell(m.label)} {m.arrow}" for m in columns)]
         lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * len(columns)) + "|"]
         for rank, record in enumerate(members, 1):
             cells = [str(rank), _md_cell(record.model.model_id), _md_cell(record.model.adapter), _md_cell(_settings(record))]
@@ -219,7 +296,7 @@ def _table(members: Sequence[BenchmarkResult], columns: Sequence[Metric]) -> str
         ]
         for metric in columns:
             value = record.metrics.get(metric.key)
-            data = "" if value is None else f" data-value='{value!r}'"
+            data = "" if value is None else f" data-value='{_e(repr(float(value)))}'"
             cells.append(f"<td class='num'{data}>{_e(_fmt(value))}</td>")
         details = (
             f"<tr class='details'><td></td><td colspan='{len(cells) - 1}'><details><summary>provenance</summary>"
@@ -356,6 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     render = sub.add_parser("render", help="render records to DIR/leaderboard.md and DIR/index.html")
     render.add_argument("records", nargs="+", help="result.json files or run directories")
     render.add_argument("--output", required=True)
+    render.add_argument(
+        "--skip-invalid", action="store_true", help="render the valid records, warn about invalid ones (default: exit 2)"
+    )
     verify = sub.add_parser("verify", help="recompute a record's metrics from its stored images")
     verify.add_argument("record", help="a result.json file or a run directory")
     verify.add_argument("--run-dir", default=None, help="where the images are (default: the record's folder)")
@@ -364,14 +444,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "render":
-        records = load_records(args.records)
+        try:
+            records = load_records(args.records, skip_invalid=args.skip_invalid)
+        except RecordError as exc:
+            print(f"leaderboard: error: {exc}", file=sys.stderr)
+            return 2
+        if not records:
+            print("leaderboard: error: no valid result record to render", file=sys.stderr)
+            return 2
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
         (out / "leaderboard.md").write_text(render_markdown(records), encoding="utf-8")
         (out / "index.html").write_text(render_html(records), encoding="utf-8")
         print(f"rendered {len(records)} records to {out / 'leaderboard.md'} and {out / 'index.html'}")
         return 0
-    problems = verify_record(args.record, args.run_dir, num_actors=args.num_actors, rel_tol=args.rel_tol)
+    try:
+        problems = verify_record(args.record, args.run_dir, num_actors=args.num_actors, rel_tol=args.rel_tol)
+    except RecordError as exc:
+        print(f"leaderboard: error: {exc}", file=sys.stderr)
+        return 2
     for problem in problems:
         print(f"MISMATCH {problem}", file=sys.stderr)
     print("verify: " + ("FAILED" if problems else "ok, every metric reproduced"))

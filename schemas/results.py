@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -12,6 +13,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 __all__ = ["BenchmarkInfo", "BenchmarkResult", "GenerationSettings", "ModelInfo", "Provenance"]
 
 RESULT_SCHEMA_VERSION = 1
+
+
+def _shown(value: Any) -> str:
+    """A value as JSON would show it, and its JSON kind: ``true (a boolean)``, ``"27.5" (a string)``."""
+    kinds = {bool: "a boolean", str: "a string", type(None): "null", list: "an array", dict: "an object"}
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{text} ({kinds.get(type(value), type(value).__name__)})"
 
 
 class _Strict(BaseModel):
@@ -62,7 +75,10 @@ class Provenance(_Strict):
 
 class BenchmarkResult(_Strict):
     """One leaderboard entry. `metrics` holds the numbers; `metric_details` how each was computed
-    (extractor, weights hash, resize mode, sample counts, judge model, CLIP model, ...)."""
+    (extractor, weights hash, resize mode, sample counts, judge model, CLIP model, ...).
+
+    Every metric value must be a finite real number: a JSON number (an int is read as a float). Booleans and
+    strings are refused even where they would convert (``true``, ``"27.5"``), and so are NaN and infinities."""
 
     schema_version: int = RESULT_SCHEMA_VERSION
     benchmark: BenchmarkInfo
@@ -71,6 +87,19 @@ class BenchmarkResult(_Strict):
     metrics: dict[str, float]
     metric_details: dict[str, dict[str, Any]] = Field(default_factory=dict)
     provenance: Provenance
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _real_numbers(cls, metrics: Any) -> Any:
+        if isinstance(metrics, dict):
+            bad = [
+                f"{name} = {_shown(value)}"
+                for name, value in metrics.items()
+                if isinstance(value, bool) or not isinstance(value, numbers.Real)
+            ]
+            if bad:
+                raise ValueError(f"metrics must be real numbers (not booleans or strings); not a number: {', '.join(bad)}")
+        return metrics
 
     @field_validator("metrics")
     @classmethod

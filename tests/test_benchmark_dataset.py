@@ -14,6 +14,7 @@ from PIL import Image
 
 from benchmark.dataset import (
     BenchmarkHashError,
+    BenchmarkSelectionError,
     build_benchmark,
     load_benchmark,
     main,
@@ -176,3 +177,32 @@ def test_export_without_images_is_refused(tmp_path):
     pq.write_table(table, tmp_path / "data" / "test-00000-of-00001.parquet")
     with pytest.raises(ValueError, match="no image column"):
         build_benchmark(tmp_path, tmp_path / "bench.parquet")
+
+
+def test_no_row_over_the_relation_threshold_is_a_clear_error(tmp_path, capsys):
+    # 3 usable rows with 2, 4 and 3 relations and one failed annotation with 9: nothing reaches 5 usable relations
+    rows = export_rows([2, 4, 3]) + export_rows([9], start=100, status="failed")
+    source = write_export(tmp_path / "export", {"test": rows})
+    out = tmp_path / "bench.parquet"
+    with pytest.raises(BenchmarkSelectionError) as raised:
+        build_benchmark(source, out, min_relations=5)
+    message = str(raised.value)
+    assert "at least 5 relations" in message and "read 4 rows" in message
+    assert "the most relations in any row is 9" in message and "1 rows have a failed annotation" in message
+    assert not out.exists() and not manifest_path(out).exists()
+
+    assert main(["--input", str(source), "--output", str(out), "--min-relations", "5"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    assert captured.err.startswith("benchmark.dataset: error: no row of split 'test'")
+    assert "read 4 rows" in captured.err and "is 9" in captured.err
+
+    # without the failed row, the maximum seen is the usable rows' 4
+    source = write_export(tmp_path / "export2", {"test": export_rows([2, 4, 3])})
+    with pytest.raises(BenchmarkSelectionError, match="read 3 rows, the most relations in any row is 4"):
+        build_benchmark(source, out, min_relations=5)
+    # other unusable inputs exit with 2 as well, never a traceback
+    assert main(["--input", str(source), "--output", str(out), "--split", "validation"]) == 2
+    assert "no 'validation' split" in capsys.readouterr().err
+    assert main(["--input", str(source), "--output", str(out), "--min-relations", "3", "--subset", "0"]) == 2
+    assert "subset size must be at least 1" in capsys.readouterr().err

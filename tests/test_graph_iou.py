@@ -67,6 +67,52 @@ def test_empty_graphs():
     assert graph_iou(objects_only, TARGET) == {"sg_iou": 0.0, "entity_iou": 1 / 3, "relation_iou": 0.0}
 
 
+# Every empty / non-empty combination of the three sets, against the module docstring's rule (per metric: both
+# sets empty -> 1.0, exactly one empty -> 0.0, else |A ∩ B| / |A ∪ B|), values written out by hand.
+# E: no objects (all three sets empty); M / D: one object "man" / "dog", no relations (triples and predicates
+# empty, entities not); T: TARGET (all three non-empty: 2 triples, 3 entities, 2 predicates).
+EMPTY_CASES = {
+    "E": SceneGraph(),
+    "M": sg(["man"]),
+    "D": sg(["dog"]),
+    "T": TARGET,
+}
+
+
+@pytest.mark.parametrize(
+    ("predicted", "target", "expected"),
+    [
+        ("E", "E", (1.0, 1.0, 1.0)),  # all empty on both sides
+        ("E", "M", (1.0, 0.0, 1.0)),  # triples and predicates empty on both sides; entities only in the target
+        ("M", "E", (1.0, 0.0, 1.0)),
+        ("E", "T", (0.0, 0.0, 0.0)),  # everything asked, nothing found
+        ("T", "E", (0.0, 0.0, 0.0)),  # nothing asked, something found
+        ("M", "M", (1.0, 1.0, 1.0)),
+        ("M", "D", (1.0, 0.0, 1.0)),  # non-empty disjoint entity sets
+        ("M", "T", (0.0, 1 / 3, 0.0)),  # {man} of {man, horse, hat}; empty triples / predicates vs non-empty
+        ("T", "M", (0.0, 1 / 3, 0.0)),
+        ("T", "T", (1.0, 1.0, 1.0)),
+    ],
+)
+def test_empty_set_conventions_match_the_docstring(predicted, target, expected):
+    scores = graph_iou(EMPTY_CASES[predicted], EMPTY_CASES[target])
+    assert (scores["sg_iou"], scores["entity_iou"], scores["relation_iou"]) == pytest.approx(expected, abs=1e-12)
+    metric = GraphIoU()
+    metric.update(EMPTY_CASES[predicted], EMPTY_CASES[target])
+    assert metric.compute() == scores
+
+
+def test_failed_items_count_as_zero_not_as_empty_graphs():
+    # documented: a failed judgement scores 0.0 on all three, even where an empty graph would score 1.0
+    metric = GraphIoU()
+    metric.update(SceneGraph(), SceneGraph())  # 1.0, 1.0, 1.0
+    assert metric.update_failed() == {"sg_iou": 0.0, "entity_iou": 0.0, "relation_iou": 0.0}
+    metric.update(sg(["man"]), TARGET)  # 0, 1/3, 0
+    metric.update_failed()
+    assert len(metric.scores) == 4
+    assert metric.compute() == pytest.approx({"sg_iou": 1 / 4, "entity_iou": (1 + 1 / 3) / 4, "relation_iou": 1 / 4})
+
+
 @pytest.mark.parametrize(
     ("plural", "expected"),
     [

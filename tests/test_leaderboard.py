@@ -123,3 +123,106 @@ def test_html_in_headless_chromium(tmp_path):
     page.write_text("<tbody>".join([head, *bodies[::-1]]) + "</table>" + tail, encoding="utf-8")
     escaped = "&lt;script&gt;document.title='pwned'&lt;/script&gt;evil|model"
     check_page_in_browser(page, [escaped, "model-c", "model-a"])
+
+
+# ---------------------------------------------------------------------- hostile text in every cell
+
+HOSTILE_MODEL = "evil\n<script>alert(1)</script>\r\n| x | y |\n[click](javascript:alert(1)) ![i](x.png) `code` *b* _i_ ~~s~~\\"
+HOSTILE_METRIC = "<img src=x onerror=alert(1)>|\nnew"
+HOSTILE_HASH = "<b>`|\n# x</b>" + "f" * 52
+HOSTILE_VERSION = "1.0\n<script>v</script>"
+
+
+def hostile_record() -> BenchmarkResult:
+    base = record(HOSTILE_MODEL, 0.5, 20.0, version=HOSTILE_VERSION, content_hash=HOSTILE_HASH)
+    return base.model_copy(
+        update={
+            "model": base.model.model_copy(update={"adapter": "[a](javascript:x)\n<i>"}),
+            "metrics": {**base.metrics, HOSTILE_METRIC: 1.25},
+        }
+    )
+
+
+class _Parsed:
+    """Tags, attributes and table cells of an HTML text, from the standard library's parser (``<br>`` -> "\\n")."""
+
+    def __init__(self, text: str) -> None:
+        from html.parser import HTMLParser
+
+        self.tags: list[tuple[str, dict]] = []
+        self.rows: list[list[str]] = []
+        self.headings: list[str] = []
+        parsed = self
+
+        class Parser(HTMLParser):
+            cell: list[str] | None = None
+            heading: list[str] | None = None
+
+            def handle_starttag(self, tag, attrs):
+                parsed.tags.append((tag, dict(attrs)))
+                if tag == "tr":
+                    parsed.rows.append([])
+                elif tag in ("td", "th"):
+                    self.cell = []
+                elif tag == "h2":
+                    self.heading = []
+                elif tag == "br":
+                    self.handle_data("\n")
+
+            def handle_endtag(self, tag):
+                if tag in ("td", "th") and self.cell is not None:
+                    parsed.rows[-1].append("".join(self.cell))
+                    self.cell = None
+                elif tag == "h2" and self.heading is not None:
+                    parsed.headings.append("".join(self.heading))
+                    self.heading = None
+
+            def handle_data(self, data):
+                for part in (self.cell, self.heading):
+                    if part is not None:
+                        part.append(data)
+
+        Parser(convert_charrefs=True).feed(text)
+
+    def assert_inert(self, own_scripts: int = 0) -> None:
+        names = [name for name, _ in self.tags]
+        assert names.count("script") == own_scripts
+        assert not {"img", "a", "b", "i", "iframe"} & set(names)
+        assert not [attrs for _, attrs in self.tags if "href" in attrs or "src" in attrs]
+        assert not [key for _, attrs in self.tags for key in attrs if key.startswith("on")]
+
+
+def test_markdown_escapes_every_cell():
+    markdown_it = pytest.importorskip("markdown_it")
+    records = [hostile_record(), record("model-a", 0.2, 30.0, version=HOSTILE_VERSION, content_hash=HOSTILE_HASH)]
+    text = render_markdown(records)
+    # one line per table row: no newline of a record broke a row, no pipe added a cell
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + 2 and all(line.endswith("|") for line in table)
+    # the oracle: CommonMark + tables, raw HTML allowed, so anything left unescaped would come out as a tag
+    page = markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table").render(text)
+    parsed = _Parsed(page)
+    parsed.assert_inert()
+    header, *rows = parsed.rows
+    assert header[-1] == HOSTILE_METRIC.replace("\r\n", "\n") + " ↑" and len(header) == 4 + 9
+    assert [len(row) for row in rows] == [len(header)] * 2
+    assert rows[0][1] == HOSTILE_MODEL.replace("\r\n", "\n")  # the text itself, nothing lost
+    assert rows[0][2] == "[a](javascript:x)\n<i>"
+    assert rows[0][-1] == "1.25" and rows[1][-1] == "–"
+    assert parsed.headings == [f"CompSG-Bench {HOSTILE_VERSION} ({HOSTILE_HASH[:12]}, 3 samples)"]
+
+
+def test_html_escapes_every_cell():
+    records = [hostile_record(), record("model-a", 0.2, 30.0, version=HOSTILE_VERSION, content_hash=HOSTILE_HASH)]
+    page = render_html(records)
+    parsed = _Parsed(page)
+    parsed.assert_inert(own_scripts=1)
+    assert "<img" not in page and "<script>alert" not in page and "<b>" not in page
+    header = parsed.rows[0]
+    assert header[-1] == HOSTILE_METRIC + " ↑"
+    entries = [row for row in parsed.rows[1:] if len(row) == len(header)]
+    assert [row[1] for row in entries] == [HOSTILE_MODEL, "model-a"]
+    assert entries[0][2] == "[a](javascript:x)\n<i>"
+    assert parsed.headings == [f"CompSG-Bench {HOSTILE_VERSION} ({HOSTILE_HASH[:12]}, 3 samples)"]
+    title = next(attrs["title"] for name, attrs in parsed.tags if name == "td" and "title" in attrs)
+    assert title.startswith("run ") and "\n" not in title

@@ -97,6 +97,19 @@ def test_frechet_rank_deficient_is_finite_and_nonnegative() -> None:
     assert 0.0 <= frechet_distance(mu1, sigma1, mu1, sigma1, factor1=factor) < 1e-9 * np.trace(sigma1)
 
 
+def _torch_fidelity_kid(first: np.ndarray, second: np.ndarray, subsets: int, subset_size: int, seed: int) -> tuple[float, float]:
+    """torch-fidelity's KID of (input1, input2) features: its own subsampling and kernel, float64."""
+    reference = tf_kid.kid_features_to_metric(
+        torch.from_numpy(np.asarray(first)).double(),
+        torch.from_numpy(np.asarray(second)).double(),
+        kid_subsets=subsets,
+        kid_subset_size=subset_size,
+        rng_seed=seed,
+        verbose=False,
+    )
+    return reference[tf_kid.KEY_METRIC_KID_MEAN], reference[tf_kid.KEY_METRIC_KID_STD]
+
+
 @pytest.mark.parametrize("full_gram", [True, False])
 def test_kid_matches_torch_fidelity(monkeypatch: pytest.MonkeyPatch, full_gram: bool) -> None:
     if not full_gram:
@@ -104,18 +117,55 @@ def test_kid_matches_torch_fidelity(monkeypatch: pytest.MonkeyPatch, full_gram: 
     rng = np.random.default_rng(2)
     x = rng.standard_normal((300, 48)).astype(np.float32)
     y = (rng.standard_normal((250, 48)) * 1.1 + 0.1).astype(np.float32)
-    mean, std = kernel_inception_distance(x, y, subsets=20, subset_size=100, seed=123)
-    reference = tf_kid.kid_features_to_metric(
-        torch.from_numpy(x).double(),
-        torch.from_numpy(y).double(),
-        kid_subsets=20,
-        kid_subset_size=100,
-        rng_seed=123,
-        verbose=False,
+    # our function draws its first argument's subset first, as torch-fidelity draws input1's: both orders agree
+    for first, second in ((x, y), (y, x)):
+        mean, std = kernel_inception_distance(first, second, subsets=20, subset_size=100, seed=123)
+        ref_mean, ref_std = _torch_fidelity_kid(first, second, 20, 100, 123)
+        assert mean == pytest.approx(ref_mean, rel=1e-9)
+        assert std == pytest.approx(ref_std, rel=1e-9)
+        assert mean > 0
+    # ... and the order matters (other subsets are drawn), so a swapped call is not comparable
+    assert kernel_inception_distance(x, y, 20, 100, 123)[0] != pytest.approx(
+        kernel_inception_distance(y, x, 20, 100, 123)[0], rel=1e-6
     )
-    assert mean == pytest.approx(reference[tf_kid.KEY_METRIC_KID_MEAN], rel=1e-9)
-    assert std == pytest.approx(reference[tf_kid.KEY_METRIC_KID_STD], rel=1e-9)
-    assert mean > 0
+
+
+def test_kid_class_is_torch_fidelitys_generated_reference_order() -> None:
+    from benchmark.metrics import Precomputed
+
+    rng = np.random.default_rng(21)
+    real = rng.standard_normal((40, 2048)).astype(np.float32)
+    fake = (rng.standard_normal((30, 2048)) * 1.2 + 0.05).astype(np.float32)
+    kid = KID(Precomputed({"extractor": "test"}), subsets=7, subset_size=12, seed=5)
+    kid.update_features(real, real=True)
+    kid.update_features(fake, real=False)
+    out = kid.compute()
+    # torch-fidelity's calculate_metrics(input1=generated, input2=reference)
+    mean, std = _torch_fidelity_kid(fake, real, 7, 12, 5)
+    assert out["kid_mean"] == pytest.approx(mean, rel=1e-9) and out["kid_std"] == pytest.approx(std, rel=1e-9)
+    assert out["kid_mean"] != pytest.approx(_torch_fidelity_kid(real, fake, 7, 12, 5)[0], rel=1e-6)
+    assert (out["kid_subset_size"], out["kid_subset_size_requested"]) == (12, 12)
+    assert out["kid_subsets"] == 7 and out["kid_seed"] == 5 and out["extractor"] == "test"
+
+
+def test_kid_subset_size_over_n_is_capped_and_recorded() -> None:
+    from benchmark.metrics import Precomputed
+
+    rng = np.random.default_rng(22)
+    real = rng.standard_normal((25, 2048)).astype(np.float32)
+    fake = rng.standard_normal((18, 2048)).astype(np.float32) + 0.1
+    kid = KID(Precomputed(), subsets=4, subset_size=1000, seed=9)
+    kid.update_features(real, real=True)
+    kid.update_features(fake, real=False)
+    out = kid.compute()
+    # the size used is the smaller set's 18, recorded beside the 1000 asked for
+    assert out["kid_subset_size"] == 18 and out["kid_subset_size_requested"] == 1000
+    assert (out["n_real"], out["n_fake"]) == (25, 18)
+    # torch-fidelity refuses 1000 outright; with the size we used it gives our value
+    with pytest.raises(ValueError, match="KID subset size"):
+        _torch_fidelity_kid(fake, real, 4, 1000, 9)
+    mean, std = _torch_fidelity_kid(fake, real, 4, 18, 9)
+    assert out["kid_mean"] == pytest.approx(mean, rel=1e-9) and out["kid_std"] == pytest.approx(std, rel=1e-9)
 
 
 class _FixedEmbeddingCLIP:

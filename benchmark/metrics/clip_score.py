@@ -6,6 +6,7 @@
 
 The model is `model` + `pretrained` as open_clip names them (default ViT-L-14 / openai), or a local folder in
 open_clip's hub layout (`open_clip_config.json` + weights), loaded through open_clip's `local-dir:` schema.
+Embeddings holding a NaN or an infinity are refused at `update_embeddings` (ValueError naming the side).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from benchmark.metrics.precomputed import Precomputed
+from benchmark.metrics.validation import require_finite
 from benchmark.provenance import weights_sha256
 
 if TYPE_CHECKING:
@@ -134,6 +136,8 @@ class _PairedCLIPMetric:
     """Mean of a per-pair score over all pairs seen by `update`."""
 
     key: str
+    label: str
+    sides: tuple[str, str]  # what the rows of `a` and `b` are, for error messages
     score: Callable[[np.ndarray, np.ndarray], np.ndarray]
 
     def __init__(self, embedder: CLIPEmbedder | Precomputed | None = None, **embedder_kwargs: Any) -> None:
@@ -141,7 +145,8 @@ class _PairedCLIPMetric:
         self._scores: list[np.ndarray] = []
 
     def update_embeddings(self, a: np.ndarray, b: np.ndarray) -> None:
-        """Add pairs given as embeddings (row i of `a` with row i of `b`)."""
+        """Add pairs given as embeddings (row i of `a` with row i of `b`); all values must be finite."""
+        require_finite(self.label, **dict(zip(self.sides, (a, b), strict=True)))
         self._scores.append(self.score(a, b))
 
     def compute(self) -> dict[str, Any]:
@@ -163,6 +168,8 @@ class CLIPScore(_PairedCLIPMetric):
     """CLIP-T: mean over (image, text) pairs of 100 · max(cos, 0)."""
 
     key = "clip_t"
+    label = "CLIP-T"
+    sides = ("generated_image", "text")
     score = staticmethod(clip_t_scores)
 
     def update(self, images: Sequence[Image.Image] | np.ndarray, texts: Sequence[str]) -> None:
@@ -175,6 +182,8 @@ class CLIPImageScore(_PairedCLIPMetric):
     """CLIP-I: mean over (generated, reference) image pairs of the cosine similarity (0..1 scale)."""
 
     key = "clip_i"
+    label = "CLIP-I"
+    sides = ("generated", "reference")
     score = staticmethod(cosine_scores)
 
     def update(

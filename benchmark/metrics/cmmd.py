@@ -3,7 +3,7 @@
     CMMD = 1000 · (mean Kxx + mean Kyy − 2 mean Kxy),  K(a, b) = exp(−‖a − b‖² / (2σ²)),  σ = 10
 
 biased estimator (diagonals included), float64, deterministic. The reference uses CLIP ViT-L/14@336 embeddings,
-hence the `CMMD` class default.
+hence the `CMMD` class default. Embeddings holding a NaN or an infinity are refused (ValueError naming the side).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from PIL import Image
 
 from benchmark.metrics.clip_score import CLIPEmbedder
 from benchmark.metrics.precomputed import Precomputed
+from benchmark.metrics.validation import require_finite
 
 __all__ = ["CMMD", "cmmd"]
 
@@ -38,6 +39,7 @@ def cmmd(x: np.ndarray, y: np.ndarray, sigma: float = 10.0) -> float:
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or not len(x) or not len(y):
         raise ValueError(f"need two non-empty (n, d) embedding sets, got {x.shape} and {y.shape}")
+    require_finite("CMMD", x=x, y=y)
     kxx = _mean_gaussian_kernel(x, x, sigma)
     kyy = _mean_gaussian_kernel(y, y, sigma)
     kxy = _mean_gaussian_kernel(x, y, sigma)
@@ -71,6 +73,7 @@ class CMMD:
         if not self._embeddings[True] or not self._embeddings[False]:
             raise RuntimeError("CMMD needs real and generated embeddings")
         real, fake = np.concatenate(self._embeddings[True]), np.concatenate(self._embeddings[False])
+        require_finite("CMMD", reference=real, generated=fake)
         return {
             "cmmd": cmmd(real, fake, self.sigma),
             "cmmd_sigma": self.sigma,

@@ -2,6 +2,8 @@
 
 Both keep the per-image features (float32, 8 KiB per image) and compute statistics in float64 at `compute()`.
 `update_features()` takes features extracted elsewhere (a Ray actor, or one extraction shared by FID and KID).
+Features holding a NaN or an infinity are refused with a ValueError that names the metric, the side (reference
+or generated) and the number of bad rows.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import numpy as np
 from benchmark.metrics.frechet import feature_stats, frechet_distance, sample_factor
 from benchmark.metrics.inception import FEATURE_DIM, ImageBatch, InceptionFeatureExtractor
 from benchmark.metrics.precomputed import Precomputed
+from benchmark.metrics.validation import require_finite
 
 __all__ = ["FID", "KID", "kernel_inception_distance"]
 
-KID_SEED = 2020  # torch-fidelity's default rng_seed, so values are comparable
+KID_SEED = 2020  # torch-fidelity's default rng_seed (see `kernel_inception_distance` for when values agree)
 _FULL_GRAM_MAX = 8192  # precompute all kernel values once when n_real + n_fake is at most this
 
 
@@ -37,10 +40,17 @@ def kernel_inception_distance(
 ) -> tuple[float, float]:
     """Mean and std over `subsets` random subsets of unbiased MMD² with the kernel (xᵀy/d + 1)³, float64.
 
-    Subsets are drawn as torch-fidelity draws them (`RandomState(seed).choice(n, size, replace=False)`, x then y),
-    with `subset_size` capped at the smaller set.
+    Subsets are drawn as torch-fidelity draws them: one ``RandomState(seed)``, and per subset first
+    ``choice(len(x), m, replace=False)`` for `x`, then the same for `y`. So the result equals
+    ``torch_fidelity.metric_kid.kid_features_to_metric(x, y, kid_subsets=subsets, kid_subset_size=m,
+    rng_seed=seed)`` for the same argument order; the value depends on the order (the draws differ), which is why
+    `KID` always passes (generated, reference), the order of torch-fidelity's
+    ``calculate_metrics(input1=generated, input2=reference)``. `m` is `subset_size` capped at the smaller set
+    (torch-fidelity refuses a larger one instead); `KID.compute` records the size used. Non-finite features are
+    refused (ValueError).
     """
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    require_finite("KID", x=x, y=y)
     m = min(subset_size, len(x), len(y))
     if m < 2:
         raise ValueError(f"KID needs at least 2 samples per set, got {len(x)} and {len(y)}")
@@ -102,6 +112,7 @@ class FID(_InceptionMetric):
 
     def compute(self) -> dict[str, Any]:
         real, fake = self.features(True), self.features(False)
+        require_finite("FID", reference=real, generated=fake)
         small, large = sorted((real, fake), key=len)  # the distance is symmetric; factor the smaller set
         mu_s, sigma_s = feature_stats(small)
         mu_l, sigma_l = feature_stats(large)
@@ -111,7 +122,13 @@ class FID(_InceptionMetric):
 
 
 class KID(_InceptionMetric):
-    """Kernel Inception Distance: mean and std of unbiased polynomial-kernel MMD² over random subsets."""
+    """Kernel Inception Distance: mean and std of unbiased polynomial-kernel MMD² over random subsets.
+
+    Computed as ``kernel_inception_distance(generated, reference)``, which equals torch-fidelity's
+    ``kid_features_to_metric(generated, reference)`` (its ``input1``/``input2`` order) with the same seed and
+    subset size. `subset_size` is capped at the smaller set; the result records both the size asked for
+    (``kid_subset_size_requested``) and the size used (``kid_subset_size``).
+    """
 
     def __init__(
         self,
@@ -127,12 +144,15 @@ class KID(_InceptionMetric):
 
     def compute(self) -> dict[str, Any]:
         real, fake = self.features(True), self.features(False)
-        mean, std = kernel_inception_distance(real, fake, self.subsets, self.subset_size, self.seed)
+        require_finite("KID", reference=real, generated=fake)
+        mean, std = kernel_inception_distance(fake, real, self.subsets, self.subset_size, self.seed)
         return {
             "kid_mean": mean,
             "kid_std": std,
             "kid_subsets": self.subsets,
             "kid_subset_size": min(self.subset_size, len(real), len(fake)),
+            "kid_subset_size_requested": self.subset_size,
             "kid_seed": self.seed,
+            "kid_order": "generated, reference (torch-fidelity input1, input2)",
             **self._provenance(real, fake),
         }

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from benchmark.metrics.validation import require_finite
+
 __all__ = ["covariance_factor", "feature_stats", "frechet_distance", "sample_factor", "trace_sqrt_product"]
 
 
@@ -59,10 +61,11 @@ def frechet_distance(
 
 
 def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and unbiased covariance (float64) of an (n >= 2, d) feature array."""
+    """Mean and unbiased covariance (float64) of an (n >= 2, d) feature array of finite values."""
     features = np.asarray(features, dtype=np.float64)
     if features.ndim != 2 or len(features) < 2:
         raise ValueError(f"need an (n >= 2, d) feature array, got shape {features.shape}")
+    require_finite("feature_stats", features=features)
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 

@@ -8,8 +8,11 @@ Following CompSG-Bench (LAION-SG), three sets are built from each graph and comp
 - Relation-IoU: predicates.
 
 Object ids are ignored (two "person" nodes are one entity "person"), and repeated items collapse because sets are
-compared. Empty sets: if both sets are empty the IoU is 1.0 (nothing was asked and nothing was found); if exactly
-one is empty it is 0.0.
+compared. Empty sets, per metric (each of the three sets on its own): if the predicted and the intended set are
+both empty the IoU is 1.0 (nothing was asked and nothing was found); if exactly one is empty it is 0.0. So two
+empty graphs score 1.0 on all three, and two graphs with objects but no relations score 1.0 on SG-IoU and
+Relation-IoU. A failed judgement (no graph at all: undecodable image, unparseable answer) is not an empty graph:
+`GraphIoU.update_failed` counts it in the means with 0.0 on all three, whatever the intended graph.
 
 Text is normalised before comparison: `schemas.normalize_text` (case, whitespace, underscores), then the last word
 of an object name is singularised (`singular`), then the optional `synonyms` map (applied to object names and
@@ -149,8 +152,14 @@ class GraphIoU:
         self.scores.append(score)
         return score
 
+    def update_failed(self) -> dict[str, float]:
+        """Count an item that could not be judged (no predicted graph): 0.0 on every IoU, kept in the means."""
+        score = dict.fromkeys(IOU_KEYS, 0.0)
+        self.scores.append(score)
+        return score
+
     def compute(self) -> dict[str, float]:
-        """Mean SG-IoU, Entity-IoU and Relation-IoU over all updates."""
+        """Mean SG-IoU, Entity-IoU and Relation-IoU over all updates, failed items (0.0) included."""
         if not self.scores:
             raise ValueError("GraphIoU.compute() needs at least one update()")
         return {key: sum(s[key] for s in self.scores) / len(self.scores) for key in IOU_KEYS}
