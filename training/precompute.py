@@ -3,12 +3,17 @@
     python -m training.precompute --data DATA --model SDXL --output CACHE [--resolution 512] [--crop center]
         [--dtype float16] [--num-actors N] [--use-gpu] [--batch-size 16]
 
-For every usable row (`training.data.usable`) of the train and validation splits (`training.data.find_splits`;
-the test split is left out), an actor pool runs the
+For every row of the train and validation splits (`training.data.find_splits`; the test split and rows whose
+annotation failed are left out), an actor pool runs the
 same collation as training (resize/crop, micro-conditioning, graph tokenization; no flips) and then the frozen VAE
 (scaled posterior mean) and both frozen text encoders (SG-text token states, pooled embedding, phrase embeddings
 of every node and relation). The result is ``CACHE/split=<split>/*.parquet`` in `training.data.CACHE_SCHEMA` plus
 ``CACHE/cache.json`` with the dtype and shapes; `python -m training.train --cache CACHE` reads it.
+
+A row that cannot train (corrupt, truncated or missing image, null or empty scene graph: `RowCollator.decode`)
+never stops the job: it is written as a cache row with only its key and its reason in ``problem``, so training
+from the cache skips and counts it exactly as training from raw rows would. `precompute` returns the usable rows
+per split, logs the unusable ones (count and first keys) and records them in ``cache.json`` (``unusable_rows``).
 
 Size per row at 512² and full SDXL in float16: latents 32 KiB, token states 77×2048 (308 KiB), pooled 2.5 KiB,
 4 KiB per node or relation.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -25,21 +31,25 @@ import pyarrow as pa
 import torch
 
 from training.data import (
+    ANNOTATION_FAILED,
     CACHE_DTYPES,
     CACHE_FORMAT,
     CACHE_META,
     CACHE_SCHEMA,
+    BadRows,
     ImageConfig,
     RowCollator,
     TrainBatch,
     find_splits,
+    row_problem,
     tensor_to_bytes,
-    usable,
 )
 from training.sg_encoder import SGFeatures
 from training.step import FrozenSDXL
 
 __all__ = ["CacheEncoder", "cache_meta", "cache_table", "main", "precompute"]
+
+log = logging.getLogger(__name__)
 
 
 def cache_table(batch: TrainBatch, latents: torch.Tensor, features: SGFeatures, dtype: torch.dtype) -> pa.Table:
@@ -76,9 +86,18 @@ class CacheEncoder:
         self.dtype = CACHE_DTYPES[dtype]
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        batch = self.collate(table.to_pylist())
-        latents, features = self.frozen.encode(batch.to(self.device))
-        return cache_table(batch, latents, features, self.dtype).append_column("split", table["split"])
+        """Cache rows of the usable rows, then one ``problem`` row (key and reason only) per unusable row."""
+        decoded = self.collate.decode(table.to_pylist())
+        splits = table["split"].to_pylist()
+        parts = []
+        if decoded.samples:
+            batch = self.collate.assemble(decoded.samples)
+            latents, features = self.frozen.encode(batch.to(self.device))
+            parts.append(cache_table(batch, latents, features, self.dtype))
+        problems = [{"key": s.key, "problem": s.reason} for s in decoded.skipped]
+        parts.append(pa.Table.from_pylist(problems, schema=CACHE_SCHEMA))
+        split = [splits[i] for i in decoded.kept] + [splits[s.index] for s in decoded.skipped]
+        return pa.concat_tables(parts).append_column("split", pa.array(split, pa.string()))
 
 
 def cache_meta(model: str, resolution: int, crop: str, dtype: str) -> dict[str, Any]:
@@ -104,11 +123,23 @@ def cache_meta(model: str, resolution: int, crop: str, dtype: str) -> dict[str, 
     }
 
 
-def _usable_rows(table: pa.Table, split: str) -> pa.Table:
-    """The usable rows of a batch, tagged with their split."""
-    keep = pa.array([usable(row) for row in table.to_pylist()], pa.bool_())
+def _annotated_rows(table: pa.Table, split: str) -> pa.Table:
+    """The rows of a batch whose annotation did not fail, tagged with their split (the others may still be
+    unusable: the encoder decides, and keeps them as ``problem`` rows)."""
+    keep = pa.array([row_problem(row) != ANNOTATION_FAILED for row in table.to_pylist()], pa.bool_())
     kept = table.filter(keep)
     return kept.append_column("split", pa.array([split] * kept.num_rows, pa.string()))
+
+
+def _tally(files: list) -> BadRows:
+    """The unusable (``problem``) rows of written cache files: counts and the first keys, from two columns."""
+    import pyarrow.parquet as pq
+
+    tally = BadRows()
+    for f in files:
+        for row in pq.read_table(f, columns=["key", "problem"]).to_pylist():
+            tally.add(1, [(row["key"], row["problem"])] if row["problem"] else [])
+    return tally
 
 
 def precompute(
@@ -123,8 +154,8 @@ def precompute(
     num_actors: int = 1,
     use_gpu: bool = False,
 ) -> dict[str, int]:
-    """Write the cache of every split of `data` (one Ray Data pass, one actor pool); return rows per split."""
-    import pyarrow.parquet as pq
+    """Write the cache of every split of `data` (one Ray Data pass, one actor pool); return usable rows per split
+    (unusable ones are logged and recorded in ``cache.json``)."""
     import ray.data
     from ray.data import SaveMode
 
@@ -133,7 +164,7 @@ def precompute(
     out = Path(output)
     splits = [
         ray.data.read_parquet([str(f) for f in files]).map_batches(
-            _usable_rows, fn_kwargs={"split": split}, batch_format="pyarrow"
+            _annotated_rows, fn_kwargs={"split": split}, batch_format="pyarrow"
         )
         for split, files in find_splits(data).items()
     ]
@@ -149,10 +180,15 @@ def precompute(
     )  # fmt: skip
     # Hive-style split directories (CACHE/split=train/...); a re-run replaces the cache, never duplicates rows.
     encoded.write_parquet(str(out), partition_cols=["split"], mode=SaveMode.OVERWRITE)
-    (out / CACHE_META).write_text(json.dumps(cache_meta(model, resolution, crop, dtype), indent=2) + "\n")
-    return {
-        split: sum(pq.ParquetFile(f).metadata.num_rows for f in files) for split, files in find_splits(out).items()
+    tallies = {split: _tally(files) for split, files in find_splits(out).items()}
+    for split, tally in tallies.items():
+        if tally.bad:
+            log.warning("precompute, %s split: %s (kept as problem rows)", split, tally.describe())
+    meta = cache_meta(model, resolution, crop, dtype) | {
+        "unusable_rows": {split: tally.summary() for split, tally in tallies.items()}
     }
+    (out / CACHE_META).write_text(json.dumps(meta, indent=2) + "\n")
+    return {split: tally.seen - tally.bad for split, tally in tallies.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,16 @@ scheduler, loaded with ``weights_only=True``), ``state.json`` (step, epoch, batc
 latest checkpoint. The final pipeline lands in ``RUNS/final`` (`SDXLSGPipeline.from_pretrained(RUNS/final)`;
 it references the base SDXL given by `--model`).
 
+Unusable rows (a corrupt, truncated or missing image, a null or empty scene graph, a cache row precompute could
+not encode or whose bytes are broken) are skipped where they are decoded, and batches are refilled to full size
+(`training.data.rebatch`). Every step sums the workers' counts; the run fails with `BadDataError` (count,
+fraction and the first keys with reasons) once the unusable rows certainly exceed `--max-bad-fraction` of the
+train split, whose size comes from the Parquet metadata. The counts and the first keys are in every step's
+metrics (``bad_rows``, ``bad_fraction``, ``bad_row_examples``, ...), logged as they appear, and in the summary
+`main` prints. Rows whose annotation failed are skipped as before and counted apart, not as faults. Before Ray
+Train starts, `preflight` reads the train split until one row decodes: when none does, `main` exits with code
+2 and one line naming the data path; with `--cache`, rows of `--data` missing from the cache count as unusable.
+
 Reproducibility: noise and timesteps of step k on rank r are drawn from ``step_seed(seed, k, r)``, and flips from
 (seed, epoch, row key), so they do not depend on RNG state. `LocalContext` (no Ray, one process) also fixes the
 data order (a seeded permutation per epoch), so a resumed local run reproduces an uninterrupted one exactly. Under
@@ -32,7 +42,9 @@ import contextlib
 import copy
 import dataclasses
 import json
+import logging
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -44,14 +56,20 @@ import numpy as np
 import torch
 
 from training.data import (
+    ANNOTATION_FAILED,
+    BadDataError,
+    BadRows,
     CacheCollator,
     ImageConfig,
+    NoUsableRowsError,
     RowCollator,
     TrainBatch,
     find_splits,
+    first_usable_row,
     read_cache_meta,
     read_rows,
-    usable,
+    rebatch,
+    row_problem,
 )
 from training.sg_encoder import SGEncoder, SGEncoderConfig
 from training.step import (
@@ -73,6 +91,7 @@ __all__ = [
     "export_final",
     "main",
     "parse_config",
+    "preflight",
     "run_worker",
     "train",
     "train_local",
@@ -82,6 +101,8 @@ FINAL_DIR = "final"
 TRAINER_STATE = "trainer_state.pt"
 STATE_JSON = "state.json"
 SG_ENCODER_DIR = "sg_encoder"
+DEFAULT_MAX_BAD_FRACTION = 0.01
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -112,6 +133,8 @@ class TrainConfig:
     shuffle_buffer: int = 64  # rows in Ray Data's local shuffle buffer
     name: str = "sdxl_sg"
     max_failures: int = 0
+    # Fail once unusable rows (corrupt/missing images, null/empty graphs) exceed this share of the train split.
+    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION
     encoder: dict[str, Any] = field(default_factory=dict)  # SGEncoderConfig overrides (hidden widths, layers)
 
     def __post_init__(self) -> None:
@@ -119,6 +142,8 @@ class TrainConfig:
             raise ValueError("the cache holds unflipped latents and texts: train from a cache with flip off")
         if self.max_steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
             raise ValueError("max_steps, batch_size and checkpoint_every must be positive")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"max_bad_fraction must be between 0 and 1, got {self.max_bad_fraction}")
 
     @property
     def image_config(self) -> ImageConfig:
@@ -150,9 +175,8 @@ class LocalContext:
         self.history: list[dict[str, Any]] = []
         self.stop_after = stop_after  # simulate an interruption after this many steps of this process
         source = config.cache or config.data
+        # Unusable rows stay in: `batches` skips and counts them where they are decoded, as under Ray.
         self.splits = {name: read_rows(files) for name, files in find_splits(source).items()}
-        if not config.cache:
-            self.splits = {name: [r for r in rows if usable(r)] for name, rows in self.splits.items()}
 
     @contextlib.contextmanager
     def resume_dir(self) -> Iterator[Path | None]:
@@ -162,20 +186,28 @@ class LocalContext:
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(self.device)
 
-    def batches(self, split: str, collate: Any, epoch: int, skip: int) -> Iterator[TrainBatch]:
+    def batches(
+        self, split: str, collate: Any, epoch: int, skip: int, tally: BadRows | None = None
+    ) -> Iterator[TrainBatch]:
+        """Batches of usable rows (the last partial train batch dropped); skipped rows are counted into `tally`.
+        The `skip` batches already consumed are decoded again, so the tally covers the whole epoch."""
         rows = self.splits.get(split, [])
         order = np.random.default_rng([self.config.seed, epoch]).permutation(len(rows)) if split == "train" else None
         ordered = [rows[i] for i in order] if order is not None else rows
         size = self.config.batch_size
-        end = len(ordered) - size + 1 if split == "train" else len(ordered)  # drop the last partial train batch
-        for start in range(skip * size, max(end, 0), size):
-            yield collate(ordered[start : start + size])
+        chunks = (collate.decode(ordered[start : start + size]) for start in range(0, len(ordered), size))
+        for index, batch in enumerate(rebatch(chunks, size, collate.assemble, drop_last=split == "train", tally=tally)):
+            if index >= skip:
+                yield batch
 
     def has_split(self, split: str) -> bool:
         return bool(self.splits.get(split))
 
     def all_sum(self, values: list[float]) -> list[float]:
         return values
+
+    def all_gather(self, value: Any) -> list[Any]:
+        return [value]
 
     def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> bool:
         """Record metrics (and copy the checkpoint); False asks the loop to stop (`stop_after`)."""
@@ -217,25 +249,30 @@ class RayContext:
 
         return ray.train.torch.prepare_model(model, parallel_strategy="ddp")
 
-    def batches(self, split: str, collate: Any, epoch: int, skip: int) -> Iterator[TrainBatch]:
+    def batches(
+        self, split: str, collate: Any, epoch: int, skip: int, tally: BadRows | None = None
+    ) -> Iterator[TrainBatch]:
+        """Ray Data's prefetch threads decode chunks of `batch_size` rows (skipping unusable ones); `rebatch`
+        refills full batches here and counts the skipped rows into `tally`."""
         import ray.train
         from ray.data.collate_fn import ArrowBatchCollateFn
 
         class Collate(ArrowBatchCollateFn):
-            def __call__(self, table):  # pyarrow.Table -> TrainBatch
-                return collate(table.to_pylist())
+            def __call__(self, table):  # pyarrow.Table -> Decoded
+                return collate.decode(table.to_pylist())
 
         shard = ray.train.get_dataset_shard(split)
         shuffle = split == "train" and self.config.shuffle_buffer > 0
         iterator = shard.iter_torch_batches(
             batch_size=self.config.batch_size,
             collate_fn=Collate(),
-            drop_last=split == "train",
             device="cpu",
             local_shuffle_buffer_size=max(self.config.shuffle_buffer, self.config.batch_size) if shuffle else None,
             local_shuffle_seed=self.config.seed + epoch if shuffle else None,
         )
-        for index, batch in enumerate(iterator):
+        drop_last = split == "train"
+        size = self.config.batch_size
+        for index, batch in enumerate(rebatch(iterator, size, collate.assemble, drop_last=drop_last, tally=tally)):
             if index >= skip:
                 yield batch
 
@@ -254,6 +291,13 @@ class RayContext:
         tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(tensor)
         return tensor.tolist()
+
+    def all_gather(self, value: Any) -> list[Any]:
+        if self.world_size == 1:
+            return [value]
+        gathered: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(gathered, value)
+        return gathered
 
     def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> bool:
         import ray.train
@@ -314,12 +358,20 @@ def _collators(config: TrainConfig, tokenizers: list[Any]) -> dict[str, Any]:
     }
 
 
-def validate(frozen: FrozenSDXL, encoder: SGEncoder, ctx: Any, collate: Any, config: TrainConfig, autocast: bool) -> float:
+def validate(
+    frozen: FrozenSDXL,
+    encoder: SGEncoder,
+    ctx: Any,
+    collate: Any,
+    config: TrainConfig,
+    autocast: bool,
+    tally: BadRows | None = None,
+) -> float:
     """Mean loss over the first `val_batches` validation batches of every worker, with fixed noise per batch
-    index; NaN when there are none."""
+    index; NaN when there are none. Unusable validation rows are skipped and logged (into `tally`), never fatal."""
     total, count = 0.0, 0
     with torch.no_grad():
-        for index, batch in enumerate(ctx.batches("val", collate, epoch=0, skip=0)):
+        for index, batch in enumerate(ctx.batches("val", collate, epoch=0, skip=0, tally=tally)):
             if index >= config.val_batches:
                 break
             seed = step_seed(config.seed, VALIDATION_STREAM, ctx.rank, index)
@@ -327,6 +379,47 @@ def validate(frozen: FrozenSDXL, encoder: SGEncoder, ctx: Any, collate: Any, con
             count += 1
     total, count = ctx.all_sum([total, float(count)])
     return total / count if count else float("nan")
+
+
+def split_size(files: list[Path]) -> int:
+    """Rows in Parquet files, from their footers (nothing decoded)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+class BadRowMonitor:
+    """Sums the workers' tallies of skipped train rows each step (the same collective on every rank, so every
+    rank decides alike) and raises `BadDataError` once the unusable rows certainly exceed `max_bad_fraction` of
+    the train split."""
+
+    def __init__(self, ctx: Any, config: TrainConfig):
+        self.ctx = ctx
+        self.max_fraction = config.max_bad_fraction
+        self.where = config.cache or config.data
+        self.total_rows = split_size(find_splits(self.where)["train"])
+        self.local = BadRows()  # this worker's rows, filled by `rebatch`
+        self.total = BadRows()  # every worker's, as of the last step
+
+    def sync(self, loss: float) -> float:
+        """The mean loss over the workers; updates `total` and raises when there are too many bad rows."""
+        local = self.local
+        loss_sum, seen, failed, bad = self.ctx.all_sum([loss, local.seen, local.failed_annotation, local.bad])
+        new_bad = int(bad) > self.total.bad
+        self.total.seen, self.total.failed_annotation, self.total.bad = int(seen), int(failed), int(bad)
+        if new_bad and len(self.total.examples) < self.total.keep:  # decided on synced values: all ranks gather
+            self.total.examples.clear()
+            self.total.merge_examples(self.ctx.all_gather(list(local.examples)))
+        if self.total.exceeds(self.max_fraction, self.total_rows):
+            raise BadDataError(
+                f"too many unusable training rows in {self.where}: {self.total.bad} of the {self.total.seen} "
+                f"rows read so far ({self.total.fraction:.2%}; the train split has {self.total_rows} rows) "
+                f"exceed --max-bad-fraction {self.max_fraction:g}; first: {self.total.first()}"
+            )
+        return loss_sum / self.ctx.world_size
+
+    def metrics(self) -> dict[str, Any]:
+        return self.total.summary()
 
 
 def run_worker(config: TrainConfig, ctx: Any) -> TrainState:
@@ -345,6 +438,8 @@ def run_worker(config: TrainConfig, ctx: Any) -> TrainState:
     model = ctx.prepare(encoder)
     collators = _collators(config, frozen.tokenizers)
     has_val = config.val_batches > 0 and ctx.has_split("val")
+    monitor = BadRowMonitor(ctx, config)
+    val_tally = BadRows()
 
     while state.step < config.max_steps:
         collate = collators["train"]
@@ -352,7 +447,8 @@ def run_worker(config: TrainConfig, ctx: Any) -> TrainState:
             collate = collate.with_epoch(state.epoch)
         consumed = state.batch_in_epoch
         started = time.perf_counter()
-        for batch in ctx.batches("train", collate, state.epoch, skip=state.batch_in_epoch):
+        epoch_start = (monitor.local.seen, monitor.local.bad)
+        for batch in ctx.batches("train", collate, state.epoch, skip=state.batch_in_epoch, tally=monitor.local):
             metrics = train_step(
                 frozen,
                 model,
@@ -369,20 +465,27 @@ def run_worker(config: TrainConfig, ctx: Any) -> TrainState:
             metrics |= {
                 "step": state.step,
                 "epoch": state.epoch,
-                "loss": ctx.all_sum([metrics["loss"]])[0] / ctx.world_size,
+                "loss": monitor.sync(metrics["loss"]),
                 "alpha": float(encoder.alpha.detach()),
                 "samples_per_s": batch.size * ctx.world_size / elapsed,
                 "resumed_from_step": resumed_from,
             }
+            metrics |= monitor.metrics()
             last = state.step >= config.max_steps
             if has_val and (last or (config.val_every and state.step % config.val_every == 0)):
-                metrics["val_loss"] = validate(frozen, encoder, ctx, collators["val"], config, autocast)
+                metrics["val_loss"] = validate(frozen, encoder, ctx, collators["val"], config, autocast, val_tally)
             keep_going = _report(ctx, metrics, encoder, optimizer, lr_scheduler, state, config, last)
             if last or not keep_going:
                 return state
             started = time.perf_counter()
+        seen, bad = monitor.local.seen - epoch_start[0], monitor.local.bad - epoch_start[1]
+        if bad:
+            log.warning("epoch %d, worker %d: skipped %d unusable of %d rows", state.epoch, ctx.rank, bad, seen)
         if state.batch_in_epoch == consumed == 0:
-            raise ValueError(f"the train split has fewer than batch_size={config.batch_size} rows per worker")
+            raise ValueError(
+                f"the train split has fewer than batch_size={config.batch_size} usable rows per worker "
+                f"(this worker: {monitor.local.describe()})"
+            )
         state.epoch += 1
         state.batch_in_epoch = 0
     return state
@@ -416,8 +519,55 @@ def export_final(checkpoint_dir: str | Path, config: TrainConfig) -> Path:
     )
 
 
+def _missing_from_cache(config: TrainConfig) -> BadRows:
+    """Rows of the train split of `--data` (failed annotations aside) whose key the cache lacks, as bad rows."""
+    import pyarrow.parquet as pq
+
+    tally = BadRows()
+    if not Path(config.data).exists():
+        return tally
+    cached = set()
+    for f in find_splits(config.cache)["train"]:
+        cached.update(pq.read_table(f, columns=["key"])["key"].to_pylist())
+    for f in find_splits(config.data)["train"]:
+        columns = [c for c in ("key", "annotation") if c in pq.read_schema(f).names]
+        for row in pq.read_table(f, columns=columns).to_pylist():
+            if row_problem(row) == ANNOTATION_FAILED:  # precompute leaves these out
+                tally.add(1, [(str(row["key"]), ANNOTATION_FAILED)])
+            else:
+                tally.add(1, [] if row["key"] in cached else [(str(row["key"]), "missing from the cache")])
+    return tally
+
+
+def preflight(config: TrainConfig) -> dict[str, Any]:
+    """Checks before any worker starts: the train split has at least one row that decodes (`NoUsableRowsError`
+    naming the path otherwise), and, with `--cache`, that no more than `max_bad_fraction` of the data's rows are
+    missing from the cache. Reads only until the first usable row, and only keys for the cache comparison."""
+    source = config.cache or config.data
+    files = find_splits(source)["train"]
+    if config.cache:
+        decode = CacheCollator(read_cache_meta(config.cache)).decode
+    else:
+        decode = RowCollator([], dataclasses.replace(config.image_config, flip=False)).decode
+    scanned = first_usable_row(files, decode)
+    if scanned.bad + scanned.failed_annotation == scanned.seen:
+        what = scanned.describe() if scanned.seen else "the train split has no rows"
+        raise NoUsableRowsError(f"no usable training row in {source}: {what}")
+    summary: dict[str, Any] = {}
+    if config.cache:
+        missing = _missing_from_cache(config)
+        if missing.bad:
+            message = f"rows of {config.data} missing from the cache {config.cache}: {missing.describe()}"
+            if missing.exceeds(config.max_bad_fraction):
+                raise BadDataError(f"too many {message} (over --max-bad-fraction {config.max_bad_fraction:g})")
+            log.warning("%s", message)
+        summary["missing_from_cache"] = missing.summary()
+    return summary
+
+
 def train_local(config: TrainConfig, stop_after: int | None = None) -> tuple[LocalContext, TrainState]:
     """Train in this process without Ray (resumes from ``output/checkpoints``); export ``output/final`` when done."""
+    preflight(config)
     ctx = LocalContext(config, stop_after=stop_after)
     state = run_worker(config, ctx)
     if state.step >= config.max_steps:
@@ -435,7 +585,7 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def build_trainer(config: TrainConfig, train_loop: Callable[[dict[str, Any]], None] | None = None):
-    """A `TorchTrainer` over Ray Data Parquet datasets (raw rows filtered by `usable`, or the cache).
+    """A `TorchTrainer` over Ray Data Parquet datasets (raw rows or the cache; the workers skip unusable rows).
 
     `train_loop` replaces the per-worker function (it receives `asdict(config)`); by default `run_worker` with a
     `RayContext`."""
@@ -445,8 +595,7 @@ def build_trainer(config: TrainConfig, train_loop: Callable[[dict[str, Any]], No
 
     datasets = {}
     for split, files in find_splits(config.cache or config.data).items():
-        dataset = ray.data.read_parquet([str(f) for f in files])
-        datasets[split] = dataset if config.cache else dataset.filter(usable)
+        datasets[split] = ray.data.read_parquet([str(f) for f in files])
     return TorchTrainer(
         train_loop or _train_loop_per_worker,
         train_loop_config=asdict(config),
@@ -461,8 +610,12 @@ def build_trainer(config: TrainConfig, train_loop: Callable[[dict[str, Any]], No
     )
 
 
-def train(config: TrainConfig):
-    """Fit with Ray Train (resuming when ``output/name`` has checkpoints), then export ``output/final``."""
+def train(config: TrainConfig, *, check: bool = True):
+    """Fit with Ray Train (resuming when ``output/name`` has checkpoints), then export ``output/final``.
+    `preflight` runs first (unless `check` is off: the caller ran it), so data without a usable row fails before
+    Ray Train starts."""
+    if check:
+        preflight(config)
     result = build_trainer(config).fit()
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
@@ -493,6 +646,13 @@ def parse_config(argv: list[str] | None) -> TrainConfig:
         "val_every": int, "val_batches": int, "resolution": int, "seed": int, "shuffle_buffer": int,
         "max_failures": int,
     }  # fmt: skip
+    parser.add_argument(
+        "--max-bad-fraction", type=float, metavar="F",
+        help="unusable rows (corrupt, truncated or missing image, null or empty scene graph, broken cache row) are "
+        "skipped, counted and logged with their keys; the run fails once they exceed this fraction of the train "
+        f"split (default {DEFAULT_MAX_BAD_FRACTION:g} = {DEFAULT_MAX_BAD_FRACTION:.0%}; 0 fails on the first, 1 never "
+        "fails). Rows whose annotation failed are skipped but not counted",
+    )  # fmt: skip
     for name, kind in numbers.items():
         parser.add_argument("--" + name.replace("_", "-"), type=kind)
     args = vars(parser.parse_args(argv))
@@ -517,14 +677,45 @@ def parse_config(argv: list[str] | None) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def _data_error(exc: BaseException) -> BadDataError | None:
+    """The `BadDataError` behind `exc` (Ray Train wraps a worker's error: `WorkerGroupError.worker_failures`),
+    if any."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        error = stack.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, BadDataError):
+            return error
+        stack += [error.__cause__, error.__context__, getattr(error, "cause", None)]
+        stack += [getattr(error, "controller_failure", None), *getattr(error, "worker_failures", {}).values()]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit code 2 with one line on stderr when the data is unusable (no usable row: before Ray starts)."""
     config = parse_config(argv)
+    try:
+        checks = preflight(config)
+    except (BadDataError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     import ray
 
     if not ray.is_initialized():
         ray.init()
-    result = train(config)
-    print(json.dumps({"final": str(Path(config.output) / FINAL_DIR), "metrics": result.metrics}, indent=2, default=str))
+    try:
+        result = train(config, check=False)
+    except Exception as exc:
+        if (error := _data_error(exc)) is None:
+            raise
+        line = str(error).splitlines()[0] if str(error) else repr(error)
+        print(f"error: {line}", file=sys.stderr)
+        return 2
+    summary = {"final": str(Path(config.output) / FINAL_DIR), "metrics": result.metrics} | checks
+    print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
