@@ -65,7 +65,7 @@ from pipelines.ingest import (
 )
 from pipelines.postprocess import postprocess_batch
 from pipelines.tasks import Task, failure_reason, get_task, task_names
-from schemas import DEFAULT_LIMITS, IMAGE_TYPE, Limits, row_schema
+from schemas import DEFAULT_LIMITS, IMAGE_TYPE, UPSTREAM_FIELDS, Limits, row_schema
 
 __all__ = [
     "AnnotateConfig",
@@ -300,6 +300,8 @@ def _prepare(batch: pa.Table, task: Task, max_side: int, max_pixels: int) -> pa.
         batch = batch.drop_columns(["image_error"])
     else:
         batch = batch.append_column("prepared_image", pa.nulls(batch.num_rows, pa.binary()))
+        for name in ("width", "height"):  # no stored image is read: its size is unknown
+            batch = batch.set_column(batch.column_names.index(name), name, pa.nulls(batch.num_rows, pa.int32()))
         errors = [None] * batch.num_rows
     captions = batch.column("caption").to_pylist()
     skip = [task.skip_reason(caption, error) for caption, error in zip(captions, errors, strict=True)]
@@ -446,6 +448,9 @@ def output_table(shard: Shard, source: pa.Table, annotations: pa.Table, task: Ta
     columns: dict[str, Any] = {
         name: source.column(name) for name in ("key", "url", "caption", "aesthetic_score")
     }
+    # `original_*` as the metadata (or the header) gives them; `width`/`height` are the stored image's, as
+    # decoded (null when it does not decode, or is not read by a text task).
+    columns |= {f.name: source.column(f.name) for f in UPSTREAM_FIELDS}
     columns |= {name: annotations.column(name) for name in ("width", "height", "annotation")}
     columns |= {name: annotations.column(name) for name in task.output_columns}
     if images:

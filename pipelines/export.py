@@ -193,7 +193,14 @@ def _target_schema(files: Sequence[Path]) -> pa.Schema:
 
 
 def _batches(file: Path, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
-    yield from pq.ParquetFile(file).iter_batches(batch_size=_BATCH_ROWS, columns=list(columns))
+    """`columns` of `file` in batches; a column the file lacks (written before it existed) comes back null."""
+    parquet = pq.ParquetFile(file)
+    present = [name for name in columns if name in parquet.schema_arrow.names]
+    for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, columns=present):
+        arrays = {name: batch.column(name) for name in present}
+        yield pa.RecordBatch.from_arrays(
+            [arrays.get(name, pa.nulls(batch.num_rows)) for name in columns], names=list(columns)
+        )
 
 
 @dataclass

@@ -210,7 +210,8 @@ def prepare_batch(
     """`prepare_image` over a pyarrow batch (``map_batches(..., batch_format="pyarrow")``).
 
     Adds ``prepared_image`` (JPEG bytes of the bounded RGB image, null on failure; the input bytes themselves
-    when the image needed no change) and ``image_error`` (null on success). Null `width`/`height` cells are filled with the decoded original size. A null input cell (a
+    when the image needed no change) and ``image_error`` (null on success). `width`/`height` become the size of
+    the decoded image (null where it does not decode), whatever the metadata said. A null input cell (a
     metadata-only row) gives ``image_error = "no image bytes"``.
     """
     prepared: list[bytes | None] = []
@@ -232,8 +233,7 @@ def prepare_batch(
     for index, name in enumerate(("width", "height")):
         decoded = pa.array([size[index] for size in sizes], pa.int32())
         if name in batch.column_names:
-            known = batch.column(name).cast(pa.int32())
-            batch = batch.set_column(batch.column_names.index(name), name, known.fill_null(decoded))
+            batch = batch.set_column(batch.column_names.index(name), name, decoded)
         else:
             batch = batch.append_column(name, decoded)
     batch = batch.append_column("prepared_image", pa.array(prepared, pa.binary()))

@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.images import image_size
-from schemas import row_key
+from schemas import UPSTREAM_FIELDS, row_key
 
 if TYPE_CHECKING:
     import ray.data
@@ -75,6 +75,7 @@ INGEST_SCHEMA = pa.schema(
         pa.field("height", pa.int32()),
         pa.field("image_bytes", pa.binary()),
         pa.field("source", pa.string()),
+        *UPSTREAM_FIELDS,
     ]
 )
 
@@ -92,6 +93,9 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "height": ("original_height", "HEIGHT", "height"),
     "pwatermark": ("pwatermark",),
     "punsafe": ("punsafe",),
+    "similarity": ("similarity",),
+    "sha256": ("sha256",),
+    "source_key": ("key",),
     "status": ("status",),
 }
 # Scores stay float64 until the output cast, so that a bound like 0.8 compares exactly as written.
@@ -103,6 +107,9 @@ _RAW_TYPES: dict[str, pa.DataType] = {
     "height": pa.int32(),
     "pwatermark": pa.float64(),
     "punsafe": pa.float64(),
+    "similarity": pa.float64(),
+    "sha256": pa.string(),
+    "source_key": pa.string(),
     "status": pa.string(),
 }
 _SUCCESS = "success"  # img2dataset's status of a downloaded image
@@ -193,7 +200,12 @@ def _apply_filters(
                 duplicate[i] = key in seen
                 seen.add(key)
         rows.drop("duplicate", duplicate)
-    kept = raw.filter(pa.array(rows.keep)).select(INGEST_SCHEMA.names).cast(INGEST_SCHEMA)
+    kept = raw.filter(pa.array(rows.keep))
+    # `width`/`height` hold the original size (metadata first, else the image header); the annotate job replaces
+    # them with the stored image's decoded size and keeps these as `original_*`.
+    kept = kept.append_column("original_width", kept.column("width"))
+    kept = kept.append_column("original_height", kept.column("height"))
+    kept = kept.select(INGEST_SCHEMA.names).cast(INGEST_SCHEMA)
     return kept, FilterCounts(raw.num_rows, kept.num_rows, dict(rows.removed))
 
 
@@ -582,7 +594,27 @@ def _read_webdataset(shard: Shard, images: bool) -> pa.Table:
         records.append(record)
         has_image.append(member is not None)
         sources.append(f"{shard.path}#{key}")
+    for record in _failed_downloads(Path(shard.path).with_suffix(".parquet")):
+        records.append(record)
+        image_data.append(None)
+        has_image.append(False)
+        sources.append(f"{shard.path}#{record.get('key')}")
     return _from_records(records, image_data, has_image, sources)
+
+
+def _failed_downloads(metadata: Path) -> list[dict[str, Any]]:
+    """The rows of img2dataset's per-shard metadata Parquet (beside a tar or a ``files`` folder) whose download
+    failed: they are in no tar and no folder, yet they are input rows, counted as ``not downloaded`` like the
+    failed rows of a ``parquet`` output."""
+    if not metadata.is_file():
+        return []
+    parquet = _parquet_file(metadata)
+    if _resolve(parquet.schema_arrow.names, "status") is None:
+        return []
+    table = parquet.read()
+    status = table.column(_resolve(table.column_names, "status"))
+    failed = table.filter(pc.fill_null(pc.not_equal(status, _SUCCESS), False))
+    return [{k: v for k, v in row.items() if v is not None} for row in failed.to_pylist()]
 
 
 def _read_folder(shard: Shard, images: bool) -> pa.Table:
@@ -598,7 +630,22 @@ def _read_folder(shard: Shard, images: bool) -> pa.Table:
         image_data.append(_complete(record, file.read_bytes, images))
         records.append(record)
         sources.append(str(file))
-    return _from_records(records, image_data, [True] * len(records), sources)
+    has_image = [True] * len(records)
+    # img2dataset's ``files`` output: ``00000/`` beside ``00000.parquet``. The failed downloads of a sub-folder
+    # belong to the shard holding the sub-folder's first file.
+    for directory in sorted({PurePosixPath(r).parts[0] for r in shard.files if len(PurePosixPath(r).parts) > 1}):
+        if _first_file_of(root, directory) in shard.files:
+            for record in _failed_downloads(root / f"{directory}.parquet"):
+                records.append(record)
+                image_data.append(None)
+                has_image.append(False)
+                sources.append(str(root / directory / str(record.get("key"))))
+    return _from_records(records, image_data, has_image, sources)
+
+
+def _first_file_of(root: Path, directory: str) -> str | None:
+    files = _files(root / directory, IMAGE_EXTENSIONS)
+    return str(PurePosixPath(directory) / files[0]) if files else None
 
 
 def _read_raw(shard: Shard, input_format: str, images: bool) -> pa.Table:

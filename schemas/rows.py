@@ -20,6 +20,7 @@ __all__ = [
     "IMAGE_TYPE",
     "SCENE_GRAPH_TYPE",
     "STATUSES",
+    "UPSTREAM_FIELDS",
     "Status",
     "annotation_record",
     "hf_features",
@@ -61,6 +62,19 @@ ANNOTATION_TYPE = pa.struct(
     ]
 )
 
+# Upstream metadata kept for curation (null where the input has none): the original size before img2dataset
+# resized the image (`width`/`height` are the stored image's), LAION's scores, and img2dataset's own key and
+# sha256 of the downloaded bytes.
+UPSTREAM_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("original_width", pa.int32()),
+    pa.field("original_height", pa.int32()),
+    pa.field("punsafe", pa.float32()),
+    pa.field("pwatermark", pa.float32()),
+    pa.field("similarity", pa.float32()),
+    pa.field("sha256", pa.string()),
+    pa.field("source_key", pa.string()),
+)
+
 _BASE_FIELDS: list[pa.Field] = [
     pa.field("key", pa.string()),
     pa.field("url", pa.string()),
@@ -68,6 +82,7 @@ _BASE_FIELDS: list[pa.Field] = [
     pa.field("aesthetic_score", pa.float32()),
     pa.field("width", pa.int32()),
     pa.field("height", pa.int32()),
+    *UPSTREAM_FIELDS,
     pa.field("image", IMAGE_TYPE),
     pa.field("scene_graph", SCENE_GRAPH_TYPE),
     pa.field("sg_text", pa.string()),

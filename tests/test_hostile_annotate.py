@@ -303,7 +303,11 @@ def test_grown_and_changed_shards_are_annotated_and_nothing_is_duplicated(ray_lo
     (source / "00001").mkdir()
     for i, data in enumerate(images[4:]):
         (source / "00001" / f"0001{i}.png").write_bytes(data)
+    # img2dataset's metadata beside the sub-folder: its one failed download is an input row, counted.
+    metadata = {"url": ["https://e.com/ok.png", "https://e.com/404.png"], "status": ["success", "failed_to_download"]}
+    pq.write_table(pa.table(metadata), source / "00001.parquet")
     second = run(config_from_mapping(settings), engine=engine)
+    assert second.output.rows_filtered == {"not downloaded": 1} and second.output.rows_in == len(images) + 1
     expected = {hashlib.sha1(data).hexdigest() for data in images}
     keys = Counter(row["key"] for row in _rows(output))
     assert keys == Counter(dict.fromkeys(expected, 1)), (second.text(), keys)
@@ -350,6 +354,10 @@ def test_all_filtered_shard_writes_no_empty_file_and_the_output_loads(ray_local,
     assert summary.rows_filtered == {"aesthetic_score<5": 2}
     assert sorted(p.name for p in (output / "data").iterdir()) == ["00000.parquet"]
     assert sorted(p.name for p in (output / "shards").iterdir()) == ["00000.json", "00001.json"]
+    rows = _rows(output)
+    # `width`/`height` are the stored image's size; the original size has its own columns.
+    assert [(r["width"], r["height"]) for r in rows] == [(512, 512), (451, 300)]
+    assert [(r["original_width"], r["original_height"]) for r in rows] == [(None, None)] * 2  # not in the input
     assert len(datasets.load_dataset(str(output), split="train")) == 2
     assert len(datasets.load_dataset("parquet", data_files=str(output / "data" / "*.parquet"), split="train")) == 2
     again = run(config, engine=FixedAnswerEngine(get_task("scene_graph"), [_graph_answer()], EngineOptions()))

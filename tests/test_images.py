@@ -136,7 +136,8 @@ def test_prepare_batch(corpus: tuple[Path, dict[str, str]]) -> None:
     out = prepare_batch(batch, max_side=512)
     assert out.column("image_error").to_pylist()[1].startswith("cannot identify image file")
     assert out.column("image_error").to_pylist()[3] == "no image bytes"
-    assert out.column("width").to_pylist() == [600, None, 9999, None]  # known values are kept
+    # The decoded size replaces what the metadata said (9999); no size where nothing decodes.
+    assert out.column("width").to_pylist() == [600, None, 1411, None]
     assert out.column("height").to_pylist() == [400, None, 1411, None]
     decoded = [
         None if b is None else Image.open(io.BytesIO(b)) for b in out.column("prepared_image").to_pylist()

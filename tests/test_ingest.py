@@ -267,8 +267,14 @@ def test_img2dataset_output(tmp_path: Path, output_format: str) -> None:
     assert table.column("height").to_pylist() == [512, 300]
     assert table.column("aesthetic_score").to_pylist() == pytest.approx([6.5, 6.6])
     assert table.column("image_bytes").to_pylist() == [_jpeg("astronaut"), _jpeg("chelsea")]
-    not_downloaded = {"not downloaded": 2} if output_format == "parquet" else {}
-    assert counts.removed == {"duplicate": 2, **not_downloaded}
+    # The 404s count the same in every format (a webdataset has them only in the metadata Parquet beside the tar).
+    assert counts.removed == {"duplicate": 2, "not downloaded": 2} and counts.rows_in == 6
+    # Upstream metadata kept for curation; `original_*` as img2dataset recorded it.
+    assert table.column("original_width").to_pylist() == [512, 451]
+    assert table.column("source_key").to_pylist() == ["000000000", "000000001"]
+    sha256 = [hashlib.sha256(_jpeg(name)).hexdigest() for name in ("astronaut", "chelsea")]
+    assert table.column("sha256").to_pylist() == sha256
+    assert table.column("punsafe").to_pylist() == pytest.approx([0.01, 0.01])
 
 
 def test_same_image_has_the_same_key_in_every_format(tmp_path: Path) -> None:
@@ -374,4 +380,4 @@ def test_read_dataset_matches_per_shard_reading(tmp_path: Path, ray_local: None)
     expected, counts = _read_all(tmp_path / "wds")
     assert [r["key"] for r in rows] == sorted(expected.column("key").to_pylist())
     assert {r["image_bytes"] for r in rows} == {_jpeg("astronaut"), _jpeg("chelsea")}
-    assert collector.counts() == counts and counts.removed == {"duplicate": 4}
+    assert collector.counts() == counts and counts.removed == {"duplicate": 4, "not downloaded": 3}
