@@ -1,12 +1,14 @@
 """The input side of annotation: find the shards of an input, read each one into rows with a stable key, filter.
 
-Four input formats (`detect_format` tells them apart):
+Five input formats (`detect_format` tells them apart):
 
 - ``laion_parquet``: LAION metadata Parquet (``URL``, ``TEXT``, ``AESTHETIC_SCORE``, ``WIDTH``, ``HEIGHT``,
   ``pwatermark``, ``punsafe``, ... in any letter case); no image bytes.
 - ``img2dataset_parquet``: img2dataset's ``--output_format parquet`` (a ``jpg``/``png``/``webp`` binary column,
   ``url``, ``caption``, ``status``, ``original_width``, ... plus the ``--save_additional_columns``).
 - ``webdataset``: img2dataset's ``--output_format webdataset`` tars (``{key}.jpg``, ``{key}.txt``, ``{key}.json``).
+- ``url_list``: img2dataset's URL-list inputs, CSV/TSV with a header or ``.txt`` with one URL per line (no image
+  bytes, like ``laion_parquet``: for text tasks, or to check a list before downloading it).
 - ``folder``: image files under a directory, recursively; an optional ``{stem}.txt`` caption and ``{stem}.json``
   metadata beside each image (so img2dataset's ``--output_format files`` reads as a folder).
 
@@ -23,6 +25,7 @@ on the driver (about 100 bytes per row: 60 MB for the 625k rows of LAION-Aesthet
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import math
@@ -61,9 +64,12 @@ __all__ = [
     "read_shard",
 ]
 
-INPUT_FORMATS = ("folder", "laion_parquet", "img2dataset_parquet", "webdataset")
+INPUT_FORMATS = ("folder", "laion_parquet", "img2dataset_parquet", "webdataset", "url_list")
 # Inputs with URLs and captions but no image bytes: only tasks without an image can run on them.
-METADATA_ONLY_FORMATS = ("laion_parquet",)
+METADATA_ONLY_FORMATS = ("laion_parquet", "url_list")
+# img2dataset's URL-list inputs: CSV and TSV with a header (its `url_col`/`caption_col` found like LAION's
+# columns, in any letter case), and plain text with one URL per line.
+URL_LIST_SUFFIXES = frozenset({"csv", "tsv", "txt"})
 
 INGEST_SCHEMA = pa.schema(
     [
@@ -297,11 +303,11 @@ def _parquet_kind(path: Path) -> str:
     schema = _parquet_file(path).schema_arrow
     if _image_column(schema) is not None:
         return "img2dataset_parquet"
-    if _resolve(schema.names, "url") is not None:
-        return "laion_parquet"
+    if _resolve(schema.names, "url") is not None or _resolve(schema.names, "caption") is not None:
+        return "laion_parquet"  # metadata: URLs, or captions only (prompts for text_to_graph)
     raise ValueError(
-        f"{path}: Parquet without an image column ({', '.join(IMAGE_COLUMNS)}) or a URL column; "
-        f"columns are {schema.names}"
+        f"{path}: Parquet without an image column ({', '.join(IMAGE_COLUMNS)}), a URL column or a caption "
+        f"column; columns are {schema.names}"
     )
 
 
@@ -320,7 +326,9 @@ def detect_format(path: str | Path) -> str:
             return "webdataset"
         if suffix == "parquet":
             return _parquet_kind(path)
-        raise ValueError(f"input {path}: expected a directory, a .parquet or a .tar file")
+        if suffix in URL_LIST_SUFFIXES:
+            return "url_list"
+        raise ValueError(f"input {path}: expected a directory, a .parquet, .tar, .csv, .tsv or .txt file")
     if _files(path, frozenset({"tar"})):
         return "webdataset"
     parquets = _files(path, frozenset({"parquet"}))
@@ -330,6 +338,8 @@ def detect_format(path: str | Path) -> str:
         return "folder"
     if parquets:
         return "laion_parquet"
+    if _files(path, URL_LIST_SUFFIXES):
+        return "url_list"
     raise ValueError(
         f"input {path}: no .tar shards, .parquet files or images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found"
     )
@@ -392,10 +402,14 @@ def list_shards(
         shards = [Shard(str(root / f), _slug(f), content_id=_content_id(root, [str(f)])) for f in files]
         sources = [str(f) for f in files]
     else:
-        root, files = _input_files(path, frozenset({"parquet"}))
+        suffixes = URL_LIST_SUFFIXES if input_format == "url_list" else frozenset({"parquet"})
+        root, files = _input_files(path, suffixes)
         shards, sources = [], []
         for f in files:
-            rows = _parquet_file(root / f).metadata.num_rows
+            if input_format == "url_list":
+                rows = _read_url_list(root / f).num_rows
+            else:
+                rows = _parquet_file(root / f).metadata.num_rows
             parts = max(1, math.ceil(rows / rows_per_shard))
             for part in range(parts):
                 name = _slug(f) if parts == 1 else f"{_slug(f)}-{part:05d}"
@@ -461,6 +475,7 @@ def _from_records(
     image_bytes: list[bytes | None],
     has_image: list[bool],
     sources: list[str],
+    caption_keys: bool = False,
 ) -> pa.Table:
     """The raw table of row-wise inputs (tar samples, folder files), `records` being their JSON/txt metadata.
 
@@ -487,16 +502,19 @@ def _from_records(
     ]
     columns["source"] = sources
     types = {**_RAW_TYPES, "image_bytes": pa.binary(), "downloaded": pa.bool_(), "source": pa.string()}
-    return _with_keys(pa.table({name: pa.array(values, types[name]) for name, values in columns.items()}))
+    table = pa.table({name: pa.array(values, types[name]) for name, values in columns.items()})
+    return _with_keys(table, caption_keys)
 
 
-def _with_keys(raw: pa.Table) -> pa.Table:
-    """Prepend the `key` column: sha1 of the URL, else of the image bytes, else null."""
+def _with_keys(raw: pa.Table, caption_keys: bool = False) -> pa.Table:
+    """Prepend the `key` column (`schemas.row_key`): sha1 of the URL, else of the image bytes; with
+    `caption_keys` (an input of bare prompts, without URL and image columns) sha1 of the caption. Null when the
+    row has none of them."""
+    urls, images = raw.column("url").to_pylist(), raw.column("image_bytes").to_pylist()
+    captions = raw.column("caption").to_pylist() if caption_keys else [None] * raw.num_rows
     keys = [
-        row_key(url, data) if url or data is not None else None
-        for url, data in zip(
-            raw.column("url").to_pylist(), raw.column("image_bytes").to_pylist(), strict=True
-        )
+        row_key(url, data, caption) if url or data is not None or (caption and caption.strip()) else None
+        for url, data, caption in zip(urls, images, captions, strict=True)
     ]
     return raw.add_column(0, "key", pa.array(keys, pa.string()))
 
@@ -504,8 +522,9 @@ def _with_keys(raw: pa.Table) -> pa.Table:
 def _read_parquet(shard: Shard, images: bool) -> pa.Table:
     parquet = _parquet_file(Path(shard.path))
     names = parquet.schema_arrow.names
-    # The pre-pass (images=False) reads everything but captions and images.
-    wanted = [target for target in _RAW_TYPES if images or target != "caption"]
+    # The pre-pass (images=False) reads everything but images, and captions unless they are the rows' keys.
+    keyed_by_caption = _resolve(names, "url") is None and _image_column(parquet.schema_arrow) is None
+    wanted = [target for target in _RAW_TYPES if images or keyed_by_caption or target != "caption"]
     sources = {target: _resolve(names, target) if target in wanted else None for target in _RAW_TYPES}
     image_column = _image_column(parquet.schema_arrow)
     read = sorted({name for name in sources.values() if name is not None})
@@ -524,7 +543,7 @@ def _read_parquet(shard: Shard, images: bool) -> pa.Table:
     columns["downloaded"] = pc.and_(pc.fill_null(pc.equal(status, _SUCCESS), True), has_image)
     first = shard.row_start
     columns["source"] = pa.array([f"{shard.path}#{first + i}" for i in range(table.num_rows)], pa.string())
-    return _with_keys(pa.table(columns))
+    return _with_keys(pa.table(columns), caption_keys=keyed_by_caption)
 
 
 def _column(table: pa.Table, name: str | None) -> pa.ChunkedArray:
@@ -648,6 +667,38 @@ def _first_file_of(root: Path, directory: str) -> str | None:
     return str(PurePosixPath(directory) / files[0]) if files else None
 
 
+def _read_url_list(path: Path) -> pa.Table:
+    """A URL list as a table of strings: CSV/TSV with their header, or ``url`` per line of a ``.txt``."""
+    import pyarrow.csv as pacsv
+
+    suffix = path.suffix[1:].lower()
+    try:
+        if suffix == "txt":
+            urls = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+            return pa.table({"url": pa.array([u for u in urls if u], pa.string())})
+        delimiter = "\t" if suffix == "tsv" else ","
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            header = next(csv.reader([handle.readline()], delimiter=delimiter), [])
+        return pacsv.read_csv(
+            path,
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types=dict.fromkeys(header, pa.string()), strings_can_be_null=True
+            ),
+        )
+    except (OSError, pa.ArrowException, UnicodeError) as exc:
+        raise ValueError(f"{path}: not a readable URL list: {exc}") from None
+
+
+def _read_url_rows(shard: Shard) -> pa.Table:
+    table = _read_url_list(Path(shard.path))
+    stop = table.num_rows if shard.row_stop is None else shard.row_stop
+    records = table.slice(shard.row_start, stop - shard.row_start).to_pylist()
+    sources = [f"{shard.path}#{shard.row_start + i}" for i in range(len(records))]
+    caption_keys = _resolve(table.column_names, "url") is None
+    return _from_records(records, [None] * len(records), [True] * len(records), sources, caption_keys)
+
+
 def _read_raw(shard: Shard, input_format: str, images: bool) -> pa.Table:
     """Normalised columns before filtering: key, url, caption, aesthetic_score, width, height, pwatermark,
     punsafe, image_bytes, downloaded, source. With `images=False` (the de-duplication pre-pass) captions and
@@ -658,6 +709,8 @@ def _read_raw(shard: Shard, input_format: str, images: bool) -> pa.Table:
         return _read_webdataset(shard, images)
     if input_format == "folder":
         return _read_folder(shard, images)
+    if input_format == "url_list":
+        return _read_url_rows(shard)
     raise ValueError(f"unknown input format {input_format!r}; expected one of {INPUT_FORMATS}")
 
 

@@ -124,13 +124,16 @@ def with_hf_metadata(schema: pa.Schema) -> pa.Schema:
     return schema.with_metadata(metadata)
 
 
-def row_key(url: str | None = None, image_bytes: bytes | None = None) -> str:
-    """The stable `key` of a row: sha1 of the URL when there is one, else sha1 of the image bytes."""
+def row_key(url: str | None = None, image_bytes: bytes | None = None, caption: str | None = None) -> str:
+    """The stable `key` of a row: sha1 of the URL when there is one, else of the image bytes, else (a text-only
+    row, e.g. a Parquet of prompts) of the caption."""
     if url:
         return hashlib.sha1(url.encode("utf-8")).hexdigest()
     if image_bytes is not None:
         return hashlib.sha1(image_bytes).hexdigest()
-    raise ValueError("a row key needs a URL or the image bytes")
+    if caption and caption.strip():
+        return hashlib.sha1(caption.encode("utf-8")).hexdigest()
+    raise ValueError("a row key needs a URL, the image bytes or a caption")
 
 
 def scene_graph_to_arrow(graph: SceneGraph | None) -> dict[str, Any] | None:

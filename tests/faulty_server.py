@@ -13,8 +13,10 @@ import json
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from local_http import LocalHTTPServer
 
 __all__ = ["CASES", "GOOD_GRAPH", "FaultyServer", "completion"]
 
@@ -76,7 +78,7 @@ CASES: dict[str, Any] = {
 }
 
 
-class FaultyServer:
+class FaultyServer(LocalHTTPServer):
     """Serve `CASES` on 127.0.0.1 in a background thread; use as a context manager."""
 
     def __init__(self, slow_seconds: float = 3.0, force: str | None = None):
@@ -86,23 +88,7 @@ class FaultyServer:
         self.authorizations: list[str | None] = []
         self.log: list[tuple[str, float, str]] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-    def __enter__(self) -> FaultyServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        super().__init__()
 
     def answer(self, raw: bytes, authorization: str | None) -> tuple[int, dict[str, str], Any]:
         body = json.loads(raw)

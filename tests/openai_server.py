@@ -13,9 +13,11 @@ import base64
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+
+from local_http import LocalHTTPServer
 
 from pipelines.engines.base import EngineOptions
 from pipelines.engines.hf import HFGenerator
@@ -75,7 +77,7 @@ def _chat_request(body: dict[str, Any]) -> ChatRequest:
     )
 
 
-class OpenAIServer:
+class OpenAIServer(LocalHTTPServer):
     """Serve `model_dir` on 127.0.0.1 in a background thread; use as a context manager.
 
     `api_key`, when given, must arrive as ``Authorization: Bearer <api_key>``. `requests` lists, per request:
@@ -90,22 +92,8 @@ class OpenAIServer:
         self.generator = HFGenerator(str(model_dir), options or EngineOptions(cpus_per_actor=1))
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        super().__init__()
 
-    @property
-    def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-    def __enter__(self) -> OpenAIServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
 
     def complete(self, body: dict[str, Any], authorized: bool) -> dict[str, Any]:
         """The chat-completion response to a request body (records the request)."""

@@ -379,3 +379,44 @@ def test_a_shard_left_without_its_record_is_rewritten_not_duplicated(ray_local, 
     assert (again.shards_done, again.shards_skipped) == (1, 1)
     assert len(_rows(output)) == 2 and not [p for p in output.rglob(".*tmp*")]
     assert os.path.exists(output / "shards" / "folder-00001.json")
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+
+
+def test_url_lists_and_caption_parquets_feed_text_tasks(ray_local, tmp_path: Path) -> None:
+    """img2dataset's CSV/TSV/TXT URL lists and a Parquet of bare prompts run text tasks; image tasks are refused."""
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "a.csv").write_text(
+        'URL,TEXT,similarity,key\nhttps://e.com/1.jpg,"a dog, on a sofa",0.31,000000001\n'
+        'https://e.com/2.jpg,"a cat\nin a box",0.29,000000002\n'
+    )
+    (lists / "b.tsv").write_text("url\tcaption\nhttps://e.com/3.jpg\ta red car\nhttps://e.com/1.jpg\tdup\n")
+    (lists / "c.txt").write_text("https://e.com/4.jpg\n\nhttps://e.com/5.jpg\n")
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    pq.write_table(pa.table({"prompt": ["x"], "caption": ["a man riding a horse"]}), prompts / "p.parquet")
+
+    answer = FixedAnswerEngine(get_task("text_to_graph"), [_graph_answer()], EngineOptions())
+    summary = run(config_from_mapping({"input": str(lists), "output": str(tmp_path / "o1"), "model": "m",
+                                       "task": "text_to_graph"}), engine=answer)  # fmt: skip
+    assert summary.input_format == "url_list"
+    assert summary.rows_in == 6 and summary.rows_filtered == {"duplicate": 1}
+    rows = {r["url"]: r for r in _rows(tmp_path / "o1")}
+    assert set(rows) == {f"https://e.com/{i}.jpg" for i in range(1, 6)}
+    assert rows["https://e.com/1.jpg"]["caption"] == "a dog, on a sofa"
+    assert rows["https://e.com/2.jpg"]["caption"] == "a cat\nin a box"
+    assert rows["https://e.com/1.jpg"]["source_key"] == "000000001"  # a string, leading zeros kept
+    assert rows["https://e.com/1.jpg"]["similarity"] == pytest.approx(0.31)
+    assert rows["https://e.com/3.jpg"]["annotation"]["status"] == "ok"
+    assert rows["https://e.com/4.jpg"]["annotation"]["status"] == "failed"  # no caption to turn into a graph
+    assert "no caption" in rows["https://e.com/4.jpg"]["annotation"]["error"]
+
+    summary = run(config_from_mapping({"input": str(prompts), "output": str(tmp_path / "o2"), "model": "m",
+                                       "task": "text_to_graph"}), engine=answer)  # fmt: skip
+    [row] = _rows(tmp_path / "o2")
+    assert row["key"] == hashlib.sha1(b"a man riding a horse").hexdigest() and row["annotation"]["status"] == "ok"
+
+    with pytest.raises(annotate.ConfigError, match="needs images.*url_list"):
+        run(config_from_mapping({"input": str(lists), "output": str(tmp_path / "o3"), "model": "m"}))

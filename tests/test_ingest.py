@@ -339,8 +339,10 @@ def test_detect_format_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no .tar shards, .parquet files or images"):
         detect_format(tmp_path / "empty")
     (tmp_path / "list.txt").write_text("https://a.example/0.jpg\n")
-    with pytest.raises(ValueError, match="expected a directory, a .parquet or a .tar file"):
-        detect_format(tmp_path / "list.txt")
+    assert detect_format(tmp_path / "list.txt") == "url_list"  # img2dataset's txt input
+    (tmp_path / "notes.md").write_text("# x\n")
+    with pytest.raises(ValueError, match="expected a directory, a .parquet, .tar, .csv, .tsv or .txt file"):
+        detect_format(tmp_path / "notes.md")
     pq.write_table(pa.table({"id": [1], "name": ["x"]}), tmp_path / "other.parquet")
     with pytest.raises(ValueError, match="without an image column"):
         detect_format(tmp_path / "other.parquet")
