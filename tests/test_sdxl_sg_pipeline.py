@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import torch
 from schemas import SceneGraph
 from training.fixtures import write_fixture_dataset  # noqa: E402
 from training.pipeline import SDXLSGPipeline, as_scene_graph  # noqa: E402
+from training.sg_encoder import encode_graphs, prepare_graphs  # noqa: E402
 from training.train import TrainConfig, train_local  # noqa: E402
 
 GRAPH = SceneGraph.from_json(
@@ -25,6 +28,14 @@ GRAPH = SceneGraph.from_json(
             {"subject": 0, "predicate": "holding", "object": 1},
             {"subject": 2, "predicate": "left of", "object": 0},
         ],
+    }
+)
+
+
+NEGATIVE = SceneGraph.from_json(
+    {
+        "objects": [{"id": 0, "name": "cat", "attributes": ["blurry"]}, {"id": 1, "name": "sofa"}],
+        "relations": [{"subject": 0, "predicate": "sitting on", "object": 1}],
     }
 )
 
@@ -68,6 +79,47 @@ def generate(pipeline, seed: int = 0, **kwargs) -> np.ndarray:
     return out.images
 
 
+def encoder_oracle(pipeline: SDXLSGPipeline, graph: SceneGraph) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt_embeds, pooled) of one graph straight through tokenizers -> text encoders -> SG encoder,
+    without the pipeline's own `encode_scene_graphs`."""
+    inputs = prepare_graphs([graph], [pipeline.tokenizer, pipeline.tokenizer_2])
+    with torch.no_grad():
+        return pipeline.sg_encoder(encode_graphs(inputs, [pipeline.text_encoder, pipeline.text_encoder_2]))
+
+
+@contextmanager
+def unet_conditioning(pipeline: SDXLSGPipeline) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Records (encoder_hidden_states, text_embeds) of every UNet call: what the denoiser is really given."""
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def hook(module, args, kwargs) -> None:
+        pooled = kwargs["added_cond_kwargs"]["text_embeds"]
+        calls.append((kwargs["encoder_hidden_states"].clone(), pooled.clone()))
+
+    handle = pipeline.unet.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def gate(pipeline: SDXLSGPipeline, alpha: float) -> Iterator[None]:
+    """Sets the SG encoder's gate alpha for the block, then restores the trained value."""
+    saved = pipeline.sg_encoder.alpha.detach().clone()
+    with torch.no_grad():
+        pipeline.sg_encoder.alpha.fill_(alpha)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            pipeline.sg_encoder.alpha.copy_(saved)
+
+
+def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).mean())
+
+
 def test_final_directory_references_the_base_model(trained: Path, tiny_models_dir: Path) -> None:
     manifest = json.loads((trained / "sdxl_sg.json").read_text())
     assert manifest["base_model"] == str((tiny_models_dir / "sdxl").resolve())
@@ -86,7 +138,8 @@ def test_trained_pipeline_is_deterministic_and_graph_sensitive(pipe: SDXLSGPipel
 
 def test_graph_structure_matters_beyond_the_text(pipe: SDXLSGPipeline) -> None:
     """Two graphs with the same SG text: one cup held by two men, or one cup each. Plain SDXL sees the same
-    prompt; SDXL-SG (one node per object, messages across triples) must not."""
+    prompt; SDXL-SG (one node per object, messages across triples) must not, once the gate alpha is open.
+    With alpha = 0 the two are identical (the gate really gates); the graph term is linear in alpha."""
     objects = [{"id": 0, "name": "man", "attributes": ["young"]}, {"id": 1, "name": "cup", "attributes": []},
                {"id": 2, "name": "man", "attributes": ["old"]}, {"id": 3, "name": "cup", "attributes": []}]  # fmt: skip
     shared = SceneGraph.from_json(
@@ -98,7 +151,27 @@ def test_graph_structure_matters_beyond_the_text(pipe: SDXLSGPipeline) -> None:
                                            {"subject": 2, "predicate": "holding", "object": 3}]}  # fmt: skip
     )
     assert shared.to_text() == separate.to_text() == "young man holding cup, old man holding cup"
-    assert not np.array_equal(generate(pipe, scene_graph=shared), generate(pipe, scene_graph=separate))
+
+    embeds, pooled, images = {}, {}, {}
+    for alpha in (0.0, 1.0, 20.0):  # 20: the tiny random UNet barely reacts to small conditioning changes
+        with gate(pipe, alpha):
+            for name, graph in (("shared", shared), ("separate", separate)):
+                embeds[name, alpha], pooled[name, alpha] = encoder_oracle(pipe, graph)
+                if alpha != 1.0:
+                    images[name, alpha] = generate(pipe, scene_graph=graph)
+    # alpha = 0: SDXL's own conditioning of the common text, identical for both graphs (pooled is always so).
+    assert torch.equal(embeds["shared", 0.0], embeds["separate", 0.0])
+    assert all(torch.equal(p, pooled["shared", 0.0]) for p in pooled.values())
+    assert np.array_equal(images["shared", 0.0], images["separate", 0.0])
+    # alpha != 0: a graph term, linear in alpha, that depends on the structure and reaches the image.
+    delta = {name: embeds[name, 1.0] - embeds[name, 0.0] for name in ("shared", "separate")}
+    for name, graph_term in delta.items():
+        assert float(graph_term.abs().max()) > 0.1
+        scaled = embeds[name, 20.0] - embeds[name, 0.0]
+        torch.testing.assert_close(scaled, 20 * graph_term, rtol=1e-4, atol=1e-4)
+        assert mean_abs_diff(images[name, 20.0], images[name, 0.0]) > 1e-2
+    assert float((delta["shared"] - delta["separate"]).abs().max()) > 5e-3
+    assert mean_abs_diff(images["shared", 20.0], images["separate", 20.0]) > 1e-4
 
 
 def test_alpha_zero_equals_plain_sdxl_on_the_sg_text(pipe: SDXLSGPipeline) -> None:
@@ -129,6 +202,30 @@ def test_batch_guidance_and_negative_graph(pipe: SDXLSGPipeline) -> None:
     assert images.shape == (2, 64, 64, 3) and not np.array_equal(images[0], images[1])
     with pytest.raises(ValueError, match="scene_graph"):
         generate(pipe, prompt="a dog")
+
+
+def test_negative_scene_graph_is_the_unconditional_branch(pipe: SDXLSGPipeline) -> None:
+    """The UNet's unconditional half must be the SG encoder's output for the negative graph (computed here
+    without the pipeline's helper), for every row and step; and it must change the image."""
+    graphs = [GRAPH, with_relation(GRAPH, 1, "right of")]
+    negative, negative_pooled = encoder_oracle(pipe, NEGATIVE)
+    empty, _ = encoder_oracle(pipe, SceneGraph())
+    assert float((negative - empty).abs().max()) > 0.1 and float(negative.abs().max()) > 0.1  # a real oracle
+    positives = [encoder_oracle(pipe, g) for g in graphs]
+    with unet_conditioning(pipe) as calls:
+        images = generate(pipe, scene_graph=graphs, guidance_scale=5.0, negative_scene_graph=NEGATIVE)
+    assert len(calls) == 2  # one UNet call per step, unconditional and conditional rows batched
+    for hidden, text_embeds in calls:
+        assert hidden.shape[0] == text_embeds.shape[0] == 4
+        for row in (0, 1):
+            torch.testing.assert_close(hidden[row], negative[0], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(text_embeds[row], negative_pooled[0], rtol=1e-5, atol=1e-5)
+        for row, (embeds, pooled) in enumerate(positives, start=2):
+            torch.testing.assert_close(hidden[row], embeds[0], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(text_embeds[row], pooled[0], rtol=1e-5, atol=1e-5)
+    without = generate(pipe, scene_graph=graphs, guidance_scale=5.0)  # SDXL's zeros as the negative
+    for row in (0, 1):
+        assert mean_abs_diff(images[row], without[row]) > 3e-3
 
 
 def test_save_with_components_and_reload(pipe: SDXLSGPipeline, tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from training.step import (  # noqa: E402
     step_seed,
     train_step,
 )
-from training.train import TrainConfig, train_local  # noqa: E402
+from training.train import RayContext, TrainConfig, run_worker, train_local  # noqa: E402
 
 TINY_ENCODER = {"hidden_dim": 16, "mlp_hidden_dim": 32}
 RESOLUTION = 64
@@ -296,39 +296,105 @@ def test_ray_precompute_cache_matches_raw_rows(ray_local, data_dir: Path, sdxl: 
     torch.testing.assert_close(from_cache, fly, rtol=1e-5, atol=0)
 
 
-@pytest.mark.slow
-def test_ray_train_two_workers_fail_and_resume(ray_local, data_dir: Path, sdxl: Path, tmp_path: Path) -> None:
-    """A 2-worker TorchTrainer (gloo) on the raw Parquet rows: worker 0 dies once at step 3, Ray restarts the
-    group (FailureConfig), the loop resumes from the step-2 checkpoint and finishes; the result loads as a
-    pipeline."""
-    from training.pipeline import SDXLSGPipeline
-    from training.train import RayContext, build_trainer, export_final, run_worker
+def _observed_ray_loop(record: Path, fail_at_step: int | None = None):
+    """The real per-worker function (`run_worker` with a `RayContext`, as `training.train` runs it), observed.
 
-    # batch 1: 4 batches per worker per epoch, so the resumed group skips the 2 batches already used in epoch 0
-    config = tiny_config(data_dir, sdxl, tmp_path / "runs", max_steps=4, num_workers=2, max_failures=1, batch_size=1)
-    marker = tmp_path / "failed_once"
+    Rank 0 appends every reported step's metrics to ``record/history.jsonl``; at the last step every rank
+    saves its SG-encoder weights to ``record/weights_rank<r>.pt``. With `fail_at_step`, rank 0 raises once
+    (the first time it reaches that step, before reporting it): Ray Train restarts the group (FailureConfig)
+    and the loop resumes from `ray.train.get_checkpoint()`. Everything the workers need is defined in here,
+    so that cloudpickle ships it by value (the workers cannot import this test module)."""
 
-    def failing_once(values: dict) -> None:
-        class FailOnce(RayContext):
+    def loop(values: dict) -> None:
+        import json
+
+        class Observed(RayContext):
+            def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+                self.encoder = model  # DDP wraps it and shares its parameters
+                return super().prepare(model)
+
             def report(self, metrics, checkpoint):
-                if self.rank == 0 and metrics["step"] == 3 and not marker.exists():
+                marker = record / "failed_once"
+                if self.rank == 0 and metrics["step"] == fail_at_step and not marker.exists():
                     marker.touch()
                     raise RuntimeError("injected worker failure")
+                if self.rank == 0:
+                    kept = {"step", "epoch", "loss", "grad_norm", "lr", "alpha", "val_loss"}
+                    kept.add("resumed_from_step")
+                    with open(record / "history.jsonl", "a") as f:
+                        f.write(json.dumps({k: v for k, v in metrics.items() if k in kept}) + "\n")
+                if metrics["step"] == self.config.max_steps:
+                    weights = {k: v.detach().cpu().clone() for k, v in self.encoder.state_dict().items()}
+                    torch.save(weights, record / f"weights_rank{self.rank}.pt")
                 return super().report(metrics, checkpoint)
 
         train_config = TrainConfig(**values)
-        run_worker(train_config, FailOnce(train_config))
+        run_worker(train_config, Observed(train_config))
 
-    result = build_trainer(config, train_loop=failing_once).fit()
-    assert marker.exists()
-    assert result.metrics["step"] == 4 and result.metrics["resumed_from_step"] == 2 and result.metrics["epoch"] == 0
-    assert torch.isfinite(torch.tensor([result.metrics["loss"], result.metrics["val_loss"]])).all()
-    run_dir = tmp_path / "runs" / "sdxl_sg"
-    assert sorted(p.name for p in run_dir.glob("checkpoint_0*")) == ["checkpoint_00000002", "checkpoint_00000004"]
+    return loop
+
+
+def _fit_observed(config: TrainConfig, record: Path, fail_at_step: int | None = None):
+    import json
+
+    from training.train import build_trainer
+
+    record.mkdir()
+    result = build_trainer(config, train_loop=_observed_ray_loop(record, fail_at_step)).fit()
+    history = [json.loads(line) for line in (record / "history.jsonl").read_text().splitlines()]
+    ranks = [torch.load(record / f"weights_rank{r}.pt", weights_only=True) for r in range(config.num_workers)]
+    return result, history, ranks
+
+
+@pytest.mark.slow
+def test_ray_train_two_workers_fail_and_resume(ray_local, data_dir: Path, sdxl: Path, tmp_path: Path) -> None:
+    """A 2-worker TorchTrainer (gloo) on the raw Parquet rows runs the real loop twice: straight through,
+    and with worker 0 dying once at step 3, so that Ray restarts the group (FailureConfig) and the loop
+    resumes from the step-2 checkpoint. The resumed run ends equal to the straight one: the same reported
+    steps, losses, grad norms and learning rates (so the step counter, the data position, the optimizer,
+    scheduler and RNG states all came back), the same final SG-encoder weights, and identical weights on
+    both ranks; the result loads as a pipeline.
+
+    The train split is one Parquet block, so the streaming split and the seeded shuffle hand each rank the
+    same rows in the same order in both runs. Batch 1: 4 batches per worker per epoch, so the resumed group
+    skips the 2 batches already used in epoch 0."""
+    from training.pipeline import SDXLSGPipeline
+    from training.train import export_final
+
+    def config(run: str, **overrides) -> TrainConfig:
+        values = {"max_steps": 4, "num_workers": 2, "batch_size": 1} | overrides
+        return tiny_config(data_dir, sdxl, tmp_path / run, **values)
+
+    _, straight, straight_ranks = _fit_observed(config("straight"), tmp_path / "straight_record")
+    resumed_config = config("resumed", max_failures=1)
+    record = tmp_path / "resumed_record"
+    result, resumed, resumed_ranks = _fit_observed(resumed_config, record, fail_at_step=3)
+
+    assert (record / "failed_once").exists()
+    assert [m["step"] for m in straight] == [m["step"] for m in resumed] == [1, 2, 3, 4]
+    assert [m["resumed_from_step"] for m in resumed] == [0, 0, 2, 2]
+    assert {m["epoch"] for m in resumed} == {0}
+    for before, after in zip(straight, resumed, strict=True):  # loss, grad norm, lr, alpha of every step
+        ours = {k: v for k, v in after.items() if k != "resumed_from_step"}
+        theirs = {k: v for k, v in before.items() if k != "resumed_from_step"}
+        assert ours.keys() == theirs.keys()
+        message = lambda m, s=after["step"]: f"step {s}: {m}"  # noqa: E731
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-9, msg=message)
+    assert torch.isfinite(torch.tensor([resumed[-1]["loss"], resumed[-1]["val_loss"]])).all()
+    for ranks in (straight_ranks, resumed_ranks):  # DDP keeps the replicas equal
+        assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    torch.testing.assert_close(resumed_ranks[0], straight_ranks[0], rtol=1e-6, atol=1e-9)
+    assert float(resumed_ranks[0]["alpha"]) != 0.0
+
+    assert result.metrics["step"] == 4 and result.metrics["resumed_from_step"] == 2
+    run_dir = tmp_path / "resumed" / "sdxl_sg"
+    checkpoints = sorted(p.name for p in run_dir.glob("checkpoint_0*"))
+    assert checkpoints == ["checkpoint_00000002", "checkpoint_00000004"]
     with result.checkpoint.as_directory() as directory:
-        assert {"rng_rank0.pt", "rng_rank1.pt", "trainer_state.pt"} <= {p.name for p in Path(directory).iterdir()}
+        written = {p.name for p in Path(directory).iterdir()}
+        assert {"rng_rank0.pt", "rng_rank1.pt", "trainer_state.pt"} <= written
         trained = SGEncoder.from_pretrained(Path(directory) / "sg_encoder")
-        final = export_final(directory, config)
-    assert float(trained.alpha) != 0.0
+        final = export_final(directory, resumed_config)
+    assert all(torch.equal(v, resumed_ranks[0][k]) for k, v in trained.state_dict().items())
     pipe = SDXLSGPipeline.from_pretrained(final)
     assert torch.equal(pipe.sg_encoder.alpha, trained.alpha)
