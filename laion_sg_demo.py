@@ -16,6 +16,7 @@ import io
 import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,7 +137,9 @@ def verify_artifacts(output: Path) -> dict[str, str]:
     missing = [name for name, path in paths.items() if not path.exists()]
     if missing:
         raise RuntimeError(f"demo artifacts missing: {', '.join(missing)}")
-    dataset = datasets.load_dataset(str(output / "dataset"))
+    # A fresh cache: `datasets` keys its cache by the folder name and card, so an older demo's rows could answer.
+    with tempfile.TemporaryDirectory() as cache_dir:
+        dataset = datasets.load_dataset(str(output / "dataset"), cache_dir=cache_dir, keep_in_memory=True)
     rows = sum(len(split) for split in dataset.values())
     first = dataset["train"][0]
     if not isinstance(first["image"], Image.Image) or not isinstance(first["scene_graph"]["objects"], list):

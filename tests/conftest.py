@@ -15,3 +15,19 @@ def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny_models")
     make_tiny_models(root)
     return root
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One in-process Ray for the whole session (starting one costs ~6 s). Four logical CPUs: the 2-worker Ray
+    Train tests need them beside Ray Data's tasks. Yields the `ray` module."""
+    import ray
+    from ray.data import DataContext
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=4, include_dashboard=False)
+    DataContext.get_current().enable_progress_bars = False
+    yield ray
+    if started:
+        ray.shutdown()

@@ -34,18 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 API_KEY = "sk-test-0123456789-do-not-leak"
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """An in-process Ray instance for the module (reused if a test session already started one)."""
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
 
 @pytest.fixture(scope="module")
 def qwen_dir(tiny_models_dir: Path) -> str:

@@ -5,25 +5,33 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import scipy.linalg
+import torch
+import torch_fidelity.metric_kid as tf_kid
 from test_benchmark_dataset import export_rows, png, write_export
 from test_leaderboard import EVIL, check_page_in_browser, record
 
 from benchmark.dataset import build_benchmark, load_benchmark
+from benchmark.features import REFERENCE_INDEX
 from benchmark.generate import (
     ADAPTERS,
     GenerationTask,
     generate_images,
+    image_index,
     image_seed,
     images_digest,
     iter_images,
 )
-from benchmark.judge import read_judgements
+from benchmark.judge import JUDGEMENTS_SCHEMA, read_judgements
 from benchmark.leaderboard import load_records
 from benchmark.leaderboard import main as leaderboard_main
 from benchmark.run import RunConfig, compute_metrics, main, parse_config, run_benchmark
@@ -162,20 +170,163 @@ def stored_features(run_dir: Path) -> pa.Table:
     return pa.concat_tables(pq.read_table(p) for p in parts).sort_by([("key", "ascending"), ("image_index", "ascending")])
 
 
+# ---------------------------------------------------------------------- reference recomputation
+# A record's metrics recomputed from what its run stored (features/, judge/), pairing rows by (key, image_index),
+# with code that shares nothing with `benchmark.metrics`: scipy's sqrtm, torch-fidelity, numpy written out from
+# the papers' definitions, plain Python sets.
+
+
+def feature_rows(run_dir: Path) -> dict[tuple[str, int], dict]:
+    """The rows of a run's one feature folder (RUN_DIR/features/<settings digest>/part-*.parquet) by id."""
+    (folder,) = (run_dir / "features").iterdir()
+    rows = pa.concat_tables(pq.read_table(p) for p in sorted(folder.glob("part-*.parquet"))).to_pylist()
+    by_id = {(r["key"], r["image_index"]): r for r in rows}
+    assert len(by_id) == len(rows)
+    return by_id
+
+
+def reference_fid(real: np.ndarray, fake: np.ndarray) -> float:
+    """pytorch-fid / clean-fid: |mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)), float64, the real part of sqrtm.
+
+    The features are first written in an orthonormal basis of the affine span of both sets (an exact rotation
+    and translation: means, covariances and the trace of sqrtm(S1 S2) keep their values, the other directions
+    are 0 in both sets), so scipy's sqrtm works on a (n1 + n2)-square matrix instead of a 2048-square one that
+    takes minutes on a loaded CPU. `test_metrics_image` compares with sqrtm at full dimension."""
+    points = np.concatenate([real, fake])
+    basis, _ = np.linalg.qr((points - points[0]).T)  # d x (n1 + n2), orthonormal columns
+    real, fake = (real - points[0]) @ basis, (fake - points[0]) @ basis
+    mu1, mu2 = real.mean(axis=0), fake.mean(axis=0)
+    sigma1, sigma2 = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
+    with warnings.catch_warnings():  # S1 S2 is singular with so few samples: "may be inaccurate"
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean).real)
+
+
+def reference_cmmd(x: np.ndarray, y: np.ndarray) -> float:
+    """google-research/cmmd `distance.mmd`: _SIGMA = 10, _SCALE = 1000, Gaussian RBF kernel
+    exp(-|a - b|^2 / (2 sigma^2)), biased estimator (every pair, diagonals included)."""
+    sigma, scale = 10.0, 1000.0
+
+    def mean_kernel(a: np.ndarray, b: np.ndarray) -> float:
+        sq_dist = ((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=-1)
+        return float(np.exp(-sq_dist / (2.0 * sigma**2)).mean())
+
+    return scale * (mean_kernel(x, x) + mean_kernel(y, y) - 2.0 * mean_kernel(x, y))
+
+
+def check_image_metrics(record: BenchmarkResult, run_dir: Path, bench: Path) -> None:
+    """FID, KID, CLIP-T, CLIP-I and CMMD of the record equal the references' values from its stored features."""
+    rows = feature_rows(run_dir)
+    real_ids = sorted(i for i in rows if i[1] == REFERENCE_INDEX)
+    fake_ids = sorted(i for i in rows if i[1] != REFERENCE_INDEX)
+    assert real_ids == [(s.key, REFERENCE_INDEX) for s in load_benchmark(bench).samples]
+    images = image_index(run_dir)
+    assert fake_ids == list(zip(images.column("key").to_pylist(), images.column("image_index").to_pylist(), strict=True))
+    owners = [(key, REFERENCE_INDEX) for key, _ in fake_ids]  # each generated image's reference row (same key)
+
+    def array(column: str, ids: list[tuple[str, int]]) -> np.ndarray:
+        return np.array([rows[i][column] for i in ids], dtype=np.float64)
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    metrics = record.metrics
+    real, fake = array("inception", real_ids), array("inception", fake_ids)
+    assert metrics["fid"] == pytest.approx(reference_fid(real, fake), rel=1e-6)
+    # KID: torch-fidelity's calculate_metrics(input1=generated, input2=reference) with the run's 10 subsets, its
+    # default seed 2020 and the subset size capped at the smaller set
+    kid = tf_kid.kid_features_to_metric(
+        torch.from_numpy(fake), torch.from_numpy(real), kid_subsets=10, kid_subset_size=min(len(real), len(fake)),
+        rng_seed=2020, verbose=False,
+    )  # fmt: skip
+    assert metrics["kid_mean"] == pytest.approx(kid[tf_kid.KEY_METRIC_KID_MEAN], rel=1e-6, abs=1e-12)
+    image_clip = unit(array("clip", fake_ids))
+    # CLIP-T: 100 * max(cos(generated image, its sample's text), 0) per image, averaged
+    text_cos = (image_clip * unit(array("text_clip", owners))).sum(axis=1)
+    assert metrics["clip_t"] == pytest.approx(float(np.mean(100.0 * np.maximum(text_cos, 0.0))), rel=1e-9)
+    # CLIP-I (benchmark.metrics.clip_score): cos(generated image, reference image) averaged, on the 0..1 scale
+    image_cos = (image_clip * unit(array("clip", owners))).sum(axis=1)
+    assert metrics["clip_i"] == pytest.approx(float(np.mean(image_cos)), rel=1e-9)
+    assert metrics["cmmd"] == pytest.approx(reference_cmmd(array("cmmd", real_ids), array("cmmd", fake_ids)), rel=1e-6)
+
+
+def reference_graph_ious(judgements: list[dict], targets: dict[str, SceneGraph]) -> dict[str, float]:
+    """Mean SG-/Entity-/Relation-IoU of stored judge answers with Python sets: triples (subject name, predicate,
+    object name), object names, predicates; IoU 1.0 for two empty sets; a failed answer scores 0.0 on all three.
+    (The restricted judge answers in the targets' vocabulary verbatim, so no text normalisation is needed.)"""
+
+    def sets(objects: list[dict], relations: list[dict]) -> tuple[set, set, set]:
+        names = {o["id"]: o["name"] for o in objects}
+        triples = {
+            (names[r["subject"]], r["predicate"], names[r["object"]])
+            for r in relations
+            if r["subject"] in names and r["object"] in names
+        }
+        return triples, set(names.values()), {r["predicate"] for r in relations}
+
+    def iou(a: set, b: set) -> float:
+        return len(a & b) / len(a | b) if a | b else 1.0
+
+    scores = []
+    for row in judgements:
+        if row["status"] == "failed" or row["scene_graph"] is None:
+            scores.append((0.0, 0.0, 0.0))
+            continue
+        target = targets[row["key"]]
+        intended = sets(
+            [{"id": o.id, "name": o.name} for o in target.objects],
+            [{"subject": r.subject, "predicate": r.predicate, "object": r.object} for r in target.relations],
+        )
+        judged = sets(row["scene_graph"]["objects"], row["scene_graph"]["relations"])
+        scores.append(tuple(iou(p, t) for p, t in zip(judged, intended, strict=True)))
+    return {name: sum(s[i] for s in scores) / len(scores) for i, name in enumerate(("sg_iou", "entity_iou", "relation_iou"))}
+
+
+def check_graph_ious(metrics: dict[str, float], run_dir: Path, state_dir: Path, bench: Path) -> dict[str, float]:
+    """The IoUs equal the references' values from the judge answers stored under `state_dir`/judge."""
+    judgements = read_judgements(state_dir / "judge").to_pylist()
+    images = image_index(run_dir)
+    assert [(j["key"], j["image_index"]) for j in judgements] == list(
+        zip(images.column("key").to_pylist(), images.column("image_index").to_pylist(), strict=True)
+    )
+    expected = reference_graph_ious(judgements, {s.key: s.scene_graph for s in load_benchmark(bench).samples})
+    for name, value in expected.items():
+        assert metrics[name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
+    return expected
+
+
+def doctor_judgements(state_dir: Path, bench: Path) -> None:
+    """Replace the stored judge answers (the tiny random judge only writes truncated JSON, so all its IoUs are 0)
+    by a parsed graph that partly matches its target for the first image, and a failed answer for the others:
+    the target's first three objects, the third renamed, and its first two relations, the second's predicate
+    changed."""
+    targets = {s.key: s.scene_graph for s in load_benchmark(bench).samples}
+    (part,) = (state_dir / "judge").glob("part-*.parquet")
+    rows = pq.read_table(part).to_pylist()
+    target = targets[rows[0]["key"]]
+    objects = [{"id": o.id, "name": o.name, "attributes": []} for o in target.objects[:3]]
+    objects[2]["name"] = "zebra"
+    relations = [{"subject": r.subject, "predicate": r.predicate, "object": r.object} for r in target.relations[:2]]
+    relations[1]["predicate"] = "eating"
+    rows[0].update(scene_graph={"objects": objects, "relations": relations}, status="ok", error=None)
+    for row in rows[1:]:
+        row.update(scene_graph=None, status="failed", error="doctored")
+    pq.write_table(pa.Table.from_pylist(rows, schema=JUDGEMENTS_SCHEMA), part)
+
+
 def no_model(*args, **kwargs):
     raise AssertionError("a finished run must not load a model")
 
 
 @pytest.mark.slow
-def test_end_to_end_on_ray_reproducible_rendered_and_verified(bench, models, tmp_path, capsys, monkeypatch):
-    # run a in this process, run b on two Ray actors with one sample per chunk
+def test_end_to_end_on_ray_reproducible_rendered_and_verified(
+    ray_local, bench, models, tmp_path, capsys, monkeypatch
+):
+    # run a in this process (no actors), run b on two Ray actors with one sample per chunk
     assert main(run_args(bench, models, tmp_path / "a", "--num-actors", "0")) == 0
-    import ray
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        assert main(run_args(bench, models, tmp_path / "b", "--num-actors", "2", "--chunk-size", "1")) == 0
-    finally:
-        ray.shutdown()
+    assert main(run_args(bench, models, tmp_path / "b", "--num-actors", "2", "--chunk-size", "1")) == 0
     a, b = load_records([tmp_path / "a", tmp_path / "b"])
 
     # one record, fully described
@@ -190,6 +341,10 @@ def test_end_to_end_on_ray_reproducible_rendered_and_verified(bench, models, tmp
     assert sum(details["graph_iou"]["judge_status"].values()) == 2
     assert b.provenance.config["num_actors"] == 2 and a.provenance.packages["torch"]
     assert a.provenance.wall_time_s > 0 and "cpu_count" in a.provenance.hardware
+
+    # every number recomputed by reference code from the features and judge answers the run stored
+    check_image_metrics(a, tmp_path / "a", bench)
+    check_graph_ious(a.metrics, tmp_path / "a", tmp_path / "a", bench)
 
     # no Ray vs two actors: the same images, the same judge answers, the same numbers
     assert images_digest(tmp_path / "a") == images_digest(tmp_path / "b") == details["images"]["sha256"]
@@ -210,6 +365,15 @@ def test_end_to_end_on_ray_reproducible_rendered_and_verified(bench, models, tmp
     assert metrics == a.metrics
     assert sorted((tmp_path / "a").rglob("part-*.parquet")) == files
     assert [f.stat().st_mtime_ns for f in files] == stamps
+    # ... and scores judge answers it finds stored: with one partly right graph the IoUs are no longer all 0
+    doctored = tmp_path / "doctored"
+    for folder in ("judge", "features"):
+        shutil.copytree(tmp_path / "a" / folder, doctored / folder)
+    doctor_judgements(doctored, bench)
+    metrics, _ = compute_metrics(RunConfig(**a.provenance.config), load_benchmark(bench), tmp_path / "a", doctored)
+    ious = check_graph_ious(metrics, tmp_path / "a", doctored, bench)
+    assert all(0.0 < value < 1.0 for value in ious.values())
+    assert {k: v for k, v in metrics.items() if k not in ious} == {k: v for k, v in a.metrics.items() if k not in ious}
     monkeypatch.undo()
 
     # the leaderboard renders the records (plus one with a hostile model id) and the page works in a browser

@@ -6,12 +6,100 @@ on a real local cluster on 127.0.0.1, each job's outputs being the next one's in
 
 from __future__ import annotations
 
+import html
+import math
+import re
+import tempfile
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from local_ray_cluster import local_ray_cluster
 
 from laion_sg_demo import plan, prepare_inputs, verify_artifacts
+
+# leaderboard column label -> record metric key, and the adapter of each demo run (written out, not imported)
+COLUMNS = {
+    "SG-IoU": "sg_iou", "Entity-IoU": "entity_iou", "Relation-IoU": "relation_iou", "FID": "fid", "KID": "kid_mean",
+    "CLIP-T": "clip_t", "CLIP-I": "clip_i", "CMMD": "cmmd",
+}  # fmt: skip
+ADAPTERS = {"baseline": "diffusers-sg-text", "sdxl_sg": "sdxl-sg"}
+
+
+def leaderboard_rows(markdown: str) -> list[dict[str, str]]:
+    """The rows of the one Markdown table, as {header cell: cell}, Markdown backslash escapes and HTML entities
+    undone."""
+
+    def cells(line: str) -> list[str]:
+        return [html.unescape(re.sub(r"\\(.)", r"\1", c.strip())) for c in line.strip().strip("|").split("|")]
+
+    table = [line for line in markdown.splitlines() if line.startswith("|")]
+    header = [re.sub(r"\s*[↑↓]$", "", c) for c in cells(table[0])]
+    assert set(table[1]) <= set("|-:")  # the separator line
+    return [dict(zip(header, cells(line), strict=True)) for line in table[2:]]
+
+
+def check_artifacts(output: Path, models: dict[str, Path]) -> None:
+    """What the demo promises, read back independently of `verify_artifacts`."""
+    import datasets
+
+    from benchmark.dataset import load_benchmark
+    from schemas import BenchmarkResult
+    from training.pipeline import SDXLSGPipeline
+
+    # the dataset: every ok or repaired annotated photograph exactly once over the splits, images as PIL
+    annotated = pa.concat_tables(
+        pq.read_table(p) for p in sorted((output / "annotated" / "data").glob("*.parquet"))
+    )
+    statuses = [a["status"] for a in annotated.column("annotation").to_pylist()]
+    kept = sorted(
+        k
+        for k, s in zip(annotated.column("key").to_pylist(), statuses, strict=True)
+        if s in ("ok", "repaired")
+    )
+    assert kept, "the annotator produced no usable row"
+    # a fresh cache: `datasets` keys its default cache on the card, not the files, so an earlier run's (or an
+    # unbroken) copy of the data could be read instead of these files
+    with tempfile.TemporaryDirectory(prefix="hf-datasets-") as cache:
+        dataset = datasets.load_dataset(str(output / "dataset"), cache_dir=cache)
+        assert {"train", "test"} <= set(dataset) <= {"train", "validation", "test"}
+        assert sorted(k for split in dataset.values() for k in split["key"]) == kept
+        first = dataset["train"][0]
+        assert first["image"].size[0] > 0 and isinstance(first["scene_graph"]["objects"], list)
+        test_keys = sorted(dataset["test"]["key"])
+    # the benchmark set is the test split
+    bench = load_benchmark(output / "bench" / "compsg_bench.parquet")
+    assert sorted(s.key for s in bench.samples) == test_keys
+    # the trained pipeline loads, with its SG encoder
+    trained = output / "train" / "final"
+    pipeline = SDXLSGPipeline.from_pretrained(str(trained))
+    assert pipeline.sg_encoder is not None and math.isfinite(float(pipeline.sg_encoder.alpha))
+
+    # one record per run: the model it names, the whole benchmark set, every metric finite
+    model_ids = {"baseline": str(models["sdxl"].resolve()), "sdxl_sg": str(trained.resolve())}
+    records = {
+        name: BenchmarkResult.from_json((output / "runs" / name / "result.json").read_text())
+        for name in ADAPTERS
+    }
+    for name, record in records.items():
+        assert (record.model.model_id, record.model.adapter) == (model_ids[name], ADAPTERS[name])
+        assert record.benchmark.n_samples == len(bench.samples)
+        assert set(record.metrics) == set(COLUMNS.values())
+        assert all(math.isfinite(v) for v in record.metrics.values()), record.metrics
+
+    # the leaderboard: one row per record, its model and adapter, every metric as its record's number (4 digits)
+    rows = {
+        row["Model"]: row for row in leaderboard_rows((output / "leaderboard" / "leaderboard.md").read_text())
+    }
+    assert sorted(rows) == sorted(model_ids.values())
+    for name, record in records.items():
+        row = rows[model_ids[name]]
+        assert row["Adapter"] == ADAPTERS[name]
+        for label, key in COLUMNS.items():
+            assert float(row[label]) == pytest.approx(record.metrics[key], rel=1e-3, abs=1e-12), (name, label)
+    page = (output / "leaderboard" / "index.html").read_text()
+    assert all(html.escape(model_id) in page for model_id in model_ids.values())
 
 
 @pytest.mark.slow
@@ -34,3 +122,4 @@ def test_chain_as_ray_jobs_on_a_local_cluster(tiny_models_dir: Path, tmp_path: P
             )
     checks = verify_artifacts(output)
     assert set(checks) == {"dataset", "pipeline", "record baseline", "record sdxl_sg"}
+    check_artifacts(output, models)

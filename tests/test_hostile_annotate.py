@@ -73,17 +73,6 @@ def _files_containing(root: Path, needle: bytes) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
 
 def _engine_argv(server: FaultyServer, source: Path, output: Path, task: str = "text_to_graph") -> list[str]:
     return [

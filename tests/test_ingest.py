@@ -365,14 +365,6 @@ def test_shard_names_are_safe_and_unique(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------- Ray Data
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
 
 def test_read_dataset_matches_per_shard_reading(tmp_path: Path, ray_local: None) -> None:
     _write_img2dataset(tmp_path / "wds", "webdataset", shards=3)

@@ -168,6 +168,38 @@ def test_kid_subset_size_over_n_is_capped_and_recorded() -> None:
     assert out["kid_mean"] == pytest.approx(mean, rel=1e-9) and out["kid_std"] == pytest.approx(std, rel=1e-9)
 
 
+def _kid_mmd2_numpy(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD² of the whole sets with the KID kernel k(a, b) = (a·b/d + 1)³, written out in numpy."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    d, m, n = x.shape[1], len(x), len(y)
+    kxx, kyy, kxy = ((a @ b.T / d + 1.0) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+    off_diagonal_x, off_diagonal_y = ~np.eye(m, dtype=bool), ~np.eye(n, dtype=bool)
+    return float(kxx[off_diagonal_x].mean() + kyy[off_diagonal_y].mean() - 2.0 * kxy.mean())
+
+
+def test_kid_class_measures_reference_against_generated() -> None:
+    """KID of two clearly different sets: the class's value is the MMD² of those two sets (far from 0), not a
+    set against itself. With equal set sizes and subset size = n every subset is a whole set (the draws only
+    permute it), so the mean is the full-set MMD² whatever the sampling and the std is ~0."""
+    from benchmark.metrics import Precomputed
+
+    rng = np.random.default_rng(23)
+    real = rng.standard_normal((40, 2048)).astype(np.float32)
+    fake = (rng.standard_normal((40, 2048)) + 0.5).astype(np.float32)  # mean shift 0.5: MMD² ≈ 1 + 1.95 − 2
+    expected = _kid_mmd2_numpy(fake, real)
+    assert expected > 0.5
+    # a set passed as both sides scores <= 0 here (the cross term keeps the diagonal), far below the true value
+    assert max(_kid_mmd2_numpy(real, real), _kid_mmd2_numpy(fake, fake)) < 0.0
+    kid = KID(Precomputed(), subsets=5, subset_size=1000, seed=3)
+    kid.update_features(real, real=True)
+    kid.update_features(fake, real=False)
+    out = kid.compute()
+    assert out["kid_subset_size"] == 40
+    assert out["kid_mean"] == pytest.approx(expected, rel=1e-9)
+    assert out["kid_std"] < 1e-9 * expected
+    assert out["kid_mean"] == pytest.approx(_torch_fidelity_kid(fake, real, 5, 40, 3)[0], rel=1e-9)
+
+
 class _FixedEmbeddingCLIP:
     """Stands in for the transformers CLIP model + processor torchmetrics calls, returning fixed embeddings."""
 
@@ -306,6 +338,9 @@ def test_fid_and_kid_classes(extractor: InceptionFeatureExtractor) -> None:
     out = kid.compute()
     assert out["kid_subset_size"] == 2 and out["n_real"] == 3 and out["n_fake"] == 2
     assert math.isfinite(out["kid_mean"]) and out["kid_std"] >= 0
+    # torch-fidelity's KID of (generated, reference) with the class's defaults (seed 2020, 10 subsets of 2)
+    mean, std = _torch_fidelity_kid(other, features, 10, 2, 2020)
+    assert out["kid_mean"] == pytest.approx(mean, rel=1e-9) and out["kid_std"] == pytest.approx(std, rel=1e-9)
 
 
 def test_inception_weights_are_never_silently_replaced(

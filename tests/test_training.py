@@ -262,16 +262,6 @@ def test_cache_gives_the_on_the_fly_loss(frozen: FrozenSDXL, sdxl: Path, train_r
 # ---------------------------------------------------------------------------------------------- Ray
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-    from ray.data import DataContext
-
-    ray.init(address="local", num_cpus=4, include_dashboard=False)
-    DataContext.get_current().enable_progress_bars = False
-    yield ray
-    ray.shutdown()
-
 
 @pytest.mark.slow
 def test_ray_precompute_cache_matches_raw_rows(ray_local, data_dir: Path, sdxl: Path, frozen: FrozenSDXL,

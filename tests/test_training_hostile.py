@@ -262,23 +262,15 @@ def test_cache_skips_rows_that_failed_or_broke_like_raw_rows(sdxl: Path, tmp_pat
 
 
 @pytest.mark.slow
-def test_ray_train_fails_over_the_limit_with_one_line(sdxl: Path, tmp_path: Path, capsys) -> None:
+def test_ray_train_fails_over_the_limit_with_one_line(ray_local, sdxl: Path, tmp_path: Path, capsys) -> None:
     """Through Ray Train (1 worker): the worker's BadDataError reaches `main` as exit code 2 and one line with
     the count, the fraction and a corrupt key."""
-    import ray
-    from ray.data import DataContext
-
     data, bad_keys = dataset(tmp_path, {0: garbage_bytes, 3: truncated_png})
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    DataContext.get_current().enable_progress_bars = False
-    try:
-        code = main([
-            "--data", str(data), "--model", str(sdxl), "--output", str(tmp_path / "out"), "--resolution", "64",
-            "--batch-size", "2", "--max-steps", "6", "--warmup-steps", "1", "--val-batches", "0",
-            "--config", _encoder_yaml(tmp_path),
-        ])  # fmt: skip
-    finally:
-        ray.shutdown()
+    code = main([
+        "--data", str(data), "--model", str(sdxl), "--output", str(tmp_path / "out"), "--resolution", "64",
+        "--batch-size", "2", "--max-steps", "6", "--warmup-steps", "1", "--val-batches", "0",
+        "--config", _encoder_yaml(tmp_path),
+    ])  # fmt: skip
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(lines) == 1, lines
     assert re.match(r"error: too many unusable training rows in .*: [12] of the \d+ rows read so far", lines[0])
