@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from awkward_images import PHOTOS, skimage_photo_bytes, write_awkward_images
-from local_ray_cluster import local_ray_cluster, repo_env
+from local_ray_cluster import repo_env
 from openai_server import TINY_QWEN_LIMITS, TINY_QWEN_MAX_NEW_TOKENS, OpenAIServer
 from test_tasks import MALFORMED
 
@@ -317,16 +317,3 @@ def test_killed_run_resumes_without_duplicates(
     expected = {hashlib.sha1(skimage_photo_bytes(name)).hexdigest() for name in PHOTOS}
     assert _keys(output) == Counter(dict.fromkeys(expected, 1))
     assert not [p for p in (output / "data").iterdir() if not p.name.endswith(".parquet")]
-
-
-@pytest.mark.slow
-def test_ray_job_submit_to_a_local_cluster(qwen_dir: str, photos: Path, tmp_path: Path) -> None:
-    output = tmp_path / "out"
-    config = _cli_config(tmp_path, photos, output, qwen_dir, files_per_shard=3)
-    with local_ray_cluster(tmp_path) as cluster:
-        job = cluster.submit("pipelines.annotate", ["--config", str(config)], cwd=tmp_path)
-    assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-4000:]
-    assert "succeeded" in job.stdout
-    summary = json.loads((output / "summary.json").read_text())
-    assert summary["rows_annotated"] == len(PHOTOS) and summary["failed"] == 0
-    assert sum(_keys(output).values()) == len(PHOTOS)
