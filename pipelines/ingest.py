@@ -26,6 +26,7 @@ on the driver (about 100 bytes per row: 60 MB for the 625k rows of LAION-Aesthet
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import math
@@ -668,9 +669,24 @@ def _first_file_of(root: Path, directory: str) -> str | None:
 
 
 def _read_url_list(path: Path) -> pa.Table:
-    """A URL list as a table of strings: CSV/TSV with their header, or ``url`` per line of a ``.txt``."""
+    """A URL list as a table of strings: CSV/TSV with their header, or ``url`` per line of a ``.txt``.
+
+    A list has no footer to read a row range from, so the last one read is kept: counting its rows, the
+    de-duplication pre-pass and reading its row-range shards one after the other parse it once, not per shard.
+    """
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise ValueError(f"{path}: not a readable URL list: {exc}") from None
+    return _parse_url_list(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1)
+def _parse_url_list(name: str, size: int, mtime_ns: int) -> pa.Table:
+    """`_read_url_list` of one version of a file (`size` and `mtime_ns` only key the cache)."""
     import pyarrow.csv as pacsv
 
+    path = Path(name)
     suffix = path.suffix[1:].lower()
     try:
         if suffix == "txt":

@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from test_training import RESOLUTION
+from test_training import tiny_config as training_config
 
 from training.data import (
     ANNOTATION_FAILED,
@@ -33,8 +35,6 @@ from training.fixtures import write_fixture_dataset
 from training.step import load_tokenizers
 from training.train import TrainConfig, main, parse_config, preflight, train_local
 
-TINY_ENCODER = {"hidden_dim": 16, "mlp_hidden_dim": 32}
-RESOLUTION = 64
 TRAIN_FILE = Path("data") / "train-00000-of-00001.parquet"
 VAL_FILE = Path("data") / "validation-00000-of-00001.parquet"
 
@@ -102,11 +102,8 @@ def sdxl(tiny_models_dir: Path) -> Path:
 
 
 def tiny_config(data: Path, model: Path, output: Path, **overrides) -> TrainConfig:
-    values = {
-        "batch_size": 2, "resolution": RESOLUTION, "warmup_steps": 1, "checkpoint_every": 100, "val_every": 0,
-        "encoder": TINY_ENCODER,
-    }  # fmt: skip
-    return TrainConfig(data=str(data), model=str(model), output=str(output), **(values | overrides))
+    """`test_training`'s tiny run, without intermediate checkpoints."""
+    return training_config(data, model, output, **{"checkpoint_every": 100, **overrides})
 
 
 # ---------------------------------------------------------------------------------------------- decoding
