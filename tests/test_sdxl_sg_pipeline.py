@@ -14,7 +14,8 @@ import torch
 from schemas import SceneGraph
 from training.fixtures import write_fixture_dataset  # noqa: E402
 from training.pipeline import SDXLSGPipeline, as_scene_graph  # noqa: E402
-from training.sg_encoder import encode_graphs, prepare_graphs  # noqa: E402
+from training.sg_encoder import encode_graphs  # noqa: E402
+from training.sg_graphs import prepare_graphs  # noqa: E402
 from training.train import TrainConfig, train_local  # noqa: E402
 
 GRAPH = SceneGraph.from_json(

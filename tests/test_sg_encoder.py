@@ -8,17 +8,8 @@ import pytest
 import torch
 
 from schemas import SceneGraph
-from training.sg_encoder import (  # noqa: E402
-    BatchIndex,
-    GraphIndex,
-    SGEncoder,
-    SGEncoderConfig,
-    SGFeatures,
-    encode_graphs,
-    main,
-    prepare_graphs,
-    text_spans,
-)
+from training.sg_encoder import SGEncoder, SGEncoderConfig, SGFeatures, encode_graphs, main  # noqa: E402
+from training.sg_graphs import BatchIndex, GraphIndex, prepare_graphs, text_spans  # noqa: E402
 from training.step import load_tokenizers  # noqa: E402
 
 TINY = SGEncoderConfig(text_dim=12, hidden_dim=8, mlp_hidden_dim=16, num_layers=5)

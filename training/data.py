@@ -52,7 +52,8 @@ import pyarrow as pa
 import torch
 
 from schemas import SceneGraph, SGObject, SGRelation, scene_graph_from_arrow
-from training.sg_encoder import GraphIndex, GraphInputs, SGFeatures, prepare_graphs
+from training.sg_encoder import SGFeatures
+from training.sg_graphs import GraphIndex, GraphInputs, prepare_graphs
 
 __all__ = [
     "ANNOTATION_FAILED",

@@ -29,7 +29,8 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 
 from schemas import SceneGraph
-from training.sg_encoder import SGEncoder, encode_graphs, prepare_graphs
+from training.sg_encoder import SGEncoder, encode_graphs
+from training.sg_graphs import prepare_graphs
 
 __all__ = ["MANIFEST", "SDXLSGPipeline", "as_scene_graph"]
 
