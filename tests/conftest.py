@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from laion_sg_cli import make_tiny_models
+
+# Property tests draw 150 examples each; `make mutation` runs them once per mutant and sets HYPOTHESIS_PROFILE=mutation.
+settings.register_profile("suite", max_examples=150)
+settings.register_profile("mutation", max_examples=25)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Root holding what `laion-sg make-tiny-models` writes: qwen2_5_vl/, sdxl/, open_clip/, inception/*.pth."""
+    """Root holding what `laion-sg make-tiny-models` writes: qwen2_5_vl/, sdxl/, open_clip/, inception/*.pth.
+
+    With ``LAION_SG_TINY_MODELS=DIR`` the models come from DIR, built there once if DIR is empty (`make mutation`
+    runs the unit tests once per mutant and sets it); tests only read them."""
+    if cached := os.environ.get("LAION_SG_TINY_MODELS"):
+        root = Path(cached)
+        if not (root / "complete").exists():
+            make_tiny_models(root)
+            (root / "complete").touch()
+        return root
     root = tmp_path_factory.mktemp("tiny_models")
     make_tiny_models(root)
     return root

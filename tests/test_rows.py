@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 
 import datasets
 import pyarrow as pa
@@ -131,3 +133,59 @@ def test_result_record_round_trip_and_validation():
         _result(fid=float("nan"))
     with pytest.raises(ValidationError):
         BenchmarkResult.model_validate({**record.model_dump(), "unexpected": 1})
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (True, "true (a boolean)"),
+        ("27.5", '"27.5" (a string)'),
+        (None, "null (null)"),
+        ([1], "[1] (an array)"),
+        ({"a": 1}, '{"a": 1} (an object)'),
+        ("x" * 38, '"' + "x" * 38 + '" (a string)'),  # 40 characters as JSON: shown whole
+        ("x" * 39, '"' + "x" * 36 + "... (a string)"),  # 41: cut to 37 and marked
+        (b"\x00", "b'\\x00' (bytes)"),  # not JSON: its repr, and its Python type
+    ],
+)
+def test_bad_metric_values_are_shown_as_json_with_their_kind(value, shown) -> None:
+    record = _result(fid=1.0).model_dump()
+    with pytest.raises(ValidationError) as info:
+        BenchmarkResult.model_validate({**record, "metrics": {"fid": 1.0, "clip_t": value}})
+    message = next(line for line in str(info.value).splitlines() if "not a number" in line)
+    assert message.split(" [type=")[0].endswith(f"not a number: clip_t = {shown}")  # only the bad value is named
+
+
+def test_result_record_field_bounds_and_run_identity() -> None:
+    record = _result(fid=12, sg_iou=0.3)
+    assert record.metrics == {"fid": 12.0, "sg_iou": 0.3} and isinstance(record.metrics["fid"], float)
+    assert record.schema_version == 1 and record.benchmark.name == "CompSG-Bench"
+    data = record.model_dump()
+    for path, value in [
+        (("benchmark", "n_samples"), 0),
+        (("generation", "images_per_sample"), 0),
+        (("generation", "num_inference_steps"), 0),
+        (("generation", "height"), 7),
+        (("generation", "width"), 7),
+        (("provenance", "wall_time_s"), -0.1),
+        (("model", "conditioning"), "prompt"),
+    ]:
+        bad = {**data, path[0]: {**data[path[0]], path[1]: value}}
+        with pytest.raises(ValidationError, match=path[1]):
+            BenchmarkResult.model_validate(bad)
+    edge = {**data, "generation": {**data["generation"], "height": 8, "width": 8, "images_per_sample": 1}}
+    assert BenchmarkResult.model_validate(edge).generation.height == 8
+    with pytest.raises(ValidationError, match="frozen"):
+        record.metrics = {}
+    with pytest.raises(ValidationError, match="not finite: fid, clip_t"):
+        _result(fid=float("inf"), sg_iou=0.1, clip_t=float("-inf"))
+    # run_id: sha256 over benchmark, model and generation only (sorted-key JSON), first 16 hex digits
+    identity = {k: data[k] for k in ("benchmark", "model", "generation")}
+    expected = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    assert record.run_id == expected
+    later = record.model_copy(update={"metrics": {"fid": 1.0}, "provenance": record.provenance.model_copy(update={"wall_time_s": 9.0})})
+    assert later.run_id == record.run_id
+    reseeded = record.model_copy(update={"generation": record.generation.model_copy(update={"seed": 43})})
+    assert reseeded.run_id != record.run_id
+    assert json.loads(record.to_json()) == json.loads(record.model_dump_json())
+    assert record.to_json().startswith('{\n  "schema_version": 1')

@@ -131,7 +131,7 @@ _raw_graphs = st.builds(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(_raw_graphs)
 def test_repair_output_always_validates(graph: SceneGraph):
     repaired, _ = graph.repair()
@@ -139,7 +139,7 @@ def test_repair_output_always_validates(graph: SceneGraph):
     assert repaired.repair()[1] == []  # idempotent
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(_raw_graphs)
 def test_json_round_trip_of_repaired_graphs_validates(graph: SceneGraph):
     repaired, _ = graph.repair()
@@ -242,7 +242,7 @@ def test_vlm_raw_round_trip():
     assert SceneGraph.from_vlm_raw(person_book().to_vlm_raw()) == person_book()
 
 
-@settings(max_examples=100, deadline=None)
+@settings(deadline=None)
 @given(_raw_graphs)
 def test_all_converters_round_trip_valid_graphs(graph: SceneGraph):
     graph, _ = graph.repair()
