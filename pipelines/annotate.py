@@ -487,7 +487,7 @@ def write_shard(
         source, counts = read_shard(shard, input_format, config.filters)
     except Exception as exc:
         message = mask_secrets(f"{type(exc).__name__}: {exc}")[:_ERROR_CHARS]
-        raise ShardError(f"shard {shard.name} could not be read: {message}") from exc
+        raise ShardError(f"shard {shard.name} could not be read ({shard.path}): {message}") from exc
     if parts:
         annotations = pa.concat_tables(parts)
     else:

@@ -601,19 +601,25 @@ def _complete(record: dict[str, Any], load: Callable[[], bytes] | None, images: 
 
 
 def _read_webdataset(shard: Shard, images: bool) -> pa.Table:
+    """A tar that is not one, or is cut short, raises `ValueError` naming it (as `_parquet_file` does)."""
     records, image_data, has_image, sources = [], [], [], []
-    for key, members, tar in _tar_samples(shard.path):
-        record: dict[str, Any] = {}
-        if "json" in members:
-            record.update(json.loads(tar.extractfile(members["json"]).read()))
-        if "txt" in members:
-            record["caption"] = tar.extractfile(members["txt"]).read().decode("utf-8", errors="replace")
-        member = next((members[ext] for ext in members if ext in IMAGE_EXTENSIONS), None)
-        load = None if member is None else (lambda tar=tar, member=member: tar.extractfile(member).read())
-        image_data.append(_complete(record, load, images))
-        records.append(record)
-        has_image.append(member is not None)
-        sources.append(f"{shard.path}#{key}")
+    try:
+        for key, members, tar in _tar_samples(shard.path):
+            record: dict[str, Any] = {}
+            if "json" in members:
+                record.update(json.loads(tar.extractfile(members["json"]).read()))
+            if "txt" in members:
+                record["caption"] = tar.extractfile(members["txt"]).read().decode("utf-8", errors="replace")
+            member = next((members[ext] for ext in members if ext in IMAGE_EXTENSIONS), None)
+            load = None if member is None else (lambda tar=tar, member=member: tar.extractfile(member).read())
+            image_data.append(_complete(record, load, images))
+            records.append(record)
+            has_image.append(member is not None)
+            sources.append(f"{shard.path}#{key}")
+    except (OSError, tarfile.TarError) as exc:
+        path = Path(shard.path)
+        size = path.stat().st_size if path.exists() else 0
+        raise ValueError(f"{path}: not a readable tar file ({size} bytes): {exc}") from None
     for record in _failed_downloads(Path(shard.path).with_suffix(".parquet")):
         records.append(record)
         image_data.append(None)

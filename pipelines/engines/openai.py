@@ -112,9 +112,12 @@ class OpenAIEngine(ProcessorEngine):
         return HttpRequestProcessorConfig(
             url=chat_completions_url(options.base_url),
             session_factory=ResilientSession(
-                api_key_headers(options.api_key_env), policy, max_concurrency=options.batch_size
+                api_key_headers(options.api_key_env),
+                policy,
+                max_concurrency=options.batch_size,
+                qps=options.qps,
             ),
-            qps=options.qps,
+            qps=None,  # the session bounds the rate per worker; the stage's bound is per batch
             max_retries=0,  # retries happen in the session, which honours Retry-After
             batch_size=options.batch_size,
             concurrency=options.num_actors,
