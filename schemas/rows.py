@@ -107,7 +107,7 @@ def _feature(dtype: pa.DataType, name: str) -> Any:
     if pa.types.is_struct(dtype):
         return {dtype.field(i).name: _feature(dtype.field(i).type, dtype.field(i).name) for i in range(dtype.num_fields)}
     if pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
-        return {"feature": _feature(dtype.value_type, ""), "_type": "List"}
+        return {"feature": _feature(dtype.value_type, ""), "_type": "LargeList" if pa.types.is_large_list(dtype) else "List"}
     value = {pa.string(): "string", pa.large_string(): "large_string", pa.binary(): "binary"}.get(dtype, str(dtype))
     return {"dtype": {"float": "float32", "double": "float64", "halffloat": "float16"}.get(value, value), "_type": "Value"}
 

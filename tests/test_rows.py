@@ -46,6 +46,44 @@ def test_hf_features_match_datasets_own_conversion():
     assert ours == datasets.Features.from_dict(ours.to_dict())
 
 
+def test_hf_features_of_every_column_type_equal_datasets_own() -> None:
+    """`datasets.Features.from_arrow_schema` is the oracle for every type; only a column named ``image`` holding
+    the image struct becomes an `Image` (the same struct under another name, or a string named image, does not)."""
+    schema = pa.schema(
+        [
+            ("f16", pa.float16()), ("f32", pa.float32()), ("f64", pa.float64()), ("i8", pa.int8()),
+            ("s", pa.string()), ("ls", pa.large_string()), ("b", pa.binary()), ("ok", pa.bool_()),
+            ("nested", pa.list_(pa.struct([("image", pa.string()), ("xs", pa.large_list(pa.int32()))]))),
+            ("photo", row_schema().field("image").type),
+            ("image", row_schema().field("image").type),
+        ]
+    )  # fmt: skip
+    expected = datasets.Features.from_arrow_schema(schema).to_dict()
+    expected["image"] = {"_type": "Image"}
+    assert hf_features(schema) == expected
+    assert expected["photo"] != {"_type": "Image"}
+
+
+def test_row_schema_without_images_and_with_extra_columns() -> None:
+    full = row_schema()
+    lean = row_schema(with_image=False, extra_columns={"spatial_caption": pa.string(), "n": pa.int64()})
+    assert "image" in full.names and "image" not in lean.names
+    assert lean.names == [n for n in full.names if n != "image"] + ["spatial_caption", "n"]
+    assert lean.field("n").type == pa.int64()
+    assert json.loads(lean.metadata[b"huggingface"])["info"]["features"] == hf_features(lean)
+
+
+def test_row_key_of_each_source() -> None:
+    """sha1 of the UTF-8 URL, else of the bytes, else of the UTF-8 caption; never of a blank caption."""
+    assert row_key(url="http://ä/1") == hashlib.sha1("http://ä/1".encode()).hexdigest()
+    assert row_key(caption="ein Bär", image_bytes=None) == hashlib.sha1("ein Bär".encode()).hexdigest()
+    assert row_key(image_bytes=b"", caption="x") == hashlib.sha1(b"").hexdigest()  # empty bytes still count
+    assert row_key(url="", caption="c") == row_key(caption="c")
+    for blank in ({}, {"caption": "  "}, {"url": "", "caption": ""}):
+        with pytest.raises(ValueError, match="^a row key needs a URL, the image bytes or a caption$"):
+            row_key(**blank)
+
+
 def test_parquet_with_row_schema_loads_in_datasets(tmp_path):
     graph = SceneGraph([SGObject(0, "cat", ["orange"]), SGObject(1, "sofa", [])], [SGRelation(0, "lying on", 1)])
     image = _png(skdata.chelsea()[::4, ::4])
@@ -109,7 +147,7 @@ def test_row_key_is_stable():
 def test_annotation_record_rejects_bad_status():
     with pytest.raises(ValueError, match="status"):
         annotation_record(model="m", engine="e", task="t", prompt_version="1", status="great")
-    with pytest.raises(ValueError, match="error reason"):
+    with pytest.raises(ValueError, match="^a failed annotation needs an error reason$"):
         annotation_record(model="m", engine="e", task="t", prompt_version="1", status="failed")
 
 
@@ -189,3 +227,12 @@ def test_result_record_field_bounds_and_run_identity() -> None:
     assert reseeded.run_id != record.run_id
     assert json.loads(record.to_json()) == json.loads(record.model_dump_json())
     assert record.to_json().startswith('{\n  "schema_version": 1')
+
+
+def test_scene_graph_from_arrow_refuses_columns_of_unequal_length() -> None:
+    """`datasets`' dict-of-lists layout: a column shorter than the others is a broken cell, not fewer objects."""
+    columns = {"id": [0, 1], "name": ["dog", "cat"], "attributes": [[], ["small"]]}
+    graph = scene_graph_from_arrow({"objects": columns, "relations": {"subject": [0], "predicate": ["near"], "object": [1]}})
+    assert graph.to_text() == "dog near small cat"
+    with pytest.raises(ValueError):
+        scene_graph_from_arrow({"objects": {**columns, "name": ["dog"]}, "relations": []})
