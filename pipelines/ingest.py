@@ -600,6 +600,17 @@ def _complete(record: dict[str, Any], load: Callable[[], bytes] | None, images: 
     return data
 
 
+def _sidecar(data: bytes, name: str) -> dict[str, Any]:
+    """A sample's ``.json`` metadata; one that is not a JSON object raises `ValueError` naming the file."""
+    try:
+        record = json.loads(data)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise ValueError(f"{name}: not valid JSON metadata: {exc}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{name}: JSON metadata must be an object, got {type(record).__name__}")
+    return record
+
+
 def _read_webdataset(shard: Shard, images: bool) -> pa.Table:
     """A tar that is not one, or is cut short, raises `ValueError` naming it (as `_parquet_file` does)."""
     records, image_data, has_image, sources = [], [], [], []
@@ -607,7 +618,7 @@ def _read_webdataset(shard: Shard, images: bool) -> pa.Table:
         for key, members, tar in _tar_samples(shard.path):
             record: dict[str, Any] = {}
             if "json" in members:
-                record.update(json.loads(tar.extractfile(members["json"]).read()))
+                record.update(_sidecar(tar.extractfile(members["json"]).read(), f"{shard.path}#{key}.json"))
             if "txt" in members:
                 record["caption"] = tar.extractfile(members["txt"]).read().decode("utf-8", errors="replace")
             member = next((members[ext] for ext in members if ext in IMAGE_EXTENSIONS), None)
@@ -650,7 +661,7 @@ def _read_folder(shard: Shard, images: bool) -> pa.Table:
         file = root / relative
         record: dict[str, Any] = {}
         if (sidecar := file.with_suffix(".json")).is_file():
-            record.update(json.loads(sidecar.read_text()))
+            record.update(_sidecar(sidecar.read_bytes(), str(sidecar)))
         if (sidecar := file.with_suffix(".txt")).is_file():
             record["caption"] = sidecar.read_text(errors="replace")
         image_data.append(_complete(record, file.read_bytes, images))

@@ -332,6 +332,26 @@ def test_folder_of_awkward_images(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------- detection, names
 
 
+@pytest.mark.parametrize(("sidecar", "message"), [(b"{not json", "not valid JSON metadata"), (b"[1, 2]", "JSON metadata must be an object, got list"), (b"\xff\xfe", "not valid JSON metadata")])
+def test_a_broken_json_sidecar_is_named(tmp_path: Path, sidecar: bytes, message: str) -> None:
+    """A sample's metadata that is not a JSON object is refused naming the file, in a folder and in a tar."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(_jpeg("coffee"))
+    (folder / "a.json").write_bytes(sidecar)
+    with pytest.raises(ValueError, match=f"^{folder / 'a.json'}: {message}"):
+        _read_all(folder)
+    tars = tmp_path / "tars"
+    tars.mkdir()
+    with tarfile.open(tars / "00000.tar", "w") as tar:
+        for name, data in (("a.jpg", _jpeg("coffee")), ("a.json", sidecar)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(ValueError, match=f"^{tars / '00000.tar'}#a.json: {message}"):
+        _read_all(tars)
+
+
 def test_detect_format_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="does not exist"):
         detect_format(tmp_path / "nope")
