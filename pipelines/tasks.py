@@ -60,8 +60,9 @@ SPATIAL_CAPTION_MAX_WORDS = 80
 # length bound inside the pattern: xgrammar 0.2.8 ignores `maxLength` next to a `pattern`, and fails to compile
 # one long bounded repetition such as ``[...]{1,600}``.
 _WORD = "[A-Za-z0-9,.;:!?'()-]{1,24}"
-_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
+_FENCE = re.compile(r"```(?:[jJ][sS][oO][nN])?\s*(.*?)```", re.DOTALL)
 _FRONT_MATTER = re.compile(r"\A---\n(.*?)\n---\n", re.DOTALL)
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 _SECTION = re.compile(r"^## (system|user)[ \t]*$", re.MULTILINE)
 
 
@@ -107,7 +108,7 @@ def load_prompt(task: str, version: str) -> PromptTemplate:
         raise ValueError(f"{path}: inputs must be a subset of {sorted(INPUTS)}, got {sorted(inputs)}")
     parts = _SECTION.split(text[match.end() :])
     sections = dict(zip(parts[1::2], (p.strip() for p in parts[2::2]), strict=True))
-    if set(sections) != {"system", "user"}:
+    if sorted(parts[1::2]) != ["system", "user"]:
         raise ValueError(f"{path}: needs exactly one '## system' and one '## user' section")
     return PromptTemplate(
         task=task,
@@ -172,17 +173,19 @@ def extract_json(raw: str | None, keys: tuple[str, ...]) -> tuple[dict[str, Any]
         error = _json_error(text, exc)
     else:
         if not isinstance(data, dict):
-            raise ValueError(f"not a JSON object: the answer is a JSON {type(data).__name__}")
+            raise ValueError(f"not a JSON object: the answer is a JSON {_JSON_KINDS.get(type(data), 'value')}")
         return data, []
+    fence_error = None
     fence = _FENCE.search(text)
-    if fence:
+    if fence:  # a fence that holds no JSON (e.g. code after the answer) does not end the search
         body = fence.group(1).strip()
         try:
             data = json.loads(body)
         except json.JSONDecodeError as exc:
-            raise ValueError(_json_error(body, exc)) from None
-        if isinstance(data, dict):
-            return data, ["removed a Markdown code fence around the JSON"]
+            fence_error = _json_error(body, exc)
+        else:
+            if isinstance(data, dict):
+                return data, ["removed a Markdown code fence around the JSON"]
     decoder = json.JSONDecoder()
     first_candidate_error = None
     for match in re.finditer(r"\{", text):
@@ -193,7 +196,7 @@ def extract_json(raw: str | None, keys: tuple[str, ...]) -> tuple[dict[str, Any]
             continue
         if isinstance(data, dict) and any(key in data for key in keys):
             return data, ["ignored text around the JSON object"]
-    raise ValueError(first_candidate_error or error)
+    raise ValueError(fence_error or first_candidate_error or error)
 
 
 def _graph_from_object(data: Mapping[str, Any]) -> tuple[SceneGraph, list[str]]:
@@ -239,7 +242,7 @@ def parse_spatial_caption(raw: str | None, max_words: int = SPATIAL_CAPTION_MAX_
     try:
         data, notes = extract_json(raw, ("spatial_caption",))
     except ValueError as exc:
-        if raw and raw.strip() and "{" not in raw:
+        if raw and raw.strip() and "{" not in raw and failure_reason(str(exc)) != "not a JSON object":
             data, notes = {"spatial_caption": raw}, ["the answer is not JSON; used the text as the caption"]
         else:
             return Parsed(None, "failed", str(exc))

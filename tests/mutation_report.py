@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-score", type=float, default=0.85)
     args = parser.parse_args(argv)
     below = []
-    print(f"{'module':36s} {'mutants':>7s} {'killed':>6s} {'survived':>8s} {'no tests':>8s} {'score':>6s}")
+    print(f"{'module':36s} {'mutants':>7s} {'killed':>6s} {'timeout':>7s} {'survived':>8s} {'no tests':>8s} {'score':>6s}")
     for module, statuses in module_scores(Path(args.mutants)).items():
         killed = sum(statuses[s] for s in KILLED)
         counted = sum(statuses[s] for s in COUNTED)
@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         unchecked = sum(statuses.values()) - counted
         note = f"  ({unchecked} not checked)" if unchecked else ""
         print(
-            f"{module:36s} {counted:7d} {killed:6d} {statuses['survived']:8d} {statuses['no tests']:8d}"
+            f"{module:36s} {counted:7d} {killed:6d} {statuses['timeout']:7d} {statuses['survived']:8d}"
+            f" {statuses['no tests']:8d}"
             f" {score:6.1%}{note}"
         )
         if score < args.min_score:
