@@ -38,7 +38,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from schemas import BenchmarkResult
+from schemas import BenchmarkResult, json_kind
 
 __all__ = [
     "METRICS",
@@ -112,7 +112,7 @@ def read_record(file: Path) -> BenchmarkResult:
     except RecursionError:
         raise RecordError({file: "not valid JSON: nested too deeply"}) from None
     if not isinstance(data, dict):
-        raise RecordError({file: f"not a result record: a JSON {type(data).__name__}, not an object"})
+        raise RecordError({file: f"not a result record: {json_kind(data)}, not an object"})
     try:
         return BenchmarkResult.model_validate(data)
     except ValidationError as exc:

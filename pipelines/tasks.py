@@ -33,6 +33,7 @@ from schemas import (
     SceneGraph,
     Status,
     Vocabulary,
+    json_kind,
     scene_graph_to_arrow,
 )
 
@@ -62,7 +63,6 @@ SPATIAL_CAPTION_MAX_WORDS = 80
 _WORD = "[A-Za-z0-9,.;:!?'()-]{1,24}"
 _FENCE = re.compile(r"```(?:[jJ][sS][oO][nN])?\s*(.*?)```", re.DOTALL)
 _FRONT_MATTER = re.compile(r"\A---\n(.*?)\n---\n", re.DOTALL)
-_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 _SECTION = re.compile(r"^## (system|user)[ \t]*$", re.MULTILINE)
 
 
@@ -173,7 +173,7 @@ def extract_json(raw: str | None, keys: tuple[str, ...]) -> tuple[dict[str, Any]
         error = _json_error(text, exc)
     else:
         if not isinstance(data, dict):
-            raise ValueError(f"not a JSON object: the answer is a JSON {_JSON_KINDS.get(type(data), 'value')}")
+            raise ValueError(f"not a JSON object: the answer is {json_kind(data)}")
         return data, []
     fence_error = None
     fence = _FENCE.search(text)

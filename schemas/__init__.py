@@ -1,6 +1,13 @@
 """The data contract shared by every part of the package (no heavy dependencies: dataclasses, pydantic, pyarrow)."""
 
-from schemas.results import BenchmarkInfo, BenchmarkResult, GenerationSettings, ModelInfo, Provenance
+from schemas.results import (
+    BenchmarkInfo,
+    BenchmarkResult,
+    GenerationSettings,
+    ModelInfo,
+    Provenance,
+    json_kind,
+)
 from schemas.rows import (
     ANNOTATION_TYPE,
     IMAGE_TYPE,
@@ -50,6 +57,7 @@ __all__ = [
     "Vocabulary",
     "annotation_record",
     "hf_features",
+    "json_kind",
     "normalize_text",
     "row_key",
     "row_schema",

@@ -10,21 +10,35 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["BenchmarkInfo", "BenchmarkResult", "GenerationSettings", "ModelInfo", "Provenance"]
+__all__ = ["BenchmarkInfo", "BenchmarkResult", "GenerationSettings", "ModelInfo", "Provenance", "json_kind"]
 
 RESULT_SCHEMA_VERSION = 1
 
 
+def json_kind(value: Any) -> str:
+    """JSON's name for the type of a parsed JSON value: ``a JSON array``, ``a JSON number``, ``JSON null``, ...
+    (a value JSON cannot hold is named by its Python type)."""
+    if value is None:
+        return "JSON null"
+    if isinstance(value, bool):
+        return "a JSON boolean"
+    if isinstance(value, numbers.Real):
+        return "a JSON number"
+    kinds = {dict: "a JSON object", list: "a JSON array", str: "a JSON string"}
+    return kinds.get(type(value), type(value).__name__)
+
+
 def _shown(value: Any) -> str:
     """A value as JSON would show it, and its JSON kind: ``true (a boolean)``, ``"27.5" (a string)``."""
-    kinds = {bool: "a boolean", str: "a string", type(None): "null", list: "an array", dict: "an object"}
     try:
         text = json.dumps(value)
     except (TypeError, ValueError):
         text = repr(value)
     if len(text) > 40:
         text = text[:37] + "..."
-    return f"{text} ({kinds.get(type(value), type(value).__name__)})"
+    kind = json_kind(value)
+    plain = {"a JSON object": "an object", "a JSON array": "an array", "JSON null": "null"}.get(kind)
+    return f"{text} ({plain or kind.replace(' JSON', '')})"
 
 
 class _Strict(BaseModel):

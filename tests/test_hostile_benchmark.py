@@ -244,7 +244,7 @@ def with_metric(value_json: str) -> str:
 BAD_FILES = {
     "not_json.json": ("{ this is not json", "not valid JSON: "),
     "empty.json": ("", "not valid JSON: "),
-    "list.json": ("[1, 2, 3]", "not a result record: a JSON list, not an object"),
+    "list.json": ("[1, 2, 3]", "not a result record: a JSON array, not an object"),
     "wrong_shape.json": ('{"metrics": {"fid": 1.0}}', "benchmark: Field required"),
     "bool.json": (with_metric("true"), "metrics: metrics must be real numbers (not booleans or strings); not a number: fid = true (a boolean)"),
     "string.json": (with_metric('"27.5"'), 'not a number: fid = "27.5" (a string)'),

@@ -987,7 +987,7 @@ def test_extract_json_looks_past_a_fence_without_json(raw: str, expected) -> Non
     ("raw", "error"),
     [
         ('["A dog sits left of a chair."]', "not a JSON object: the answer is a JSON array"),
-        ("null", "not a JSON object: the answer is a JSON null"),
+        ("null", "not a JSON object: the answer is JSON null"),
         ("true", "not a JSON object: the answer is a JSON boolean"),
         ("4.5", "not a JSON object: the answer is a JSON number"),
     ],

@@ -17,6 +17,7 @@ from pipelines.engines.base import Generation, openai_messages
 from pipelines.engines.http_session import ResilientSession, RetryPolicy, api_key_headers
 from pipelines.engines.processor import ProcessorEngine
 from pipelines.tasks import ChatRequest
+from schemas import json_kind
 
 if TYPE_CHECKING:
     from ray.data.llm import HttpRequestProcessorConfig
@@ -39,15 +40,11 @@ def chat_completions_url(base_url: str | None) -> str:
     return url if url.endswith("/chat/completions") else f"{url}/chat/completions"
 
 
-def _kind(value: Any) -> str:
-    return "null" if value is None else f"a JSON {type(value).__name__}"
-
-
 def read_chat_completion(answer: Any) -> Generation:
     """The generation in an answer of `ResilientSession` (``{"body", "content_type", "error"}``), or an engine
     error saying what is wrong with it."""
     if not isinstance(answer, dict) or answer.get("error"):
-        error = answer.get("error") if isinstance(answer, dict) else f"unexpected answer {_kind(answer)}"
+        error = answer.get("error") if isinstance(answer, dict) else f"unexpected answer {json_kind(answer)}"
         return Generation(None, error=f"engine error: {error}")
     body = answer.get("body") or ""
     if not body.strip():
@@ -65,7 +62,7 @@ def read_chat_completion(answer: Any) -> Generation:
 def read_completion_object(response: Any) -> Generation:
     """The generation in a decoded chat-completions body, or an engine error saying what is wrong with it."""
     if not isinstance(response, dict):
-        return Generation(None, error=f"engine error: not a chat completion: the body is {_kind(response)}")
+        return Generation(None, error=f"engine error: not a chat completion: the body is {json_kind(response)}")
     if not response:
         return Generation(None, error="engine error: not a chat completion: the body is an empty JSON object")
     error = response.get("error")
@@ -74,7 +71,7 @@ def read_completion_object(response: Any) -> Generation:
         return Generation(None, error=f"engine error: HTTP API error: {str(message)[:_ERROR_CHARS]}")
     choices = response.get("choices")
     if not isinstance(choices, list) or not choices:
-        what = "an empty list" if choices == [] else _kind(choices)
+        what = "an empty list" if choices == [] else json_kind(choices)
         keys = sorted(response)[:8]
         return Generation(
             None, error=f"engine error: not a chat completion: 'choices' is {what} (keys {keys})"
@@ -92,7 +89,7 @@ def read_completion_object(response: Any) -> Generation:
         return Generation(None, error="engine error: empty answer: message.content is null")
     if not isinstance(content, str):
         return Generation(
-            None, error=f"engine error: message.content is {_kind(content)}, expected a string"
+            None, error=f"engine error: message.content is {json_kind(content)}, expected a string"
         )
     return Generation(content, truncated=choice.get("finish_reason") == "length")
 
