@@ -7,6 +7,7 @@ import io
 import json
 import random
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -246,3 +247,153 @@ def test_main_refuses_to_mix_with_a_previous_export(annotated: Path, tmp_path: P
     assert len(before) > 3 and after == [f"{split}-00000-of-00001.parquet" for split in sorted(SPLITS)]
     with pytest.raises(SystemExit):
         main(["--input", str(annotated), "--output", str(out), "--split", "1,2"])
+
+
+# ---------------------------------------------------------------------------------------------- --include-failed
+
+
+FAILED_ERRORS = {
+    **{40 + i: "invalid json: unexpected end of input" for i in range(3)},
+    **{43 + i: "decompression bomb: 50000x50000 exceeds 89478485 pixels" for i in range(2)},
+}  # the `annotated` fixture's failed rows, by index
+
+
+def _exported_rows(out: Path) -> dict[str, dict[str, Any]]:
+    """Every exported row by key, read back from the split files with pyarrow."""
+    rows = {}
+    for path in sorted((out / "data").glob("*.parquet")):
+        for row in pq.read_table(path).to_pylist():
+            assert row["key"] not in rows, f"{row['key']} exported twice"
+            rows[row["key"]] = row | {"_split": path.name.split("-")[0]}
+    return rows
+
+
+def test_main_include_failed_keeps_failed_rows_marked_and_default_counts_them(
+    annotated: Path, tmp_path: Path, capsys
+) -> None:
+    """`python -m pipelines.export` leaves the 5 failed rows of the fixture out and counts them by reason; with
+    --include-failed it exports all 45, the failed ones with status "failed", their error and no graph."""
+    import datasets
+
+    failed_keys = {row_key(f"https://example.com/images/{i}.jpg"): error for i, error in FAILED_ERRORS.items()}
+    kept_keys = {row_key(f"https://example.com/images/{i}.jpg") for i in range(40)}
+    args = ["--input", str(annotated), "--split", "3,1,1", "--rows-per-file", "8"]
+
+    assert main([*args, "--output", str(tmp_path / "default")]) == 0
+    out = capsys.readouterr().out
+    assert "exported 40 of 45 rows" in out
+    assert "left out 5 rows: {'invalid json': 3, 'decompression bomb': 2}" in out
+    default = _exported_rows(tmp_path / "default")
+    assert set(default) == kept_keys and {r["annotation"]["status"] for r in default.values()} == {"ok", "repaired"}
+    stats = json.loads((tmp_path / "default" / "stats.json").read_text())
+    assert stats["left_out"] == {"rows": 5, "by_reason": {"invalid json": 3, "decompression bomb": 2}}
+    card = (tmp_path / "default" / "README.md").read_text()
+    assert "| invalid json | 3 |" in card and "| decompression bomb | 2 |" in card
+
+    assert main([*args, "--output", str(tmp_path / "all"), "--include-failed"]) == 0
+    out = capsys.readouterr().out
+    assert "exported 45 of 45 rows" in out and "left out 0 rows: none" in out
+    exported = _exported_rows(tmp_path / "all")
+    assert set(exported) == kept_keys | set(failed_keys)
+    for key, error in failed_keys.items():
+        row = exported[key]
+        assert (row["annotation"]["status"], row["annotation"]["error"]) == ("failed", error)
+        assert row["scene_graph"] is None and row["sg_text"] is None and row["annotation"]["raw_output"] == "{"
+    for key in kept_keys:  # the rows exported either way are the same rows, in the same split
+        assert exported[key] == default[key]
+    stats = json.loads((tmp_path / "all" / "stats.json").read_text())
+    assert stats["rows"]["by_status"] == {"failed": 5, "ok": 30, "repaired": 10}
+    assert stats["rows"]["exported"] == 45 and sum(stats["rows"]["by_split"].values()) == 45
+    assert stats["left_out"] == {"rows": 0, "by_reason": {}}
+    assert "| - | 0 |" in (tmp_path / "all" / "README.md").read_text()
+
+    loaded = datasets.load_dataset(str(tmp_path / "all"), cache_dir=str(tmp_path / "hf_cache"))
+    statuses = Counter(row["annotation"]["status"] for split in loaded for row in loaded[split])
+    assert statuses == {"ok": 30, "repaired": 10, "failed": 5}
+    assert {split: loaded[split].num_rows for split in loaded} == stats["rows"]["by_split"]
+
+
+# ---------------------------------------------------------------------------------------------- spatial_caption
+
+
+SPATIAL_CAPTIONS: list[tuple[str, str | None, str | None]] = [  # (status, caption, error)
+    ("ok", "A white rocket stands left of a tall tower. The sky fills the upper half.", None),
+    ("ok", "A small cat sits in front of a large red sofa.", None),
+    ("repaired", "A man stands right of a horse. Trees rise behind them.", "repaired: normalised whitespace"),
+    ("ok", "A cup is below a lamp, to the left of a plate.", None),
+    ("failed", None, "empty spatial caption"),
+    ("ok", "Two people sit behind a table; a dog lies under it.", None),
+    ("failed", None, "invalid JSON: Expecting value (char 0)"),
+    ("repaired", "A bird flies above a boat on the lake.", "repaired: cut to 80 words"),
+    ("ok", "A red car is parked in front of a white house.", None),
+    ("failed", None, "invalid spatial caption: expected a string field 'spatial_caption', got 3"),
+]
+
+
+def _spatial_rows() -> list[dict[str, Any]]:
+    """Rows as `pipelines.annotate --task spatial_caption` writes them: no graph, a `spatial_caption` column."""
+    rows = []
+    for index, (status, caption, error) in enumerate(SPATIAL_CAPTIONS):
+        url = f"https://example.com/spatial/{index}.jpg"
+        rows.append({
+            "key": row_key(url), "url": url, "caption": f"caption {index}", "aesthetic_score": 6.0, "width": 48,
+            "height": 40, "image": {"bytes": _jpeg(index), "path": f"{index}.jpg"}, "scene_graph": None,
+            "sg_text": None, "spatial_caption": caption,
+            "annotation": annotation_record(
+                model="tiny-qwen", engine="hf", task="spatial_caption", prompt_version="v1+0123abcd", status=status,
+                raw_output=json.dumps({"spatial_caption": caption}), error=error, seconds=0.1,
+            ),
+        })  # fmt: skip
+    return rows
+
+
+def test_export_of_spatial_caption_rows_carries_the_caption_column(tmp_path: Path, capsys) -> None:
+    """Annotate output of the spatial_caption task (schema from `pipelines.annotate.output_schema`) exports with
+    its `spatial_caption` column declared as a string feature; `datasets.load_dataset("parquet", ...)` and the
+    card both read it back, row by row equal to the input; the 3 failed rows are left out and counted."""
+    import datasets
+
+    from pipelines.annotate import output_schema
+    from pipelines.tasks import get_task
+
+    schema = output_schema(get_task("spatial_caption"), images=True)
+    assert schema.field("spatial_caption").type == pa.string()
+    rows = _spatial_rows()
+    source = tmp_path / "annotated"
+    (source / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows[:6], schema=schema), source / "data" / "shard-00000.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[6:], schema=schema), source / "data" / "shard-00001.parquet")
+
+    out = tmp_path / "dataset"
+    assert main(["--input", str(source), "--output", str(out), "--split", "1,1,1"]) == 0
+    printed = capsys.readouterr().out
+    assert "exported 7 of 10 rows" in printed
+    assert "left out 3 rows: {'empty spatial caption': 1, 'invalid JSON': 1, 'invalid spatial caption': 1}" in printed
+
+    expected = {row["key"]: row for row in rows if row["annotation"]["status"] != "failed"}
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["rows"]["by_status"] == {"failed": 3, "ok": 5, "repaired": 2}
+    assert stats["per_image"]["objects"]["max"] == 0.0 and stats["distinct"]["names"] == 0
+    splits = [split for split in SPLITS if stats["rows"]["by_split"][split]]
+    features = json.loads(pq.read_schema(next((out / "data").glob("*.parquet"))).metadata[b"huggingface"])
+    assert features["info"]["features"]["spatial_caption"] == {"dtype": "string", "_type": "Value"}
+
+    cache = tmp_path / "hf_cache"
+    data_files = {split: str(out / "data" / f"{split}-*.parquet") for split in splits}
+    for loaded in (
+        datasets.load_dataset("parquet", data_files=data_files, cache_dir=str(cache)),
+        datasets.load_dataset(str(out), cache_dir=str(cache)),
+    ):
+        assert loaded[splits[0]].features["spatial_caption"] == datasets.Value("string")
+        seen = set()
+        for split in splits:
+            assert loaded[split].num_rows == stats["rows"]["by_split"][split]
+            for row in loaded[split]:
+                original = expected[row["key"]]
+                assert row["spatial_caption"] == original["spatial_caption"]
+                assert row["caption"] == original["caption"] and row["url"] == original["url"]
+                assert row["annotation"] == original["annotation"]
+                assert row["scene_graph"] is None and row["sg_text"] is None
+                assert isinstance(row["image"], Image.Image) and row["image"].size == (48, 40)
+                seen.add(row["key"])
+        assert seen == set(expected)

@@ -346,10 +346,7 @@ def load_checkpoint(directory: Path, encoder: SGEncoder, optimizer: Any, lr_sche
 def _collators(config: TrainConfig, tokenizers: list[Any]) -> dict[str, Any]:
     """One collator per split, each with its own copy of the tokenizers (see `RowCollator`)."""
     if config.cache:
-        meta = read_cache_meta(config.cache)
-        expected = {"resolution": config.resolution, "crop": config.crop}
-        if any(meta.get(k) != v for k, v in expected.items()):
-            raise ValueError(f"cache {config.cache} was written for {meta}, the run wants {expected}")
+        meta = check_cache_matches(config)
         return {split: CacheCollator(meta) for split in ("train", "val")}
     val_images = dataclasses.replace(config.image_config, flip=False)  # validation images are never flipped
     return {
@@ -539,14 +536,34 @@ def _missing_from_cache(config: TrainConfig) -> BadRows:
     return tally
 
 
+def _same_model(a: str, b: str) -> bool:
+    """Two model references name the same model: equal hub ids, or local paths to the same directory."""
+    return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
+
+
+def check_cache_matches(config: TrainConfig) -> dict[str, Any]:
+    """``cache.json`` of `config.cache`, refused (`BadDataError`) when it was written for another model or other
+    image settings: its latents and text features would silently train the wrong thing."""
+    meta = read_cache_meta(config.cache)
+    expected = {"resolution": config.resolution, "crop": config.crop}
+    wrong = {k: meta.get(k) for k, v in expected.items() if meta.get(k) != v}
+    if not _same_model(str(meta.get("model")), str(config.model)):
+        wrong["model"] = meta.get("model")
+        expected["model"] = config.model
+    if wrong:
+        wanted = {k: expected[k] for k in wrong}
+        raise BadDataError(f"cache {config.cache} was written for {wrong}, the run wants {wanted}")
+    return meta
+
+
 def preflight(config: TrainConfig) -> dict[str, Any]:
     """Checks before any worker starts: the train split has at least one row that decodes (`NoUsableRowsError`
-    naming the path otherwise), and, with `--cache`, that no more than `max_bad_fraction` of the data's rows are
-    missing from the cache. Reads only until the first usable row, and only keys for the cache comparison."""
+    naming the path otherwise), and, with `--cache`, that the cache was written for this model and these image
+    settings and that no more than `max_bad_fraction` of the data's rows are missing from it. Reads only until the first usable row, and only keys for the cache comparison."""
     source = config.cache or config.data
     files = find_splits(source)["train"]
     if config.cache:
-        decode = CacheCollator(read_cache_meta(config.cache)).decode
+        decode = CacheCollator(check_cache_matches(config)).decode
     else:
         decode = RowCollator([], dataclasses.replace(config.image_config, flip=False)).decode
     scanned = first_usable_row(files, decode)
