@@ -133,6 +133,10 @@ def test_failed_items_count_as_zero_not_as_empty_graphs():
         ("cats", "cat"),
         ("ties", "tie"),
         ("leaves", "leaf"),
+        ("flies", "fly"),  # five letters: rule 2
+        ("buzzes", "buzz"),
+        ("octopus", "octopus"),  # -us stays
+        ("axis", "axis"),  # -is stays
         # already singular
         ("glass", "glass"),
         ("bus", "bus"),
@@ -147,6 +151,7 @@ def test_singular(plural, expected):
 
 def test_name_normalisation():
     assert normalize_name("  Young   Men ") == "young man"
+    assert normalize_name("") == "" and normalize_name("   ") == ""
     assert normalize_name("traffic_lights") == "traffic light"
 
 
@@ -177,3 +182,18 @@ def test_accumulator_synonyms():
     metric = GraphIoU(synonyms={"pony": "horse"})
     metric.update(sg(["man", "pony", "hat"], [(0, "riding", 1), (0, "wearing", 2)]), TARGET)
     assert metric.compute()["sg_iou"] == 1.0
+
+
+def test_a_dangling_relation_is_no_triple_but_its_predicate_counts() -> None:
+    """A relation whose object id is missing (a graph built without validation) forms no triple; its predicate
+    still belongs to the predicate set."""
+    from schemas import SGObject, SGRelation
+
+    dangling = SceneGraph([SGObject(0, "dog", []), SGObject(1, "ball", [])], [SGRelation(0, "near", 1), SGRelation(0, "on", 7)])
+    clean = SceneGraph([SGObject(0, "dog", []), SGObject(1, "ball", [])], [SGRelation(0, "near", 1), SGRelation(1, "on", 0)])
+    assert graph_iou(dangling, clean) == {"sg_iou": 0.5, "entity_iou": 1.0, "relation_iou": 1.0}
+
+
+def test_compute_without_updates_says_so() -> None:
+    with pytest.raises(ValueError, match=r"^GraphIoU\.compute\(\) needs at least one update\(\)$"):
+        GraphIoU().compute()

@@ -34,6 +34,7 @@ from benchmark.metrics import (
     sample_factor,
 )
 from benchmark.metrics.inception import clean_resize, resolve_inception_weights
+from benchmark.metrics.validation import require_finite
 
 # The package exports functions named like their modules (`cmmd`), so fetch the modules themselves.
 cmmd_module = importlib.import_module("benchmark.metrics.cmmd")
@@ -383,3 +384,29 @@ def test_clip_metrics_with_tiny_open_clip(tiny_models_dir: Path) -> None:
     out = metric.compute()
     assert out["cmmd"] == pytest.approx(cmmd(image_emb, embedder.embed_images(references)), rel=1e-9)
     assert out["n_real"] == out["n_fake"] == 3 and out["cmmd_sigma"] == 10.0
+
+
+NAN, INF = float("nan"), float("inf")
+TAIL = "; the features of those images are unusable (check the images and the feature extractor)"
+
+
+@pytest.mark.parametrize(
+    ("sides", "problems"),
+    [
+        ({"reference": np.ones((3, 2)), "generated": np.zeros((2, 2))}, None),
+        ({"reference": [[1.0, NAN], [1.0, 2.0], [INF, -INF]]}, "2 of 3 reference rows"),
+        ({"reference": [[NAN, 0.0]] + [[0.0, 0.0]] * 2, "generated": [[-INF], [NAN]]}, "1 of 3 reference rows and 2 of 2 generated rows"),
+        ({"text_embeddings": [[0.0], [NAN]]}, "1 of 2 text embeddings rows"),  # keyword underscores read as spaces
+        ({"generated": np.full((2, 2, 2), 1.0), "reference": np.array([[[1.0, 1.0], [1.0, NAN]], [[0.0, 0.0], [0.0, 0.0]]])}, "1 of 2 reference rows"),
+        ({"score": np.float64(NAN)}, "1 of 1 score rows"),  # a 0-d value is one row
+        ({"score": np.float64(1.0)}, None),
+        ({"empty": np.zeros((0, 4)), "names": np.array(["nan", "inf"])}, None),  # nothing numeric to check
+    ],
+)
+def test_require_finite_names_each_side_and_counts_its_rows(sides: dict, problems: str | None) -> None:
+    if problems is None:
+        require_finite("FID", **sides)
+        return
+    with pytest.raises(ValueError) as info:
+        require_finite("FID", **sides)
+    assert str(info.value) == f"FID: non-finite values (NaN or inf) in {problems}{TAIL}"
