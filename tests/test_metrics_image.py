@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,6 +25,7 @@ from benchmark.metrics import (
     CLIPImageScore,
     CLIPScore,
     InceptionFeatureExtractor,
+    Precomputed,
     clip_t_scores,
     cmmd,
     covariance_factor,
@@ -410,3 +412,56 @@ def test_require_finite_names_each_side_and_counts_its_rows(sides: dict, problem
     with pytest.raises(ValueError) as info:
         require_finite("FID", **sides)
     assert str(info.value) == f"FID: non-finite values (NaN or inf) in {problems}{TAIL}"
+
+
+def _naive_cmmd(x: np.ndarray, y: np.ndarray, sigma: float) -> float:
+    """The reference definition, one kernel value at a time: 1000 · (mean Kxx + mean Kyy − 2 mean Kxy)."""
+
+    def mean_k(p: np.ndarray, q: np.ndarray) -> float:
+        return float(np.mean([[math.exp(-np.sum((u - v) ** 2) / (2 * sigma**2)) for v in q] for u in p]))
+
+    return 1000 * (mean_k(x, x) + mean_k(y, y) - 2 * mean_k(x, y))
+
+
+def test_cmmd_class_accumulates_halves_and_reports_its_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(9)
+    real, fake = rng.standard_normal((7, 5)), (rng.standard_normal((4, 5)) + 0.5).astype(np.float32)
+    metric = CMMD(Precomputed({"clip_model": "m"}), sigma=2.0)
+    metric.update_embeddings(real[:3], real=True)
+    metric.update_embeddings(fake, real=False)  # float32 embeddings are computed in float64
+    metric.update_embeddings(real[3:], real=True)
+    out = metric.compute()
+    assert out == {"cmmd": pytest.approx(_naive_cmmd(real, fake.astype(np.float64), 2.0), rel=1e-9), "cmmd_sigma": 2.0, "n_real": 7, "n_fake": 4, "clip_model": "m"}
+    metric.reset()
+    with pytest.raises(RuntimeError, match="^CMMD needs real and generated embeddings$"):
+        metric.compute()
+    metric.update_embeddings(real, real=True)
+    with pytest.raises(RuntimeError, match="^CMMD needs real and generated embeddings$"):
+        metric.compute()  # the generated set is still empty
+    metric.update_embeddings(np.array([[np.nan] * 5]), real=False)
+    with pytest.raises(ValueError, match="^CMMD: non-finite values .* in 1 of 1 generated rows"):
+        metric.compute()
+    # the reference embedder of the CMMD paper (CLIP ViT-L/14 at 336 px, OpenAI weights) is the default
+    built = []
+    monkeypatch.setattr(cmmd_module, "CLIPEmbedder", lambda *args, **kwargs: built.append((args, kwargs)) or Precomputed())
+    assert CMMD(device="cpu").sigma == 10.0
+    assert built == [(("ViT-L-14-336", "openai"), {"device": "cpu"})]
+
+
+@pytest.mark.parametrize(
+    ("x", "y"),
+    [(np.zeros(3), np.zeros((2, 3))), (np.zeros((2, 3)), np.zeros((2, 4))), (np.zeros((0, 3)), np.zeros((2, 3))), (np.zeros((2, 3)), np.zeros((0, 3)))],
+)
+def test_cmmd_refuses_what_is_not_two_embedding_sets(x: np.ndarray, y: np.ndarray) -> None:
+    with pytest.raises(ValueError, match=rf"^need two non-empty \(n, d\) embedding sets, got {re.escape(str(x.shape))} and {re.escape(str(y.shape))}$"):
+        cmmd(x, y)
+
+
+def test_cmmd_of_far_apart_sets_and_the_kernel_clamp() -> None:
+    """Sets 1e4 apart: every cross kernel value underflows to 0, each set's own is 1, so CMMD = 1000 · 2. Rounding
+    can make a squared distance slightly negative; it is clamped to 0 (kernel 1), never above."""
+    x, y = np.full((3, 2), 1e4), np.zeros((2, 2))
+    assert cmmd(x, y) == pytest.approx(2000.0, rel=1e-12)
+    same = np.full((4, 3), 1e8 / 3)  # ‖a‖² + ‖b‖² − 2a·b cancels badly here
+    assert cmmd(same, same) == pytest.approx(0.0, abs=1e-9)
+    assert cmmd_module._mean_gaussian_kernel(same, same, 10.0) == pytest.approx(1.0, abs=1e-12)
