@@ -300,8 +300,15 @@ class RayContext:
         return gathered
 
     def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> bool:
+        """Report a checkpoint step to Ray Train; log the other steps on rank 0. Ray Train keeps metrics only
+        with a checkpoint, and each report waits for the controller's next poll (every 2 s in Ray 2.60): a
+        report at every step held training to one step per ~2 s."""
         import ray.train
 
+        if checkpoint is None:
+            if self.rank == 0:
+                log.info("step %s: %s", metrics["step"], {k: v for k, v in metrics.items() if k != "step"})
+            return True
         ray.train.report(
             metrics,
             checkpoint=None if checkpoint is None else ray.train.Checkpoint.from_directory(checkpoint),
@@ -346,7 +353,7 @@ def load_checkpoint(directory: Path, encoder: SGEncoder, optimizer: Any, lr_sche
 def _collators(config: TrainConfig, tokenizers: list[Any]) -> dict[str, Any]:
     """One collator per split, each with its own copy of the tokenizers (see `RowCollator`)."""
     if config.cache:
-        meta = check_cache_matches(config)
+        meta = check_cache_matches(config, model=False)
         return {split: CacheCollator(meta) for split in ("train", "val")}
     val_images = dataclasses.replace(config.image_config, flip=False)  # validation images are never flipped
     return {
@@ -541,13 +548,14 @@ def _same_model(a: str, b: str) -> bool:
     return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
 
 
-def check_cache_matches(config: TrainConfig) -> dict[str, Any]:
-    """``cache.json`` of `config.cache`, refused (`BadDataError`) when it was written for another model or other
-    image settings: its latents and text features would silently train the wrong thing."""
+def check_cache_matches(config: TrainConfig, model: bool = True) -> dict[str, Any]:
+    """``cache.json`` of `config.cache`, refused (`BadDataError`) when it was written for other image settings or
+    (with `model`) another model: its latents and text features would silently train the wrong thing. Workers
+    skip the model check, done by the driver, where a relative model path resolves as the user meant it."""
     meta = read_cache_meta(config.cache)
     expected = {"resolution": config.resolution, "crop": config.crop}
     wrong = {k: meta.get(k) for k, v in expected.items() if meta.get(k) != v}
-    if not _same_model(str(meta.get("model")), str(config.model)):
+    if model and not _same_model(str(meta.get("model")), str(config.model)):
         wrong["model"] = meta.get("model")
         expected["model"] = config.model
     if wrong:
