@@ -403,6 +403,8 @@ TAIL = "; the features of those images are unusable (check the images and the fe
         ({"score": np.float64(NAN)}, "1 of 1 score rows"),  # a 0-d value is one row
         ({"score": np.float64(1.0)}, None),
         ({"empty": np.zeros((0, 4)), "names": np.array(["nan", "inf"])}, None),  # nothing numeric to check
+        ({"empty": np.zeros((0, 4)), "reference": [[NAN]]}, "1 of 1 reference rows"),  # a skipped side ends nothing
+        ({"generated": np.array([[1.0], [NAN]], dtype=np.float32)}, "1 of 2 generated rows"),  # any float width
     ],
 )
 def test_require_finite_names_each_side_and_counts_its_rows(sides: dict, problems: str | None) -> None:
