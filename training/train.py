@@ -300,15 +300,8 @@ class RayContext:
         return gathered
 
     def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> bool:
-        """Report a checkpoint step to Ray Train; log the other steps on rank 0. Ray Train keeps metrics only
-        with a checkpoint, and each report waits for the controller's next poll (every 2 s in Ray 2.60): a
-        report at every step held training to one step per ~2 s."""
         import ray.train
 
-        if checkpoint is None:
-            if self.rank == 0:
-                log.info("step %s: %s", metrics["step"], {k: v for k, v in metrics.items() if k != "step"})
-            return True
         ray.train.report(
             metrics,
             checkpoint=None if checkpoint is None else ray.train.Checkpoint.from_directory(checkpoint),
