@@ -467,3 +467,12 @@ def test_cmmd_of_far_apart_sets_and_the_kernel_clamp() -> None:
     same = np.full((4, 3), 1e8 / 3)  # ‖a‖² + ‖b‖² − 2a·b cancels badly here
     assert cmmd(same, same) == pytest.approx(0.0, abs=1e-9)
     assert cmmd_module._mean_gaussian_kernel(same, same, 10.0) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_cmmd_function_names_the_non_finite_side() -> None:
+    good, bad = np.zeros((2, 3)), np.array([[0.0, 0.0, 0.0], [INF, 0.0, 0.0]])
+    with pytest.raises(ValueError, match=r"^CMMD: non-finite values \(NaN or inf\) in 1 of 2 x rows;"):
+        cmmd(bad, good)
+    with pytest.raises(ValueError, match=r"^CMMD: non-finite values \(NaN or inf\) in 1 of 2 y rows;"):
+        cmmd(good, bad)
+    assert cmmd(np.zeros((2, 3), dtype=np.float16), np.ones((1, 3), dtype=np.int64)) == pytest.approx(1000 * (2 - 2 * math.exp(-3 / 200)))
