@@ -476,3 +476,32 @@ def test_cmmd_function_names_the_non_finite_side() -> None:
     with pytest.raises(ValueError, match=r"^CMMD: non-finite values \(NaN or inf\) in 1 of 2 y rows;"):
         cmmd(good, bad)
     assert cmmd(np.zeros((2, 3), dtype=np.float16), np.ones((1, 3), dtype=np.int64)) == pytest.approx(1000 * (2 - 2 * math.exp(-3 / 200)))
+
+
+def test_feature_stats_and_frechet_compute_in_float64_and_refuse_bad_shapes() -> None:
+    rng = np.random.default_rng(11)
+    x32 = rng.standard_normal((40, 6)).astype(np.float32)
+    mu, sigma = feature_stats(x32)
+    x64 = x32.astype(np.float64)
+    assert mu.dtype == sigma.dtype == np.float64
+    np.testing.assert_allclose(mu, x64.mean(axis=0), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(sigma, np.cov(x64, rowvar=False), rtol=1e-13, atol=1e-15)
+    mu2, sigma2 = feature_stats(x64[::-1] + 0.5)
+    expected = _fid_references(mu, sigma, mu2, sigma2)["scipy_sqrtm"]
+    ours = frechet_distance(mu.astype(np.float32), sigma.astype(np.float32), mu2.astype(np.float32), sigma2.astype(np.float32))
+    cast = [a.astype(np.float32).astype(np.float64) for a in (mu, sigma, mu2, sigma2)]
+    assert ours == pytest.approx(_fid_references(*cast)["scipy_sqrtm"], rel=1e-9) and ours == pytest.approx(expected, rel=1e-5)
+    for bad in (np.zeros(5), np.zeros((1, 5))):
+        with pytest.raises(ValueError, match=rf"^need an \(n >= 2, d\) feature array, got shape {re.escape(str(bad.shape))}$"):
+            feature_stats(bad)
+    with pytest.raises(ValueError, match=r"^feature_stats: non-finite values \(NaN or inf\) in 1 of 40 features rows;"):
+        feature_stats(np.vstack([x64[:39], [[np.nan] * 6]]))
+    eye = np.eye(6)
+    for args in [
+        (np.zeros(6), eye, np.zeros(5), eye),  # means differ in length
+        (np.zeros(6), eye, np.zeros(6), np.eye(5)),  # covariances differ
+        (np.zeros(5), eye, np.zeros(5), eye),  # covariances do not fit the means
+    ]:
+        shapes = f"mu {args[0].shape} / {args[2].shape}, sigma {args[1].shape} / {args[3].shape}"
+        with pytest.raises(ValueError, match=f"^shape mismatch: {re.escape(shapes)}$"):
+            frechet_distance(*args)
