@@ -28,6 +28,16 @@ def json_kind(value: Any) -> str:
     return kinds.get(type(value), type(value).__name__)
 
 
+_PLAIN_KINDS = {
+    "a JSON object": "an object",
+    "a JSON array": "an array",
+    "a JSON string": "a string",
+    "a JSON number": "a number",
+    "a JSON boolean": "a boolean",
+    "JSON null": "null",
+}
+
+
 def _shown(value: Any) -> str:
     """A value as JSON would show it, and its JSON kind: ``true (a boolean)``, ``"27.5" (a string)``."""
     try:
@@ -36,9 +46,8 @@ def _shown(value: Any) -> str:
         text = repr(value)
     if len(text) > 40:
         text = text[:37] + "..."
-    kind = json_kind(value)
-    plain = {"a JSON object": "an object", "a JSON array": "an array", "JSON null": "null"}.get(kind)
-    return f"{text} ({plain or kind.replace(' JSON', '')})"
+    kind = json_kind(value)  # "a JSON array" -> "an array"; a Python type name stays as it is
+    return f"{text} ({_PLAIN_KINDS.get(kind, kind)})"
 
 
 class _Strict(BaseModel):

@@ -560,7 +560,8 @@ def check_cache_matches(config: TrainConfig, model: bool = True) -> dict[str, An
 def preflight(config: TrainConfig) -> dict[str, Any]:
     """Checks before any worker starts: the train split has at least one row that decodes (`NoUsableRowsError`
     naming the path otherwise), and, with `--cache`, that the cache was written for this model and these image
-    settings and that no more than `max_bad_fraction` of the data's rows are missing from it. Reads only until the first usable row, and only keys for the cache comparison."""
+    settings and that no more than `max_bad_fraction` of the data's rows are missing from it. Reads only until the
+    first usable row, and only keys for the cache comparison."""
     source = config.cache or config.data
     files = find_splits(source)["train"]
     if config.cache:
