@@ -1,0 +1,128 @@
+"""The shared settings layer: flags, `--config` YAML, `--help` and `--version` from one typed model."""
+
+from __future__ import annotations
+
+import re
+from importlib.metadata import version
+from pathlib import Path
+from typing import Literal
+
+import pytest
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.settings import JobSettings, parse_settings
+
+
+class Judge(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("Qwen/Qwen2.5-VL-7B-Instruct", description="judge model id or local dir")
+    max_new_tokens: int = Field(512, description="token bound of each answer")
+
+
+class Example(JobSettings):
+    input: str = Field(description="input directory")
+    max_steps: int = Field(10, description="optimizer steps")
+    learning_rate: float = Field(1e-4, description="peak learning rate")
+    flip: bool = Field(False, description="random horizontal flips")
+    tasks: list[str] = Field(["scene_graph"], description="tasks to run")
+    engine: Literal["hf", "vllm", "openai"] = Field("hf", description="annotation engine")
+    limit: int | None = Field(None, description="rows to read at most")
+    judge: Judge = Field(Judge(), description="the judge model")
+
+
+def parse(argv: list[str]) -> Example:
+    return parse_settings(Example, argv, prog="example", description="an example job")
+
+
+def test_flags_override_the_yaml_file_which_overrides_defaults(tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "input: from-file\nmax_steps: 7\nlearning_rate: 0.5\njudge:\n  model: file-judge\n  max_new_tokens: 9\n"
+    )
+    settings = parse(["--config", str(config), "--max-steps", "3", "--judge.model", "flag-judge", "--flip"])
+    assert settings == Example(
+        input="from-file",
+        max_steps=3,  # the flag wins over the file
+        learning_rate=0.5,  # the file wins over the default
+        flip=True,
+        judge=Judge(model="flag-judge", max_new_tokens=9),  # nested keys merge one by one
+    )
+    assert parse(["--input", "x"]) == Example(input="x")  # defaults only
+
+
+def test_lists_booleans_literals_and_optional_values() -> None:
+    settings = parse(["--input", "x", "--tasks", "a,b", "--tasks", "c", "--engine", "openai", "--limit", "4"])
+    assert (settings.tasks, settings.engine, settings.limit) == (["a", "b", "c"], "openai", 4)
+    assert parse(["--input", "x", "--flip", "--no-flip"]).flip is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "yaml_text", "message"),
+    [
+        (["--input", "x", "--max-steps", "many"], None, r"--max-steps: .*integer.*'many'"),
+        (
+            ["--input", "x", "--engine", "tgi"],
+            None,
+            r"--engine: Input should be 'hf', 'vllm' or 'openai' \(got 'tgi'\)",
+        ),
+        (["--max-steps", "2"], None, r"--input is required"),
+        (["--input", "x", "--unknown", "1"], None, r"unrecognized arguments: --unknown"),
+        ([], "input: x\nmax_stepz: 3\n", r"unknown setting 'max_stepz' in .*run.yaml"),
+        ([], "input: x\njudge:\n  modle: y\n", r"unknown setting 'judge.modle'"),
+        ([], "- a list\n", r"expected a mapping of settings"),
+        ([], "input: [unclosed\n", r"cannot read the config"),
+        (["--judge.max-new-tokens", "-"], "input: x\n", r"--judge.max-new-tokens: .*integer"),
+    ],
+)
+def test_bad_settings_exit_2_naming_the_flag_or_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], yaml_text: str | None, message: str
+) -> None:
+    if yaml_text is not None:
+        (tmp_path / "run.yaml").write_text(yaml_text)
+        argv = ["--config", str(tmp_path / "run.yaml"), *argv]
+    with pytest.raises(SystemExit) as exited:
+        parse(argv)
+    assert exited.value.code == 2
+    assert re.search(message, capsys.readouterr().err), message
+
+
+def test_help_lists_every_setting_with_its_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse(["--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for flag, help_line, default in [
+        ("--max-steps", "optimizer steps", "(default: 10)"),
+        ("--learning-rate", "peak learning rate", "(default: 0.0001)"),
+        ("--flip, --no-flip", "random horizontal flips", "(default: False)"),
+        ("--tasks", "tasks to run", "(default: ['scene_graph'])"),
+        ("--judge.model", "judge model id or local dir", "(default: Qwen/Qwen2.5-VL-7B-Instruct)"),
+        ("--judge.max-new-tokens", "token bound of each answer", "(default: 512)"),
+        ("--input", "input directory", "(required)"),
+        ("--config", "YAML file", ""),
+    ]:
+        assert re.search(
+            re.escape(flag) + r" \S*\s*" + re.escape(help_line) + r"[^-]*" + re.escape(default), text
+        ), flag
+
+
+def test_version_is_the_installed_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"laion-sg {version('laion-sg')}"
+
+
+def test_a_setting_without_a_help_line_is_a_programming_error() -> None:
+    class Undocumented(JobSettings):
+        steps: int = 3
+
+    with pytest.raises(TypeError, match=r"Undocumented.steps has no description"):
+        parse_settings(Undocumented, [], prog="x", description="x")
+
+
+def test_settings_record_is_json_ready() -> None:
+    record = parse(["--input", "x"]).to_record()
+    assert record["judge"] == {"model": "Qwen/Qwen2.5-VL-7B-Instruct", "max_new_tokens": 512}
+    assert record["limit"] is None
