@@ -13,7 +13,7 @@ one JSON line per row, in key order, ``[key, caption, scene_graph, sg_text, sha2
 `load_benchmark` recomputes it and refuses a file that does not match.
 
     python -m benchmark.dataset --input EXPORTED_DIR --output bench.parquet --split test --min-relations 5 \\
-        [--subset N --seed 0 --version 1.0]
+        [--subset N --seed 0 --benchmark-version 1.0 --config bench_set.yaml]
 
 Input that cannot give a benchmark (no such split, no image column, no row passing the selection) raises
 `BenchmarkSelectionError` with what was read; `main` prints it and exits with status 2, without a traceback.
@@ -21,7 +21,6 @@ Input that cannot give a benchmark (no such split, no image column, no row passi
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
@@ -34,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+from pydantic import Field
 
 from schemas import (
     IMAGE_TYPE,
@@ -43,6 +43,7 @@ from schemas import (
     scene_graph_from_arrow,
     with_hf_metadata,
 )
+from schemas.settings import JobSettings, parse_settings
 
 __all__ = [
     "BENCHMARK_NAME",
@@ -300,25 +301,31 @@ def load_benchmark(path: str | Path) -> BenchmarkSet:
     return BenchmarkSet(path=path, manifest=manifest, samples=samples)
 
 
+class BenchSetSettings(JobSettings):
+    """Settings of `python -m benchmark.dataset`."""
+
+    input: Path = Field(description="exported dataset directory (or one Parquet file)")
+    output: Path = Field(description="the benchmark Parquet file to write")
+    split: str = Field("test", description="the exported split to select from")
+    min_relations: int = Field(5, ge=0, description="keep graphs with at least this many relations")
+    subset: int | None = Field(None, ge=1, description="keep a stable subset of this many rows")
+    seed: int = Field(0, description="seed of the stable subset")
+    benchmark_version: str = Field("1.0", description="the benchmark version recorded in the manifest and results")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="benchmark.dataset", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", required=True, help="exported dataset directory (or one Parquet file)")
-    parser.add_argument("--output", required=True, help="the benchmark Parquet file to write")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--min-relations", type=int, default=5, help="keep graphs with at least this many relations")
-    parser.add_argument("--subset", type=int, default=None, help="keep a stable subset of this many rows")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the stable subset")
-    parser.add_argument("--version", default="1.0", help="the benchmark version recorded in results")
-    args = parser.parse_args(argv)
+    settings = parse_settings(
+        BenchSetSettings, argv, prog="python -m benchmark.dataset", description=__doc__.split("\n\n")[0]
+    )
     try:
         manifest = build_benchmark(
-            args.input,
-            args.output,
-            split=args.split,
-            min_relations=args.min_relations,
-            subset=args.subset,
-            seed=args.seed,
-            version=args.version,
+            settings.input,
+            settings.output,
+            split=settings.split,
+            min_relations=settings.min_relations,
+            subset=settings.subset,
+            seed=settings.seed,
+            version=settings.benchmark_version,
         )
     except (BenchmarkSelectionError, FileNotFoundError) as exc:
         print(f"benchmark.dataset: error: {exc}", file=sys.stderr)

@@ -150,7 +150,7 @@ def test_subset_is_stable_and_nested(tmp_path):
 def test_cli_and_missing_split(export, tmp_path, capsys):
     out = tmp_path / "cli.parquet"
     assert main(["--input", str(export), "--output", str(out), "--split", "test", "--min-relations", "6",
-                 "--subset", "2", "--version", "0.1"]) == 0
+                 "--subset", "2", "--benchmark-version", "0.1"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["counts"]["eligible"] == 3 and printed["counts"]["selected"] == 2
     assert load_benchmark(out).info().version == "0.1"
@@ -204,5 +204,7 @@ def test_no_row_over_the_relation_threshold_is_a_clear_error(tmp_path, capsys):
     # other unusable inputs exit with 2 as well, never a traceback
     assert main(["--input", str(source), "--output", str(out), "--split", "validation"]) == 2
     assert "no 'validation' split" in capsys.readouterr().err
-    assert main(["--input", str(source), "--output", str(out), "--min-relations", "3", "--subset", "0"]) == 2
-    assert "subset size must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:  # a bad flag value is a usage error, before any reading
+        main(["--input", str(source), "--output", str(out), "--min-relations", "3", "--subset", "0"])
+    assert exited.value.code == 2
+    assert "--subset: Input should be greater than or equal to 1 (got '0')" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 from importlib.metadata import version
 from pathlib import Path
@@ -126,3 +127,36 @@ def test_settings_record_is_json_ready() -> None:
     record = parse(["--input", "x"]).to_record()
     assert record["judge"] == {"model": "Qwen/Qwen2.5-VL-7B-Instruct", "max_new_tokens": 512}
     assert record["limit"] is None
+
+
+# Every job configured through this layer: (module, its settings class name).
+JOBS = [("benchmark.dataset", "BenchSetSettings")]
+
+
+def _flags(model: type[BaseModel], prefix: str = "--") -> list[str]:
+    flags = []
+    for name, info in model.model_fields.items():
+        flag = prefix + name.replace("_", "-")
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            flags += _flags(info.annotation, flag + ".")
+        else:
+            flags.append(flag)
+    return flags
+
+
+@pytest.mark.parametrize(("module", "settings_name"), JOBS)
+def test_every_job_help_shows_each_flag_with_a_default(
+    module: str, settings_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = importlib.import_module(module)
+    with pytest.raises(SystemExit) as exited:
+        job.main(["--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"usage: python -m {module} " in text
+    options = text.split("show this help message and exit", 1)[1]
+    entries = re.split(r" (?=--[a-z])(?<!, )", " " + options)  # one entry per flag (`--x, --no-x` stays whole)
+    described = {entry.split()[0].rstrip(","): entry for entry in entries if entry.startswith("--")}
+    assert {"--config", "--version"} <= set(described)
+    for flag in _flags(getattr(job, settings_name)):
+        assert re.search(r"\((default: .*|required)\)$", described[flag].strip()), described[flag]
