@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from pathlib import Path
+
+from laion_sg.offline import make_tiny_models
 
 # subcommand -> (module whose main(argv) runs it, one-line help)
 JOBS: dict[str, tuple[str, str]] = {
@@ -22,23 +23,6 @@ JOBS: dict[str, tuple[str, str]] = {
     "leaderboard": ("benchmark.leaderboard", "render or verify leaderboard records"),
     "demo": ("laion_sg_demo", "the whole chain offline with tiny random-weight models"),
 }
-
-def make_tiny_models(root: str | Path, seed: int = 0) -> dict[str, Path]:
-    """Write every tiny random-weight stand-in model under `root` (see DESIGN.md, "Working offline")."""
-    from benchmark.metrics.inception import build_random_inception
-    from benchmark.tiny_clip import build_tiny_open_clip
-    from pipelines.tiny_qwen import build_tiny_qwen2_5_vl
-    from training.tiny_sdxl import build_tiny_sdxl
-
-    root = Path(root)
-    return {
-        "qwen2_5_vl": build_tiny_qwen2_5_vl(root / "qwen2_5_vl", seed=seed),
-        "sdxl": build_tiny_sdxl(root / "sdxl", seed=seed),
-        "open_clip": build_tiny_open_clip(root / "open_clip", seed=seed),
-        # a weights file in pytorch-fid's format, like the real pt_inception-2015-12-05-6726825d.pth
-        "inception": build_random_inception(root / "inception" / "pt_inception-random.pth", seed=seed),
-    }
-
 
 def _make_tiny_models_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="laion-sg make-tiny-models", description=make_tiny_models.__doc__)

@@ -63,7 +63,7 @@ RUNS = {"baseline": "diffusers-sg-text", "sdxl_sg": "sdxl-sg"}
 
 def prepare_inputs(output: Path, models: dict[str, Path] | None = None) -> tuple[dict[str, Path], Path]:
     """Tiny models (built unless given), the sample photographs and the annotate config, under `output`."""
-    from laion_sg_cli import make_tiny_models
+    from laion_sg.offline import make_tiny_models
 
     if models is None:
         print("Building tiny random-weight models (stand-ins: every number below is meaningless).", flush=True)

@@ -24,8 +24,9 @@ import torch
 from skimage import data
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from benchmark.metrics import InceptionFeatureExtractor, build_random_inception
+from benchmark.metrics import InceptionFeatureExtractor
 from benchmark.metrics.inception import clean_resize
+from laion_sg.offline.tiny_inception import build_random_inception
 
 
 def _images(count: int, size: int, seed: int = 0) -> np.ndarray:

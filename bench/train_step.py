@@ -4,7 +4,7 @@
     python bench/train_step.py --size full --resolution 512 --batch-size 1 --steps 10    # GPU, full-size SDXL
     python bench/train_step.py --size full --resolution 1024 --batch-size 1 --device meta # FLOPs only, any machine
 
-- `--size tiny`: the tiny random SDXL of `training.tiny_sdxl` and a 32-wide SG encoder.
+- `--size tiny`: the tiny random SDXL of `laion_sg.offline.tiny_sdxl` and a 32-wide SG encoder.
 - `--size full`: SDXL base 1.0's architecture (UNet 2.57B, VAE 84M, CLIP-L 123M, OpenCLIP-bigG 695M parameters)
   built from its config values with random weights (nothing is downloaded), the full 14.7M SG encoder, bf16
   weights and bf16 autocast on GPU (fp32 on CPU).
@@ -36,8 +36,9 @@ from typing import Any
 
 import torch
 
+from laion_sg.offline.fixtures import write_fixture_dataset
+from laion_sg.offline.tiny_sdxl import build_tiny_sdxl
 from training.data import ImageConfig, RowCollator, TrainBatch, find_splits, read_rows, usable
-from training.fixtures import write_fixture_dataset
 from training.sg_encoder import SGEncoder, SGEncoderConfig
 from training.step import (
     FrozenSDXL,
@@ -47,7 +48,6 @@ from training.step import (
     step_seed,
     train_step,
 )
-from training.tiny_sdxl import build_tiny_sdxl
 
 # stabilityai/stable-diffusion-xl-base-1.0, unet/config.json
 SDXL_UNET = {

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from laion_sg_cli import make_tiny_models
+from laion_sg.offline import make_tiny_models
 
 # Property tests draw 150 examples each; `make mutation` runs them once per mutant and sets HYPOTHESIS_PROFILE=mutation.
 settings.register_profile("suite", max_examples=150)

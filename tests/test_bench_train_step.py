@@ -15,8 +15,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from train_step import count_flops, main  # noqa: E402
 
+from laion_sg.offline.fixtures import write_fixture_dataset  # noqa: E402
 from training.data import ImageConfig, RowCollator, find_splits, read_rows, usable  # noqa: E402
-from training.fixtures import write_fixture_dataset  # noqa: E402
 from training.sg_encoder import SGEncoder, SGEncoderConfig  # noqa: E402
 from training.step import FrozenSDXL  # noqa: E402
 

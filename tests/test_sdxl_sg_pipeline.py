@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from laion_sg.offline.fixtures import write_fixture_dataset  # noqa: E402
 from schemas import SceneGraph
-from training.fixtures import write_fixture_dataset  # noqa: E402
 from training.pipeline import SDXLSGPipeline, as_scene_graph  # noqa: E402
 from training.sg_encoder import encode_graphs  # noqa: E402
 from training.sg_graphs import prepare_graphs  # noqa: E402

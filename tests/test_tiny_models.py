@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark.tiny_clip import build_tiny_open_clip
-from pipelines.tiny_qwen import build_tiny_qwen2_5_vl
-from training.tiny_sdxl import build_tiny_sdxl
+from laion_sg.offline.tiny_clip import build_tiny_open_clip
+from laion_sg.offline.tiny_qwen import build_tiny_qwen2_5_vl
+from laion_sg.offline.tiny_sdxl import build_tiny_sdxl
 
 CLIP_IDS_A_PHOTO_OF_A_CAT = [49406, 320, 1125, 539, 320, 2368, 49407]  # OpenAI CLIP's tokenizer
 

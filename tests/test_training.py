@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from laion_sg.offline.fixtures import write_fixture_dataset  # noqa: E402
 from schemas import SceneGraph
 from training.data import (  # noqa: E402
     CacheCollator,
@@ -22,7 +23,6 @@ from training.data import (  # noqa: E402
     transform_image,
     usable,
 )
-from training.fixtures import write_fixture_dataset  # noqa: E402
 from training.sg_encoder import SGEncoder, SGEncoderConfig  # noqa: E402
 from training.step import (  # noqa: E402
     FrozenSDXL,

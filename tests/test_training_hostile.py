@@ -19,6 +19,7 @@ import torch
 from test_training import RESOLUTION
 from test_training import tiny_config as training_config
 
+from laion_sg.offline.fixtures import write_fixture_dataset
 from training.data import (
     ANNOTATION_FAILED,
     BadDataError,
@@ -31,7 +32,6 @@ from training.data import (
     read_rows,
     row_problem,
 )
-from training.fixtures import write_fixture_dataset
 from training.step import load_tokenizers
 from training.train import TrainConfig, main, parse_config, preflight, train_local
 

@@ -30,10 +30,10 @@ import ray.train
 import torch
 from safetensors.torch import load_file
 
+from laion_sg.offline.fixtures import write_fixture_dataset
+from laion_sg.offline.tiny_sdxl import build_tiny_sdxl
 from training import precompute
 from training.data import BadRows, TrainBatch, find_splits, rebatch
-from training.fixtures import write_fixture_dataset
-from training.tiny_sdxl import build_tiny_sdxl
 from training.train import LocalContext, main, parse_config, run_worker
 
 RUN_NAME = "sdxl_sg"  # TrainConfig.name's default: Ray Train checkpoints land in OUTPUT/sdxl_sg/checkpoint_<step>

@@ -23,7 +23,6 @@ from benchmark.metrics.frechet import (
 from benchmark.metrics.graph_iou import GraphIoU, graph_iou
 from benchmark.metrics.inception import (
     InceptionFeatureExtractor,
-    build_random_inception,
     inception_provenance,
     load_inception,
 )
@@ -39,7 +38,6 @@ __all__ = [
     "InceptionFeatureExtractor",
     "KID",
     "Precomputed",
-    "build_random_inception",
     "clip_provenance",
     "clip_t_scores",
     "cmmd",

@@ -34,8 +34,8 @@ __all__ = [
     "ImageBatch",
     "RESIZE_MODE",
     "InceptionFeatureExtractor",
-    "build_random_inception",
     "clean_resize",
+    "fid_inception_class",
     "inception_provenance",
     "load_inception",
     "resolve_inception_weights",
@@ -53,7 +53,7 @@ ImageBatch = Sequence[Image.Image] | Sequence[np.ndarray] | np.ndarray
 
 
 @functools.cache
-def _network_class() -> type:
+def fid_inception_class() -> type:
     """Build the network classes lazily so that importing this module does not import torch."""
     import torch
     import torch.nn.functional as F
@@ -159,33 +159,9 @@ def load_inception(path: str | Path) -> torch.nn.Module:
     """The FID Inception network with the state dict in `path` (strict), in eval mode, gradients off."""
     import torch
 
-    model = _network_class()()
+    model = fid_inception_class()()
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval().requires_grad_(False)
-
-
-def build_random_inception(out_path: str | Path, seed: int = 0) -> Path:
-    """Write random FID-Inception weights in the release file's format (a plain state dict `.pth`, ~95 MB).
-
-    Convolutions use He-normal initialisation so activations keep their scale through the 94 layers; batch
-    norm keeps its identity statistics. For tests and the offline demo only: the features mean nothing.
-    """
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    model = _network_class()()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.Conv2d):
-                fan_in = module.weight[0].numel()
-                module.weight.normal_(0.0, (2.0 / fan_in) ** 0.5, generator=generator)
-            elif isinstance(module, torch.nn.Linear):
-                module.weight.normal_(0.0, module.in_features**-0.5, generator=generator)
-                module.bias.zero_()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out_path)
-    return out_path
 
 
 def to_uint8_arrays(images: ImageBatch) -> list[np.ndarray]:
