@@ -59,6 +59,41 @@ class Stage:
 
 
 RUNS = {"baseline": "diffusers-sg-text", "sdxl_sg": "sdxl-sg"}
+# The file that marks a directory as made by the demo: only such a directory is ever emptied.
+DEMO_MARKER = ".laion-sg-demo"
+
+
+class DemoOutputError(RuntimeError):
+    """--output cannot be used: it is a file, or a non-empty directory that an earlier demo did not make."""
+
+
+def prepare_output(output: Path) -> Path:
+    """`output` (resolved) as an empty directory holding only the demo's marker file.
+
+    A missing or empty directory is created or taken and marked; a directory an earlier demo made (it holds the
+    marker) is emptied; anything else raises `DemoOutputError` and nothing is deleted.
+    """
+    output = output.resolve()
+    marker = output / DEMO_MARKER
+    if output.exists():
+        if not output.is_dir():
+            raise DemoOutputError(f"--output {output} is a file, not a directory; choose another --output")
+        if not marker.is_file() and any(output.iterdir()):
+            raise DemoOutputError(
+                f"--output {output} is not empty and was not made by the demo (it has no {DEMO_MARKER} file); "
+                "nothing was deleted. Choose a new or empty directory, or delete this one yourself."
+            )
+        for child in output.iterdir():
+            if child == marker:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    else:
+        output.mkdir(parents=True)
+    marker.write_text("Made by `laion-sg demo`: a later demo run into this directory empties it.\n")
+    return output
 
 
 def prepare_inputs(output: Path, models: dict[str, Path] | None = None) -> tuple[dict[str, Path], Path]:
@@ -157,16 +192,14 @@ def verify_artifacts(output: Path) -> dict[str, str]:
 
 
 def run_demo(output: Path, train_steps: int = 4, num_cpus: int = 4) -> dict[str, Path]:
-    """Run the chain into `output` (emptied first), in-process, and return the artifacts by name."""
+    """Run the chain into `output` in-process and return the artifacts by name. `output` is created, or emptied
+    if an earlier demo made it (`prepare_output`); any other non-empty directory is refused."""
     import importlib
 
     import ray
 
+    output = prepare_output(output)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo never needs the hub: prove it
-    output = output.resolve()
-    if output.exists():
-        shutil.rmtree(output)
-    output.mkdir(parents=True)
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                  _node_ip_address="127.0.0.1")
@@ -192,11 +225,19 @@ def run_demo(output: Path, train_steps: int = 4, num_cpus: int = 4) -> dict[str,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="laion-sg demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", default="demo_out", help="directory for every artifact (emptied first)")
+    parser.add_argument(
+        "--output",
+        default="demo_out",
+        help="directory for every artifact: new, empty, or one an earlier demo made (then emptied first)",
+    )
     parser.add_argument("--train-steps", type=int, default=4)
     parser.add_argument("--num-cpus", type=int, default=4, help="CPUs of the local in-process Ray")
     args = parser.parse_args(argv)
-    run_demo(Path(args.output), train_steps=args.train_steps, num_cpus=args.num_cpus)
+    try:
+        run_demo(Path(args.output), train_steps=args.train_steps, num_cpus=args.num_cpus)
+    except DemoOutputError as exc:
+        print(f"laion-sg demo: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -136,6 +136,8 @@ class AnnotateConfig:
     max_pixels: int = MAX_PIXELS
     num_cpus: int | None = None
     dashboard: bool = False
+    # seconds between progress lines (logged, so they show on a terminal and in a job's log alike); 0: none
+    progress_seconds: float = 10.0
     filters: IngestFilters = field(default_factory=IngestFilters)
     limits: Limits = DEFAULT_LIMITS
     engine_options: EngineOptions = field(default_factory=EngineOptions)
@@ -192,6 +194,7 @@ _NUMERIC_SETTINGS: tuple[tuple[str, str, float, bool], ...] = (
     ("", "max_side", 1, False),
     ("", "max_pixels", 1, False),
     ("", "num_cpus", 1, False),
+    ("", "progress_seconds", 0, False),
     ("engine_options", "batch_size", 1, False),
     ("engine_options", "num_actors", 1, False),
     ("engine_options", "max_new_tokens", 1, False),
@@ -265,6 +268,11 @@ def _parser() -> argparse.ArgumentParser:
     add("--qps", type=int, help="openai: requests per second per worker (default unbounded)")
     add("--num-cpus", type=int, help="CPUs of the in-process Ray instance (local runs only)")
     add("--dashboard", action="store_const", const=True, help="start Ray's dashboard (local runs only)")
+    add(
+        "--progress-seconds",
+        type=float,
+        help="seconds between progress lines on stderr: rows done, rate, ETA, failures (default 10; 0: none)",
+    )
     return parser
 
 
@@ -602,6 +610,112 @@ class RunSummary(OutputTotals):
         return "\n".join(lines)
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+class Progress:
+    """The progress of a run, logged (``INFO`` on this module's logger, which `main` sends to stderr) every
+    `interval` seconds by a background thread, so that it shows while the model loads and whether or not stdout
+    is a terminal, and once more by `finish`. A line: rows done of the expected total, the rate, the ETA, the
+    failed rows so far and the finished shards.
+
+    The expected total is exact for the shards whose rows have started to arrive (every row carries its shard's
+    row count); a shard not seen yet counts as its planned size (the files of a folder chunk, the row range of a
+    Parquet slice), else as the mean of the shards seen. `unit` is ``images`` or ``rows`` (text-only tasks).
+    """
+
+    def __init__(
+        self,
+        shards: list[Shard],
+        unit: str,
+        interval: float,
+        clock: Callable[[], float] = time.perf_counter,
+        start: float | None = None,
+    ):
+        self.unit, self.interval, self.clock = unit, interval, clock
+        self.start = clock() if start is None else start
+        self.planned = {shard.name: self._planned_rows(shard) for shard in shards}
+        self.shard_rows: dict[str, int] = {}
+        self.arrived: Counter[str] = Counter()
+        self.rows = 0
+        self.failed = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def _planned_rows(shard: Shard) -> int | None:
+        if shard.files:
+            return len(shard.files)
+        if shard.row_stop is not None:
+            return shard.row_stop - shard.row_start
+        return None
+
+    def add(self, batch: pa.Table) -> None:
+        """Count one batch of postprocessed rows (with ``_shard``, ``_shard_rows`` and ``annotation``)."""
+        status = pc.struct_field(batch.column("annotation"), "status")
+        failed = pc.sum(pc.equal(status, "failed")).as_py() or 0
+        names = batch.column("_shard").to_pylist()
+        sizes = batch.column("_shard_rows").to_pylist()
+        with self._lock:
+            self.rows += batch.num_rows
+            self.failed += failed
+            for name, size in zip(names, sizes, strict=True):
+                self.arrived[name] += 1
+                self.shard_rows[name] = size
+
+    def expected_rows(self) -> int | None:
+        """The expected number of rows of the run (None while nothing tells)."""
+        with self._lock:
+            known = dict(self.shard_rows)
+        unseen = [self.planned[name] for name in self.planned if name not in known]
+        guess = sum(known.values()) / len(known) if known else None
+        if any(size is None for size in unseen) and guess is None:
+            return None
+        return sum(known.values()) + round(sum(guess if size is None else size for size in unseen))
+
+    def line(self) -> str:
+        elapsed = max(self.clock() - self.start, 1e-9)
+        expected = self.expected_rows()
+        with self._lock:
+            rows, failed = self.rows, self.failed
+            done = sum(1 for name, n in self.arrived.items() if n >= self.shard_rows[name])
+        rate = rows / elapsed
+        if expected is None:
+            of, eta = " rows", "?"
+        else:
+            expected = max(expected, rows)
+            of = f" of ~{expected} rows ({100 * rows / expected if expected else 100:.0f}%)"
+            eta = _duration((expected - rows) / rate) if rate else "?"
+        return (
+            f"progress: {rows}{of}, {rate:.2f} {self.unit}/s, ETA {eta}, {failed} failed so far, "
+            f"{done} of {len(self.planned)} shards complete, {_duration(elapsed)} elapsed"
+        )
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.interval):
+            logger.info("%s", self.line())
+
+    def __enter__(self) -> Progress:
+        if self.interval > 0:
+            self._thread = threading.Thread(target=self._tick, name="annotate-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.finish()
+
+    def finish(self) -> None:
+        logger.info("%s", self.line().replace("progress:", "progress (done):", 1))
+
+
 # ---------------------------------------------------------------------------------------------------- run
 
 
@@ -804,7 +918,9 @@ def _annotate(
     parts: dict[str, list[pa.Table]] = defaultdict(list)
     arrived: Counter[str] = Counter()
     futures: dict[str, Future[ShardResult]] = {}
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="shard-writer") as writers:
+    unit = "images" if engine.task.needs_image else "rows"
+    progress = Progress(shards, unit, config.progress_seconds, start=start)
+    with progress, ThreadPoolExecutor(max_workers=2, thread_name_prefix="shard-writer") as writers:
 
         def submit(name: str) -> None:
             futures[name] = writers.submit(
@@ -822,6 +938,7 @@ def _annotate(
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             if summary.startup_seconds is None:
                 summary.startup_seconds = round(time.perf_counter() - start, 3)
+            progress.add(batch)
             for name in pc.unique(batch.column("_shard")).to_pylist():
                 part = batch.filter(pc.equal(batch.column("_shard"), name))
                 parts[name].append(part)

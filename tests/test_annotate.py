@@ -34,7 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 API_KEY = "sk-test-0123456789-do-not-leak"
 
 
-
 @pytest.fixture(scope="module")
 def qwen_dir(tiny_models_dir: Path) -> str:
     return str(tiny_models_dir / "qwen2_5_vl")
@@ -317,3 +316,74 @@ def test_killed_run_resumes_without_duplicates(
     expected = {hashlib.sha1(skimage_photo_bytes(name)).hexdigest() for name in PHOTOS}
     assert _keys(output) == Counter(dict.fromkeys(expected, 1))
     assert not [p for p in (output / "data").iterdir() if not p.name.endswith(".parquet")]
+
+
+# ---------------------------------------------------------------------------------------------- progress
+
+
+def test_progress_line_on_a_hand_made_case() -> None:
+    """Shards a and b plan 2 files each, c (a tar) has no planned size. After 2 rows of a (one failed) at 4 s:
+    2 rows / 4 s = 0.5 rows/s; expected 2 (a, known) + 2 (b, planned) + 2 (c, the mean of the seen shards) = 6;
+    ETA (6 - 2) / 0.5 = 8 s; a is complete."""
+    import pyarrow as pa
+
+    from pipelines.annotate import Progress
+    from pipelines.ingest import Shard
+
+    now = [10.0]
+    shards = [Shard("dir", "a", files=("1.jpg", "2.jpg")), Shard("dir", "b", files=("3.jpg", "4.jpg")),
+              Shard("c.tar", "c")]  # fmt: skip
+    progress = Progress(shards, "rows", interval=0, clock=lambda: now[0])
+    assert progress.line() == (
+        "progress: 0 rows, 0.00 rows/s, ETA ?, 0 failed so far, 0 of 3 shards complete, 0s elapsed"
+    )
+    batch = pa.table({
+        "_shard": ["a", "a"], "_shard_rows": pa.array([2, 2], pa.int64()),
+        "annotation": pa.array([{"status": "ok"}, {"status": "failed"}], pa.struct([("status", pa.string())])),
+    })  # fmt: skip
+    progress.add(batch)
+    now[0] = 14.0
+    assert progress.line() == (
+        "progress: 2 of ~6 rows (33%), 0.50 rows/s, ETA 8s, 1 failed so far, 1 of 3 shards complete, 4s elapsed"
+    )
+
+
+def test_run_logs_progress_and_text_tasks_report_rows_per_second(
+    ray_local, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A text_to_graph run over 10 files in 5 shards, 3 of them without a caption (failed rows), with a progress
+    line every 10 ms: the lines count up to all 10 rows and the 3 failures, and the rate is in rows/s."""
+    import logging
+    import re
+
+    source = tmp_path / "captioned"
+    source.mkdir()
+    for i in range(10):
+        (source / f"{i:02d}.jpg").write_bytes(f"not an image, never decoded {i}".encode())
+        if i % 4:
+            (source / f"{i:02d}.txt").write_text(f"a red ball number {i} on a table")
+    graph = json.dumps({"objects": [{"id": 0, "name": "ball", "attributes": ["red"]}], "relations": []})
+    config = _config(source, tmp_path / "out", "unused", files_per_shard=2, progress_seconds=0.01)
+    caplog.set_level(logging.INFO, logger="pipelines.annotate")
+    summary = run(config, FixedAnswerEngine(get_task("text_to_graph"), [graph]))
+
+    assert summary.rows_annotated == 10 and summary.failed == 3
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "pipelines.annotate" and "progress" in r.getMessage()
+    ]
+    assert len(lines) >= 3, lines
+    pattern = re.compile(
+        r"progress(?: \(done\))?: (\d+) of ~10 rows \(\d+%\), [\d.]+ rows/s, ETA \S+, (\d+) failed so far, "
+        r"(\d) of 5 shards complete, \S+ elapsed"
+    )
+    counts = [tuple(int(g) for g in pattern.fullmatch(line).groups()) for line in lines]
+    for column in range(3):
+        values = [c[column] for c in counts]
+        assert values == sorted(values), (column, lines)  # never going back
+    assert lines[-1].startswith("progress (done): ") and counts[-1] == (10, 3, 5)
+    assert sum(line.startswith("progress (done)") for line in lines) == 1
+    text = summary.text()
+    assert " rows/s, " in text and "images/s" not in text
+    assert all("images/s" not in line for line in lines)

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from local_ray_cluster import local_ray_cluster
 
-from laion_sg_demo import plan, prepare_inputs, verify_artifacts
+from laion_sg_demo import DEMO_MARKER, DemoOutputError, plan, prepare_inputs, prepare_output, verify_artifacts
 
 # leaderboard column label -> record metric key, and the adapter of each demo run (written out, not imported)
 COLUMNS = {
@@ -123,3 +123,64 @@ def test_chain_as_ray_jobs_on_a_local_cluster(tiny_models_dir: Path, tmp_path: P
     checks = verify_artifacts(output)
     assert set(checks) == {"dataset", "pipeline", "record baseline", "record sdxl_sg"}
     check_artifacts(output, models)
+
+
+# ---------------------------------------------------------------------------------------------- --output guard
+
+
+def _listing(root: Path) -> dict[str, bytes | None]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))
+    }
+
+
+def test_output_guard_refuses_a_foreign_directory_and_reuses_its_own(tmp_path: Path) -> None:
+    foreign = tmp_path / "my_thesis"
+    (foreign / "chapter1").mkdir(parents=True)
+    (foreign / "chapter1" / "draft.tex").write_text("\\section{Results}")
+    (foreign / "notes.txt").write_text("do not lose")
+    before = _listing(foreign)
+    with pytest.raises(DemoOutputError, match="not made by the demo.*nothing was deleted"):
+        prepare_output(foreign)
+    assert _listing(foreign) == before
+    with pytest.raises(DemoOutputError, match="not a directory"):
+        prepare_output(foreign / "notes.txt")
+    assert _listing(foreign) == before
+
+    made = prepare_output(tmp_path / "new" / "demo")  # created, with parents, and marked
+    assert made == (tmp_path / "new" / "demo").resolve() and _listing(made) == {
+        DEMO_MARKER: (made / DEMO_MARKER).read_bytes()
+    }
+    (made / "dataset" / "data").mkdir(parents=True)  # what a previous demo run left
+    (made / "dataset" / "data" / "train-00000-of-00001.parquet").write_bytes(b"PAR1")
+    (made / "summary.json").write_text("{}")
+    (made / "link").symlink_to(foreign, target_is_directory=True)  # emptying removes the link, not its target
+    assert prepare_output(made) == made and set(_listing(made)) == {DEMO_MARKER}
+    assert _listing(foreign) == before
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert prepare_output(empty) == empty.resolve() and set(_listing(empty)) == {DEMO_MARKER}
+
+
+def test_demo_cli_exits_2_before_any_work_on_a_foreign_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import ray
+
+    import laion_sg_demo
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the demo started working on a foreign --output")
+
+    monkeypatch.setattr(laion_sg_demo, "prepare_inputs", no_work)
+    monkeypatch.setattr(ray, "init", no_work)
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"\xff\xd8 precious")
+    before = _listing(foreign)
+    assert laion_sg_demo.main(["--output", str(foreign)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("laion-sg demo: --output ") and str(foreign.resolve()) in err
+    assert "nothing was deleted" in err and DEMO_MARKER in err
+    assert _listing(foreign) == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 import random
@@ -18,8 +19,20 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from pipelines.export import DEFAULT_PROPORTIONS, SPLITS, assign_splits, export, main
+from pipelines.export import (
+    DEFAULT_PROPORTIONS,
+    SPLITS,
+    ExportStats,
+    assign_splits,
+    balanced_splits,
+    export,
+    main,
+)
+from pipelines.export.card import size_category
+from pipelines.export.plots import figures
+from pipelines.export.splits import fill_empty_splits
 from schemas import (
+    SCENE_GRAPH_TYPE,
     SceneGraph,
     SGObject,
     SGRelation,
@@ -275,7 +288,9 @@ def test_main_include_failed_keeps_failed_rows_marked_and_default_counts_them(
     --include-failed it exports all 45, the failed ones with status "failed", their error and no graph."""
     import datasets
 
-    failed_keys = {row_key(f"https://example.com/images/{i}.jpg"): error for i, error in FAILED_ERRORS.items()}
+    failed_keys = {
+        row_key(f"https://example.com/images/{i}.jpg"): error for i, error in FAILED_ERRORS.items()
+    }
     kept_keys = {row_key(f"https://example.com/images/{i}.jpg") for i in range(40)}
     args = ["--input", str(annotated), "--split", "3,1,1", "--rows-per-file", "8"]
 
@@ -284,7 +299,10 @@ def test_main_include_failed_keeps_failed_rows_marked_and_default_counts_them(
     assert "exported 40 of 45 rows" in out
     assert "left out 5 rows: {'invalid json': 3, 'decompression bomb': 2}" in out
     default = _exported_rows(tmp_path / "default")
-    assert set(default) == kept_keys and {r["annotation"]["status"] for r in default.values()} == {"ok", "repaired"}
+    assert set(default) == kept_keys and {r["annotation"]["status"] for r in default.values()} == {
+        "ok",
+        "repaired",
+    }
     stats = json.loads((tmp_path / "default" / "stats.json").read_text())
     assert stats["left_out"] == {"rows": 5, "by_reason": {"invalid json": 3, "decompression bomb": 2}}
     card = (tmp_path / "default" / "README.md").read_text()
@@ -298,7 +316,9 @@ def test_main_include_failed_keeps_failed_rows_marked_and_default_counts_them(
     for key, error in failed_keys.items():
         row = exported[key]
         assert (row["annotation"]["status"], row["annotation"]["error"]) == ("failed", error)
-        assert row["scene_graph"] is None and row["sg_text"] is None and row["annotation"]["raw_output"] == "{"
+        assert (
+            row["scene_graph"] is None and row["sg_text"] is None and row["annotation"]["raw_output"] == "{"
+        )
     for key in kept_keys:  # the rows exported either way are the same rows, in the same split
         assert exported[key] == default[key]
     stats = json.loads((tmp_path / "all" / "stats.json").read_text())
@@ -368,7 +388,10 @@ def test_export_of_spatial_caption_rows_carries_the_caption_column(tmp_path: Pat
     assert main(["--input", str(source), "--output", str(out), "--split", "1,1,1"]) == 0
     printed = capsys.readouterr().out
     assert "exported 7 of 10 rows" in printed
-    assert "left out 3 rows: {'empty spatial caption': 1, 'invalid JSON': 1, 'invalid spatial caption': 1}" in printed
+    assert (
+        "left out 3 rows: {'empty spatial caption': 1, 'invalid JSON': 1, 'invalid spatial caption': 1}"
+        in printed
+    )
 
     expected = {row["key"]: row for row in rows if row["annotation"]["status"] != "failed"}
     stats = json.loads((out / "stats.json").read_text())
@@ -397,3 +420,146 @@ def test_export_of_spatial_caption_rows_carries_the_caption_column(tmp_path: Pat
                 assert isinstance(row["image"], Image.Image) and row["image"].size == (48, 40)
                 seen.add(row["key"])
         assert seen == set(expected)
+
+
+# ---------------------------------------------------------------------------------------------- small data: splits
+
+
+def test_fill_empty_splits_on_a_hand_made_case() -> None:
+    """Proportions 0.6/0.2/0.2 cut [0, 1) at 0.6 and 0.8. All three rows were hashed into train: validation
+    [0.6, 0.8) takes the nearest row (0.5, at 0.1 from it; 0.95 is 0.15 away), then test [0.8, 1) the nearest
+    of what train can still give (0.95, inside it)."""
+    points = np.array([0.1, 0.5, 0.95])
+    keyed = np.zeros(3, np.int8)
+    assert fill_empty_splits(points, keyed, (0.6, 0.2, 0.2)).tolist() == [0, 1, 2]
+    assert keyed.tolist() == [0, 0, 0]  # the input is left as it is
+    # 2 rows, 3 splits: validation (the first of the equal proportions) gets one, train keeps one, test none
+    assert fill_empty_splits(points[:2], keyed[:2], (0.6, 0.2, 0.2)).tolist() == [0, 1]
+    # a split of proportion 0 stays empty; test [0.5, 1) takes 0.3, the nearest
+    assert fill_empty_splits(np.array([0.1, 0.2, 0.3]), keyed, (1, 0, 1)).tolist() == [0, 0, 2]
+    # the largest proportion first: test [0.6, 1) takes 0.3, then validation [0.5, 0.6) takes 0.2
+    assert fill_empty_splits(np.array([0.1, 0.2, 0.3]), keyed, (0.5, 0.1, 0.4)).tolist() == [0, 1, 2]
+    # nothing empty: nothing moves; one row: nothing to give
+    assert fill_empty_splits(points, np.array([0, 1, 2]), (8, 1, 1)).tolist() == [0, 1, 2]
+    assert fill_empty_splits(points[:1], keyed[:1], (0.6, 0.2, 0.2)).tolist() == [0]
+
+
+def test_balanced_splits_leave_no_split_empty_and_stay_keyed() -> None:
+    # 3 keys that LAION-SG's proportions (89% train) all hash into train: a sha256 point below 480005/540005
+    keys = [row_key(f"https://example.com/{i}") for i in range(50)]
+    train_bound = DEFAULT_PROPORTIONS[0] / sum(DEFAULT_PROPORTIONS)
+    in_train = [
+        k
+        for k in keys
+        if int.from_bytes(hashlib.sha256(f"0:{k}".encode()).digest()[:8], "big") / 2**64 < train_bound
+    ][:3]
+    assert assign_splits(in_train).tolist() == [0, 0, 0]
+    splits = balanced_splits(in_train)
+    assert sorted(splits.tolist()) == [0, 1, 2]
+    by_key = dict(zip(in_train, splits.tolist(), strict=True))
+    for order in ([2, 0, 1], [1, 2, 0]):  # the same key gets the same split whatever the order
+        assert balanced_splits([in_train[i] for i in order]).tolist() == [by_key[in_train[i]] for i in order]
+    many = [row_key(f"https://example.com/{i}") for i in range(20_000)]
+    assert np.array_equal(balanced_splits(many), assign_splits(many))  # on real sizes the keyed rule alone
+
+
+def test_export_of_three_rows_fills_every_split(tmp_path: Path, capsys) -> None:
+    rows = [_row(i, _graph(i), "ok", with_image=False) for i in range(3)]
+    source = _write_annotated(tmp_path / "annotated", [rows], with_image=False)
+    for proportions in ("0.6,0.2,0.2", "480005,10000,50000"):
+        out = tmp_path / f"out-{proportions}"
+        assert main(["--input", str(source), "--output", str(out), "--split", proportions]) == 0
+        assert "{'train': 1, 'validation': 1, 'test': 1}" in capsys.readouterr().out
+        assert sorted(p.name for p in (out / "data").iterdir()) == [
+            f"{split}-00000-of-00001.parquet" for split in sorted(SPLITS)
+        ]
+        stats = json.loads((out / "stats.json").read_text())
+        keyed = assign_splits([r["key"] for r in rows], [float(p) for p in proportions.split(",")])
+        assert stats["split"]["moved_to_fill_empty_splits"] == 3 - len(set(keyed.tolist()))
+
+
+# ---------------------------------------------------------------------------------------------- dataset card
+
+
+def test_dataset_card_parses_back_and_matches_the_export(tmp_path: Path) -> None:
+    from datasets import Features
+    from huggingface_hub import DatasetCard
+
+    local_model = tmp_path / "checkpoints" / "qwen-local"
+    rows = [_row(i, _graph(i), "ok" if i % 3 else "repaired") for i in range(12)]
+    for row in rows[:4]:
+        row["annotation"] = {**row["annotation"], "model": str(local_model), "prompt_version": "v2+abc123"}
+    rows.append(_row(12, None, "failed", f"shard {tmp_path}/broken.tar unreadable: truncated"))
+    source = _write_annotated(tmp_path / "annotated", [rows])
+    out = tmp_path / "dataset"
+    export(source, out, proportions=(0.5, 0.25, 0.25), rows_per_file=3, license="cc-by-4.0")
+
+    text = (out / "README.md").read_text()
+    for forbidden in ("/tmp", str(tmp_path), "TODO", "{{", "{%", "DIR"):
+        assert forbidden not in text, forbidden
+    card = DatasetCard.load(out / "README.md")
+    data = card.data
+    assert data.license == "cc-by-4.0" and data.language == ["en"] and data.size_categories == ["n<1K"]
+    assert data.pretty_name and set(data.task_categories) == {"text-to-image", "image-to-text"}
+
+    files = {split: sorted((out / "data").glob(f"{split}-*.parquet")) for split in SPLITS}
+    rows_by_split = {
+        split: sum(pq.ParquetFile(f).metadata.num_rows for f in fs) for split, fs in files.items()
+    }
+    assert sum(rows_by_split.values()) == 12 and all(rows_by_split.values())
+    assert data.configs == [
+        {
+            "config_name": "default",
+            "data_files": [{"split": split, "path": f"data/{split}-*.parquet"} for split in SPLITS],
+        }
+    ]
+    info = data.dataset_info
+    assert {s["name"]: s["num_examples"] for s in info["splits"]} == rows_by_split
+    parquet_schema = pq.read_schema(files["train"][0])
+    features = Features._from_yaml_list(info["features"])
+    assert features == Features.from_arrow_schema(parquet_schema)
+    assert list(features) == parquet_schema.names
+    assert [f.type for f in features.arrow_schema] == [f.type for f in parquet_schema]
+
+    body = card.text
+    assert "| qwen-local (local checkpoint) | hf | scene_graph | v2+abc123 | 4 |" in body
+    assert "| tiny-qwen | hf | scene_graph | v1 | 8 |" in body
+    assert "| shard broken.tar unreadable | 1 |" in body
+    for split in SPLITS:
+        assert (
+            f"| {split} | {rows_by_split[split]} | `data/{split}-*.parquet` ({len(files[split])}) |" in body
+        )
+    assert "@article{li2024laion" in body and "arXiv:2412.08580" in body and "`cc-by-4.0` license" in body
+
+
+@pytest.mark.parametrize(
+    ("rows", "category"),
+    [(0, "n<1K"), (999, "n<1K"), (1_000, "1K<n<10K"), (9_999, "1K<n<10K"), (540_005, "100K<n<1M"),
+     (10**9, "1B<n<10B"), (10**12, "n>1T")],
+)  # fmt: skip
+def test_size_category(rows: int, category: str) -> None:
+    assert size_category(rows) == category
+
+
+# ---------------------------------------------------------------------------------------------- plots
+
+
+def test_count_plots_have_integer_ticks() -> None:
+    """With at most 2 of anything the default locator would tick 0.25, 0.5, ...; every count axis ticks
+    integers only."""
+    stats = ExportStats()
+    graphs = [_graph(0), _graph(1), _graph(2), _graph(1)]
+    stats.add_graphs(pa.array([scene_graph_to_arrow(g) for g in graphs], type=SCENE_GRAPH_TYPE))
+    built = figures(stats)
+    assert set(built) == {"per_image.png", "graph_length.png", "top_names.png", "top_predicates.png",
+                          "top_attributes.png"}  # fmt: skip
+    checked = 0
+    for name, figure in built.items():
+        for axis in figure.axes:
+            for ticks in (axis.get_xticks(), axis.get_yticks()):
+                assert len(ticks) and all(float(t).is_integer() for t in ticks), (name, ticks)
+                checked += 1
+        assert len(figure.axes[0].get_xticks()) >= 3, name  # a count axis with several ticks
+    assert checked == 2 * 7  # per_image has 3 axes, the others 1
+    relations = built["per_image.png"].axes[1]
+    assert [p.get_height() for p in relations.patches] == [1, 3]  # images with 0 and with 1 relation
