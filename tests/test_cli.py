@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from laion_sg_cli import JOBS, main
+from laion_sg.cli import JOBS, main
 
 
 def test_usage_lists_every_command(capsys):
@@ -33,5 +33,5 @@ def test_make_tiny_models_layout(tiny_models_dir):
 
 
 def test_console_script_forwards_arguments():
-    result = subprocess.run([sys.executable, "-m", "laion_sg_cli", "export", "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "laion_sg.cli", "export", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--input" in result.stdout

@@ -1,6 +1,6 @@
 """The demo chain (annotate -> export -> train -> bench set -> bench x2 -> leaderboard) as `ray job submit` jobs.
 
-`make demo` runs the same `laion_sg_demo.plan` in-process (CI runs it after the suite); here every stage is a job
+`make demo` runs the same `laion_sg.demo.plan` in-process (CI runs it after the suite); here every stage is a job
 on a real local cluster on 127.0.0.1, each job's outputs being the next one's inputs.
 """
 
@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from local_ray_cluster import local_ray_cluster
 
-from laion_sg_demo import DEMO_MARKER, DemoOutputError, plan, prepare_inputs, prepare_output, verify_artifacts
+from laion_sg.demo import DEMO_MARKER, DemoOutputError, plan, prepare_inputs, prepare_output, verify_artifacts
 
 # leaderboard column label -> record metric key, and the adapter of each demo run (written out, not imported)
 COLUMNS = {
@@ -168,7 +168,7 @@ def test_demo_cli_exits_2_before_any_work_on_a_foreign_output(
 ) -> None:
     import ray
 
-    import laion_sg_demo
+    from laion_sg import demo as laion_sg_demo
 
     def no_work(*args: object, **kwargs: object) -> None:
         raise AssertionError("the demo started working on a foreign --output")

@@ -21,7 +21,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "bench-set": ("benchmark.dataset", "freeze the CompSG-Bench sample set"),
     "bench": ("benchmark.run", "run CompSG-Bench for one model -> result record"),
     "leaderboard": ("benchmark.leaderboard", "render or verify leaderboard records"),
-    "demo": ("laion_sg_demo", "the whole chain offline with tiny random-weight models"),
+    "demo": ("laion_sg.demo", "the whole chain offline with tiny random-weight models"),
 }
 
 def _make_tiny_models_main(argv: list[str]) -> int:

@@ -1,0 +1,5 @@
+"""`python -m laion_sg ...` is `laion-sg ...`."""
+
+from laion_sg.cli import main
+
+raise SystemExit(main())
