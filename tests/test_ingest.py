@@ -382,6 +382,26 @@ def test_shard_names_are_safe_and_unique(tmp_path: Path) -> None:
     assert names[0].startswith("a-b-") and names[1].startswith("a-b-") and names[2] == "x_y"
 
 
+def test_package_modules_import_only_earlier_ones() -> None:
+    """The layering the package docstring states: no import loop inside `pipelines.ingest`."""
+    import ast
+
+    import pipelines.ingest
+
+    layers = ["columns", "formats", "filters", "shards", "readers", "planning", "dataset"]
+    package = Path(pipelines.ingest.__file__).parent
+    assert sorted(p.stem for p in package.glob("*.py") if p.stem != "__init__") == sorted(layers)
+    for index, name in enumerate(layers):
+        tree = ast.parse((package / f"{name}.py").read_text())
+        imported = {
+            node.module.removeprefix("pipelines.ingest.")
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipelines.ingest.")
+        }
+        assert imported <= set(layers[:index]), (name, imported - set(layers[:index]))
+    assert all(hasattr(pipelines.ingest, public) for public in pipelines.ingest.__all__)
+
+
 # ---------------------------------------------------------------------------------------------------- Ray Data
 
 
