@@ -131,7 +131,7 @@ def plan(output: Path, models: dict[str, Path], photos: Path, train_steps: int =
         Stage("annotate (spatial_caption)", "pipelines.annotate", [
             "--input", str(photos), "--output", str(output / "spatial"), "--task", "spatial_caption", *annotate]),
         Stage("export", "pipelines.export", [
-            "--input", str(output / "annotated"), "--output", str(output / "dataset"), "--split", "6,2,2"]),
+            "--input", str(output / "annotated"), "--output", str(output / "dataset"), "--split-proportions", "6,2,2"]),
         Stage("train SDXL-SG", "training.train", [
             "--data", str(output / "dataset"), "--model", str(models["sdxl"]), "--output", str(output / "train"),
             "--max-steps", str(train_steps), "--num-workers", "1", "--resolution", "64", "--warmup-steps", "1",

@@ -91,8 +91,10 @@ def _describe(exc: ValidationError, config_path: str | None) -> str:
         if error["type"] == "extra_forbidden":
             key = ".".join(str(part) for part in error["loc"])
             lines.append(f"unknown setting {key!r}{f' in {config_path}' if config_path else ''}")
-        elif error["type"] == "missing":
+        elif error["type"] == "missing" and not any(isinstance(part, int) for part in error["loc"]):
             lines.append(f"{flag} is required{where}")
+        elif items := [part for part in error["loc"] if isinstance(part, int)]:  # an item of a list or tuple
+            lines.append(f"{flag}: item {items[-1] + 1}: {error['msg']}")
         else:
             lines.append(f"{flag}: {error['msg']} (got {error.get('input')!r})")
     return "; ".join(lines)

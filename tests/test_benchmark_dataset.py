@@ -164,7 +164,7 @@ def test_reads_the_exporters_layout(tmp_path):
     (tmp_path / "annotated" / "data").mkdir(parents=True)
     rows = export_rows([5, 6, 3, 7])
     pq.write_table(pa.Table.from_pylist(rows, schema=row_schema()), tmp_path / "annotated" / "data" / "shard-0.parquet")
-    assert export_main(["--input", str(tmp_path / "annotated"), "--output", str(tmp_path / "export"), "--split", "0,0,1"]) == 0
+    assert export_main(["--input", str(tmp_path / "annotated"), "--output", str(tmp_path / "export"), "--split-proportions", "0,0,1"]) == 0
     manifest = build_benchmark(tmp_path / "export", tmp_path / "bench.parquet", split="test")
     assert manifest["counts"]["selected"] == 3
     assert {s.key for s in load_benchmark(tmp_path / "bench.parquet").samples} == {r["key"] for r in rows if len(r["scene_graph"]["relations"]) > 4}

@@ -249,7 +249,7 @@ def test_statistics_on_a_hand_made_case(tmp_path: Path) -> None:
 
 def test_main_refuses_to_mix_with_a_previous_export(annotated: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "dataset"
-    args = ["--input", str(annotated), "--output", str(out), "--split", "3,1,1", "--seed", "7"]
+    args = ["--input", str(annotated), "--output", str(out), "--split-proportions", "3,1,1", "--seed", "7"]
     assert main([*args, "--rows-per-file", "10"]) == 0
     assert "exported 40 of 45 rows" in capsys.readouterr().out
     with pytest.raises(FileExistsError):
@@ -258,8 +258,11 @@ def test_main_refuses_to_mix_with_a_previous_export(annotated: Path, tmp_path: P
     assert main([*args, "--overwrite", "--rows-per-file", "100"]) == 0
     after = sorted(p.name for p in (out / "data").iterdir())
     assert len(before) > 3 and after == [f"{split}-00000-of-00001.parquet" for split in sorted(SPLITS)]
-    with pytest.raises(SystemExit):
-        main(["--input", str(annotated), "--output", str(out), "--split", "1,2"])
+    for proportions, message in [("1,2", "item 3: Field required"), ("1,-1,1", "non-negative")]:
+        with pytest.raises(SystemExit) as exited:
+            main(["--input", str(annotated), "--output", str(out), "--split-proportions", proportions])
+        assert exited.value.code == 2
+        assert re.search(rf"--split-proportions.*({message})", capsys.readouterr().err)
 
 
 # ---------------------------------------------------------------------------------------------- --include-failed
@@ -292,7 +295,7 @@ def test_main_include_failed_keeps_failed_rows_marked_and_default_counts_them(
         row_key(f"https://example.com/images/{i}.jpg"): error for i, error in FAILED_ERRORS.items()
     }
     kept_keys = {row_key(f"https://example.com/images/{i}.jpg") for i in range(40)}
-    args = ["--input", str(annotated), "--split", "3,1,1", "--rows-per-file", "8"]
+    args = ["--input", str(annotated), "--split-proportions", "3,1,1", "--rows-per-file", "8"]
 
     assert main([*args, "--output", str(tmp_path / "default")]) == 0
     out = capsys.readouterr().out
@@ -385,7 +388,7 @@ def test_export_of_spatial_caption_rows_carries_the_caption_column(tmp_path: Pat
     pq.write_table(pa.Table.from_pylist(rows[6:], schema=schema), source / "data" / "shard-00001.parquet")
 
     out = tmp_path / "dataset"
-    assert main(["--input", str(source), "--output", str(out), "--split", "1,1,1"]) == 0
+    assert main(["--input", str(source), "--output", str(out), "--split-proportions", "1,1,1"]) == 0
     printed = capsys.readouterr().out
     assert "exported 7 of 10 rows" in printed
     assert (
@@ -468,7 +471,7 @@ def test_export_of_three_rows_fills_every_split(tmp_path: Path, capsys) -> None:
     source = _write_annotated(tmp_path / "annotated", [rows], with_image=False)
     for proportions in ("0.6,0.2,0.2", "480005,10000,50000"):
         out = tmp_path / f"out-{proportions}"
-        assert main(["--input", str(source), "--output", str(out), "--split", proportions]) == 0
+        assert main(["--input", str(source), "--output", str(out), "--split-proportions", proportions]) == 0
         assert "{'train': 1, 'validation': 1, 'test': 1}" in capsys.readouterr().out
         assert sorted(p.name for p in (out / "data").iterdir()) == [
             f"{split}-00000-of-00001.parquet" for split in sorted(SPLITS)

@@ -129,8 +129,18 @@ def test_settings_record_is_json_ready() -> None:
     assert record["limit"] is None
 
 
-# Every job configured through this layer: (module, its settings class name).
-JOBS = [("benchmark.dataset", "BenchSetSettings")]
+# Every job configured through this layer: (module, its settings class name, settings that are not the defaults).
+JOB_SETTINGS = {
+    "benchmark.dataset": (
+        "BenchSetSettings",
+        {"input": "exported", "output": "bench.parquet", "split": "validation", "min_relations": 3, "subset": 9},
+    ),
+    "pipelines.export": (
+        "ExportSettings",
+        {"input": "annotated", "output": "dataset", "split_proportions": [6, 2, 2], "include_failed": True},
+    ),
+}
+JOBS = [(module, name) for module, (name, _) in JOB_SETTINGS.items()]
 
 
 def _flags(model: type[BaseModel], prefix: str = "--") -> list[str]:
@@ -152,11 +162,45 @@ def test_every_job_help_shows_each_flag_with_a_default(
     with pytest.raises(SystemExit) as exited:
         job.main(["--help"])
     assert exited.value.code == 0
-    text = " ".join(capsys.readouterr().out.split())
-    assert f"usage: python -m {module} " in text
-    options = text.split("show this help message and exit", 1)[1]
-    entries = re.split(r" (?=--[a-z])(?<!, )", " " + options)  # one entry per flag (`--x, --no-x` stays whole)
-    described = {entry.split()[0].rstrip(","): entry for entry in entries if entry.startswith("--")}
+    lines = capsys.readouterr().out.splitlines()
+    assert " ".join(" ".join(lines).split()).startswith(f"usage: python -m {module} ")
+    described: dict[str, str] = {}  # flag -> its help entry: a line "  --flag ..." and the more indented ones after
+    for line in lines:
+        if entry := re.match(r"^  (--[a-z][\w.-]*)", line):
+            flag, described[entry.group(1)] = entry.group(1), line
+        elif line.startswith("   ") and described:
+            described[flag] += " " + line.strip()
     assert {"--config", "--version"} <= set(described)
     for flag in _flags(getattr(job, settings_name)):
-        assert re.search(r"\((default: .*|required)\)$", described[flag].strip()), described[flag]
+        assert re.search(r"\((default: .*|required)\)$", " ".join(described[flag].split())), described[flag]
+
+
+def _as_flags(values: dict, prefix: str = "--") -> list[str]:
+    argv: list[str] = []
+    for name, value in values.items():
+        flag = prefix + name.replace("_", "-")
+        if isinstance(value, dict):
+            argv += _as_flags(value, flag + ".")
+        elif isinstance(value, bool):
+            argv.append(flag if value else prefix + "no-" + name.replace("_", "-"))
+        elif isinstance(value, list):
+            argv += [flag, ",".join(map(str, value))]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+@pytest.mark.parametrize("module", sorted(JOB_SETTINGS))
+def test_every_job_reads_a_config_file_like_its_flags(module: str, tmp_path: Path) -> None:
+    import yaml
+
+    settings_name, values = JOB_SETTINGS[module]
+    settings_cls = getattr(importlib.import_module(module), settings_name)
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(values))
+    from_file = parse_settings(settings_cls, ["--config", str(tmp_path / "job.yaml")], prog=module, description="")
+    from_flags = parse_settings(settings_cls, _as_flags(values), prog=module, description="")
+    assert from_file == from_flags
+    required = {name for name, field in settings_cls.model_fields.items() if field.is_required()}
+    defaults = settings_cls.model_validate({name: values[name] for name in required})
+    changed = {name for name in settings_cls.model_fields if getattr(from_file, name) != getattr(defaults, name)}
+    assert changed == set(values) - required  # every value given was read, from the file as from flags

@@ -1,6 +1,6 @@
 """The export job: annotated shards -> split Parquet files, dataset card, statistics and plots.
 
-    python -m pipelines.export --input ANNOTATED_DIR --output DIR [--split 480005,10000,50000] [--seed 0]
+    python -m pipelines.export --input ANNOTATED_DIR --output DIR [--split-proportions 480005,10000,50000] [--seed 0]
 
 Reads ``ANNOTATED_DIR/data/*.parquet`` (rows of `schemas.row_schema`, possibly with extra task columns or
 without the image) and writes
@@ -24,7 +24,6 @@ by one batch of rows (plus one number per exported row for the split rule).
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from collections.abc import Iterator, Sequence
@@ -36,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import Field, field_validator
 
 from pipelines.export.card import DEFAULT_LICENSE, dataset_card
 from pipelines.export.plots import write_plots
@@ -49,6 +49,7 @@ from pipelines.export.splits import (
 )
 from pipelines.export.stats import ExportStats, failure_reason
 from schemas import STATUSES, row_schema
+from schemas.settings import JobSettings, parse_settings
 
 __all__ = ["KEEP_STATUSES", "export", "main"]
 
@@ -262,49 +263,45 @@ def export(
     return stats
 
 
-def _proportions(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-        check_proportions(values)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"expected train,validation,test like 480005,10000,50000: {exc}"
-        ) from exc
-    return values
+class ExportSettings(JobSettings):
+    """Settings of `python -m pipelines.export`."""
+
+    input: Path = Field(description="annotation output directory (holds data/*.parquet)")
+    output: Path = Field(description="dataset directory to write")
+    split_proportions: tuple[float, float, float] = Field(
+        DEFAULT_PROPORTIONS, description="train,validation,test proportions (LAION-SG's 480005,10000,50000)"
+    )
+    seed: int = Field(0, description="seed of the split hash")
+    rows_per_file: int = Field(2_000, ge=1, description="rows per written Parquet file")
+    include_failed: bool = Field(False, description="export failed rows too")
+    overwrite: bool = Field(False, description="replace a previous export in --output")
+    license: str = Field(DEFAULT_LICENSE, description="license of the annotations, as the dataset card declares it")
+
+    @field_validator("split_proportions")
+    @classmethod
+    def _valid_proportions(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        check_proportions(value)
+        return value
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", required=True, help="annotation output directory (holds data/*.parquet)")
-    parser.add_argument("--output", required=True, help="dataset directory to write")
-    parser.add_argument(
-        "--split",
-        type=_proportions,
-        default=DEFAULT_PROPORTIONS,
-        help="train,validation,test proportions (default: LAION-SG's 480005,10000,50000)",
+    settings = parse_settings(
+        ExportSettings, argv, prog="python -m pipelines.export", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split hash")
-    parser.add_argument("--rows-per-file", type=int, default=2_000)
-    parser.add_argument("--include-failed", action="store_true", help="export failed rows too")
-    parser.add_argument("--overwrite", action="store_true", help="replace a previous export in --output")
-    parser.add_argument(
-        "--license",
-        default=DEFAULT_LICENSE,
-        help=f"license of the annotations, as the dataset card declares it (default: {DEFAULT_LICENSE}, as LAION-SG)",
-    )
-    args = parser.parse_args(argv)
     stats = export(
-        args.input,
-        args.output,
-        args.split,
-        args.seed,
-        args.rows_per_file,
-        args.include_failed,
-        args.overwrite,
-        args.license,
+        settings.input,
+        settings.output,
+        settings.split_proportions,
+        settings.seed,
+        settings.rows_per_file,
+        settings.include_failed,
+        settings.overwrite,
+        settings.license,
     )
     rows, left_out = stats["rows"], stats["left_out"]
     print(f"exported {rows['exported']} of {rows['total']} rows: {rows['by_split']}")
     print(f"left out {left_out['rows']} rows: {left_out['by_reason'] or 'none'}")
-    print(f"dataset card: {Path(args.output) / 'README.md'}")
+    print(f"dataset card: {settings.output / 'README.md'}")
     return 0
+
+
