@@ -39,7 +39,7 @@ import torch
 from laion_sg.offline.fixtures import write_fixture_dataset
 from laion_sg.offline.tiny_sdxl import build_tiny_sdxl
 from training.data import ImageConfig, RowCollator, TrainBatch, find_splits, read_rows, usable
-from training.sg_encoder import SGEncoder, SGEncoderConfig
+from training.sg_encoder import SGEncoder
 from training.step import (
     FrozenSDXL,
     build_lr_scheduler,
@@ -241,7 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         counting = frozen if device == meta else build(tiny_dir, meta)  # FLOPs are counted on a weightless copy
         rows = [r for r in read_rows(find_splits(write_fixture_dataset(Path(tmp) / "data"))["train"]) if usable(r)]
     small = {"hidden_dim": 32, "mlp_hidden_dim": 64} if args.size == "tiny" else {}
-    encoder_config = SGEncoderConfig.for_text_encoders(*frozen.text_encoders, **small)
+
+    def new_encoder() -> SGEncoder:
+        return SGEncoder.for_text_encoders(*frozen.text_encoders, **small)
+
     if args.gradient_checkpointing:
         frozen.unet.enable_gradient_checkpointing()  # not on the counting copy: model FLOPs exclude recompute
     rows = (rows * (args.batch_size // len(rows) + 1))[: args.batch_size]
@@ -253,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         cached = TrainBatch(keys=raw.keys, time_ids=on_device.time_ids, latents=latents, features=features.to(device))
         return {"raw": on_device, "cache": cached}
 
-    sg_params = SGEncoder(encoder_config).num_parameters()
+    sg_params = new_encoder().num_parameters()
     frozen_params = sum(p.numel() for m in frozen.modules() for p in m.parameters())
     print(f"SDXL-SG training step: size={args.size} resolution={resolution} batch={args.batch_size} "
           f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else device.type}) "
@@ -261,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"parameters: frozen SDXL {frozen_params / 1e6:,.1f}M, SG encoder {sg_params / 1e6:,.2f}M")
 
     results = {
-        path: count_flops(counting, SGEncoder(encoder_config).to(meta), batch)
+        path: count_flops(counting, new_encoder().to(meta), batch)
         for path, batch in batches(counting, meta).items()
     }
     print("model FLOPs of one step's forward + backward (FlopCounterMode on the meta device, attention as matmuls)")
@@ -277,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     peak, peak_source = peak_flops(device, args.peak_tflops)
     for path, batch in batches(frozen, device).items():
         torch.manual_seed(0)
-        encoder = SGEncoder(encoder_config).to(device)
+        encoder = new_encoder().to(device)
         results[path] |= measure(frozen, encoder, batch, args.steps, device)
         results[path]["mfu"] = results[path]["flops"] / results[path]["step_s"] / peak
     print(f"peak for MFU: {peak / 1e12:.3f} TFLOP/s ({peak_source})")

@@ -4,7 +4,8 @@ Adapters (`ADAPTERS`):
 
 - ``diffusers-caption``: any diffusers text-to-image pipeline (`DiffusionPipeline.from_pretrained`), prompt = caption;
 - ``diffusers-sg-text``: the same, prompt = the canonical scene-graph text (`sg_text`);
-- ``sdxl-sg``: `training.pipeline.SDXLSGPipeline`, conditioned on the scene graph itself.
+- ``sdxl-sg``: an SDXL-SG pipeline folder (`training.pipeline.SDXLSGPipeline.from_pretrained`), conditioned on
+  the scene graph itself.
 
 Image i of sample k is generated alone (batch of one) from its own seed, `image_seed(seed, key, i)`, drawn on a
 CPU generator, so the pixels depend neither on how samples were split across actors nor on the device's RNG.
@@ -15,8 +16,9 @@ of their keys, each written atomically; a re-run skips every key already present
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -67,25 +69,20 @@ class GenerationTask:
         return cls(sample.key, sample.caption, sample.sg_text, sample.scene_graph.to_json())
 
 
-def _load_diffusers(model: str, dtype: Any) -> Any:
-    from diffusers import DiffusionPipeline
-
-    return DiffusionPipeline.from_pretrained(model, dtype=dtype)
-
-
-def _load_sdxl_sg(model: str, dtype: Any) -> Any:
-    from training.pipeline import SDXLSGPipeline
-
-    return SDXLSGPipeline.from_pretrained(model, torch_dtype=dtype)  # it casts its SG encoder to torch_dtype
-
-
 @dataclass(frozen=True)
 class Adapter:
-    """How to load a model and which field of a sample conditions it."""
+    """Which diffusers pipeline class loads a model and which field of a sample conditions it.
+
+    `pipeline` is ``"module:Class"``; the model loads with that class's own `from_pretrained`."""
 
     name: str
     conditioning: Conditioning
-    load: Callable[[str, Any], Any]
+    pipeline: str = "diffusers:DiffusionPipeline"
+
+    def load(self, model: str, dtype: Any) -> Any:
+        """`from_pretrained(model, dtype=dtype)` of the adapter's pipeline class."""
+        module, _, class_name = self.pipeline.partition(":")
+        return getattr(importlib.import_module(module), class_name).from_pretrained(model, dtype=dtype)
 
     def condition(self, task: GenerationTask) -> dict[str, Any]:
         """The conditioning keyword argument of the pipeline call."""
@@ -103,9 +100,9 @@ def register_adapter(adapter: Adapter) -> Adapter:
     return adapter
 
 
-register_adapter(Adapter("diffusers-caption", "caption", _load_diffusers))
-register_adapter(Adapter("diffusers-sg-text", "sg_text", _load_diffusers))
-register_adapter(Adapter("sdxl-sg", "scene_graph", _load_sdxl_sg))
+register_adapter(Adapter("diffusers-caption", "caption"))
+register_adapter(Adapter("diffusers-sg-text", "sg_text"))
+register_adapter(Adapter("sdxl-sg", "scene_graph", "training.pipeline:SDXLSGPipeline"))
 
 
 def image_seed(seed: int, key: str, image_index: int) -> int:

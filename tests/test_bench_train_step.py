@@ -17,7 +17,7 @@ from train_step import count_flops, main  # noqa: E402
 
 from laion_sg.offline.fixtures import write_fixture_dataset  # noqa: E402
 from training.data import ImageConfig, RowCollator, find_splits, read_rows, usable  # noqa: E402
-from training.sg_encoder import SGEncoder, SGEncoderConfig  # noqa: E402
+from training.sg_encoder import SGEncoder  # noqa: E402
 from training.step import FrozenSDXL  # noqa: E402
 
 
@@ -26,10 +26,10 @@ def test_meta_flop_count_equals_a_real_cpu_step(tiny_models_dir: Path, tmp_path:
     flops = {}
     for device in ("meta", "cpu"):
         frozen = FrozenSDXL.load(tiny_models_dir / "sdxl", device)
-        config = SGEncoderConfig.for_text_encoders(*frozen.text_encoders, hidden_dim=32, mlp_hidden_dim=64)
+        encoder = SGEncoder.for_text_encoders(*frozen.text_encoders, hidden_dim=32, mlp_hidden_dim=64)
         batch = RowCollator(frozen.tokenizers, ImageConfig(resolution=64))(rows).to(torch.device(device))
         with sdpa_kernel(SDPBackend.MATH):
-            flops[device] = count_flops(frozen, SGEncoder(config).to(device), batch)["flops"]
+            flops[device] = count_flops(frozen, encoder.to(device), batch)["flops"]
     assert flops["meta"] == flops["cpu"] > 0
 
 

@@ -121,10 +121,101 @@ def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).mean())
 
 
-def test_final_directory_references_the_base_model(trained: Path, tiny_models_dir: Path) -> None:
-    manifest = json.loads((trained / "sdxl_sg.json").read_text())
-    assert manifest["base_model"] == str((tiny_models_dir / "sdxl").resolve())
-    assert sorted(p.name for p in (trained / "sg_encoder").iterdir()) == ["config.json", "model.safetensors"]
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    left, right = a.state_dict(), b.state_dict()
+    return left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
+
+
+SDXL_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+
+
+def test_final_directory_is_a_diffusers_pipeline_folder(trained: Path, tiny_models_dir: Path) -> None:
+    """``final`` is a standard pipeline folder: model_index.json names every component (the SG encoder by its
+    module and class), SDXL's parts are the base model's own weights, the SG encoder the last checkpoint's."""
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import load_file
+
+    index = json.loads((trained / "model_index.json").read_text())
+    assert index["_class_name"] == "SDXLSGPipeline"
+    assert index["sg_encoder"] == ["training.sg_encoder", "SGEncoder"]
+    base_index = json.loads((tiny_models_dir / "sdxl" / "model_index.json").read_text())
+    components = {k for k, v in base_index.items() if isinstance(v, list) and v[0] is not None}
+    assert components == set(SDXL_PARTS) | {"tokenizer", "tokenizer_2", "scheduler"}
+    assert all(index[k] == base_index[k] for k in components) and all((trained / k).is_dir() for k in components)
+    files = {p.name for p in (trained / "sg_encoder").iterdir()}
+    assert files == {"config.json", "diffusion_pytorch_model.safetensors"}
+    assert not list(trained.rglob("*.bin")) and not list(trained.rglob("*.pt"))
+    base = StableDiffusionXLPipeline.from_pretrained(tiny_models_dir / "sdxl")
+    saved = {k: load_file(str(next((trained / k).glob("*.safetensors")))) for k in SDXL_PARTS}
+    for name in SDXL_PARTS:
+        expected = getattr(base, name).state_dict()
+        assert all(torch.equal(saved[name][k], expected[k]) for k in expected), name
+    checkpoint = sorted((trained.parent / "checkpoints").glob("step_*"))[-1]
+    weights = Path("sg_encoder") / "diffusion_pytorch_model.safetensors"
+    written, exported = load_file(str(checkpoint / weights)), load_file(str(trained / weights))
+    assert written.keys() == exported.keys() and all(torch.equal(written[k], exported[k]) for k in written)
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open a connection fails the test: loading a local folder stays offline."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_from_pretrained_loads_every_component_offline(
+    trained: Path, pipe: SDXLSGPipeline, monkeypatch: pytest.MonkeyPatch, no_network: None
+) -> None:
+    import huggingface_hub
+    from diffusers import StableDiffusionXLPipeline
+
+    from training import SGEncoder
+
+    loaded = SDXLSGPipeline.from_pretrained(trained)
+    assert isinstance(loaded.sg_encoder, SGEncoder) and set(loaded.components) == set(pipe.components)
+    plain = StableDiffusionXLPipeline.from_pretrained(trained)  # the frozen SDXL alone: sg_encoder is ignored
+    assert type(plain) is StableDiffusionXLPipeline and "sg_encoder" not in plain.components
+    for name in SDXL_PARTS:
+        assert same_weights(getattr(plain, name), getattr(loaded, name)), name
+    assert same_weights(loaded.sg_encoder, pipe.sg_encoder) and float(loaded.sg_encoder.alpha.detach()) != 0.0
+
+    fetched = []  # a hub id goes through snapshot_download (here a stand-in returning the local folder)
+
+    def snapshot_download(repo_id: str, **kwargs) -> str:
+        fetched.append((repo_id, kwargs))
+        return str(trained)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    from_hub = SDXLSGPipeline.from_pretrained("someone/sdxl-sg", revision="v1")
+    assert [(repo, kwargs["revision"]) for repo, kwargs in fetched] == [("someone/sdxl-sg", "v1")]
+    assert same_weights(from_hub.sg_encoder, pipe.sg_encoder) and same_weights(from_hub.unet, pipe.unet)
+
+
+def test_diffusion_pipeline_custom_pipeline_route(
+    trained: Path, pipe: SDXLSGPipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: None
+) -> None:
+    """diffusers' documented route for a pipeline class outside diffusers: `DiffusionPipeline.from_pretrained`
+    with `custom_pipeline=` the file that defines it. It gives the same pipeline: same components and weights,
+    the same images."""
+    import sys
+
+    import diffusers.utils.dynamic_modules_utils as dynamic
+    from diffusers import DiffusionPipeline
+
+    import training.pipeline
+
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))  # where diffusers copies the code
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    loaded = DiffusionPipeline.from_pretrained(trained, custom_pipeline=training.pipeline.__file__, trust_remote_code=True)
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded).__name__ == "SDXLSGPipeline" and set(loaded.components) == set(pipe.components)
+    assert all(same_weights(getattr(loaded, k), getattr(pipe, k)) for k in (*SDXL_PARTS, "sg_encoder"))
+    assert np.array_equal(generate(loaded, scene_graph=GRAPH), generate(pipe, scene_graph=GRAPH))
 
 
 def test_trained_pipeline_is_deterministic_and_graph_sensitive(pipe: SDXLSGPipeline) -> None:
@@ -231,8 +322,9 @@ def test_negative_scene_graph_is_the_unconditional_branch(pipe: SDXLSGPipeline) 
 
 def test_save_with_components_and_reload(pipe: SDXLSGPipeline, tmp_path: Path) -> None:
     pipe.save_pretrained(tmp_path / "full")
-    assert json.loads((tmp_path / "full" / "sdxl_sg.json").read_text())["base_model"] is None
-    assert (tmp_path / "full" / "unet").is_dir() and (tmp_path / "full" / "sg_encoder" / "model.safetensors").exists()
+    assert json.loads((tmp_path / "full" / "model_index.json").read_text())["sg_encoder"][1] == "SGEncoder"
+    saved_encoder = tmp_path / "full" / "sg_encoder" / "diffusion_pytorch_model.safetensors"
+    assert (tmp_path / "full" / "unet").is_dir() and saved_encoder.exists()
     assert not list((tmp_path / "full").rglob("*.bin")) and not list((tmp_path / "full").rglob("*.pt"))
     reloaded = SDXLSGPipeline.from_pretrained(tmp_path / "full")
     reloaded.set_progress_bar_config(disable=True)

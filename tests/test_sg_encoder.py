@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from schemas import SceneGraph
-from training.sg_encoder import SGEncoder, SGEncoderConfig, SGFeatures, encode_graphs, main  # noqa: E402
+from training.sg_encoder import SGEncoder, SGFeatures, encode_graphs, main  # noqa: E402
 from training.sg_graphs import BatchIndex, GraphIndex, prepare_graphs, text_spans  # noqa: E402
 from training.step import load_tokenizers  # noqa: E402
 
-TINY = SGEncoderConfig(text_dim=12, hidden_dim=8, mlp_hidden_dim=16, num_layers=5)
+TINY = {"text_dim": 12, "hidden_dim": 8, "mlp_hidden_dim": 16, "num_layers": 5}
 
 # "young man holding red umbrella, red umbrella above brown dog, green tree"
 GRAPH = SceneGraph.from_json(
@@ -57,16 +57,16 @@ def chain_index() -> GraphIndex:
     )
 
 
-def encoder_with_alpha(config: SGEncoderConfig, alpha: float, seed: int = 0) -> SGEncoder:
+def encoder_with_alpha(widths: dict, alpha: float, seed: int = 0) -> SGEncoder:
     torch.manual_seed(seed)
-    encoder = SGEncoder(config)
+    encoder = SGEncoder(**widths)
     with torch.no_grad():
         encoder.alpha.fill_(alpha)
     return encoder
 
 
 def test_full_size_parameter_count(capsys: pytest.CaptureFixture[str]) -> None:
-    assert SGEncoder(SGEncoderConfig()).num_parameters() == 14_701_057  # LAION-SG: 14.70M
+    assert SGEncoder().num_parameters() == 14_701_057  # LAION-SG: 14.70M
     assert main(["--count-params"]) == 0
     assert "14,701,057" in capsys.readouterr().out
 
@@ -123,7 +123,8 @@ def test_frozen_features_equal_sdxl_prompt_encoding(tiny_models_dir: Path) -> No
     width = pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size
     assert features.node_feats.shape == (5, width) and features.edge_feats.shape == (2, width)
     # With alpha = 0 (the initial gate) SDXL-SG's conditioning is exactly SDXL's on the SG text.
-    encoder = SGEncoder(SGEncoderConfig.for_text_encoders(pipe.text_encoder, pipe.text_encoder_2, hidden_dim=8))
+    encoder = SGEncoder.for_text_encoders(pipe.text_encoder, pipe.text_encoder_2, hidden_dim=8)
+    assert encoder.config.text_dim == width and encoder.config.hidden_dim == 8
     out, out_pooled = encoder(features)
     assert torch.equal(out, prompt_embeds) and torch.equal(out_pooled, pooled)
 
@@ -181,11 +182,51 @@ def test_batching_with_offsets_equals_one_graph_at_a_time() -> None:
         assert torch.equal(getattr(merged, name), getattr(batch.index, name))
 
 
-def test_save_and_load_round_trip(tmp_path: Path) -> None:
-    encoder = encoder_with_alpha(TINY, 0.25)
+def star_index() -> GraphIndex:
+    """A second graph for batches: node 0 linked to nodes 1 and 2 (its tokens are arbitrary but valid)."""
+    import numpy as np
+
+    return GraphIndex(
+        num_nodes=3,
+        edges=np.array([[0, 1], [0, 2]]),
+        token_pos=np.array([1, 2, 3, 4, 6, 7, 8]),
+        token_source=np.array([0, 3, 1, 0, 4, 2, 2]),
+    )
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open a connection fails the test (loading a local folder must stay offline)."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_diffusers_save_and_load_round_trip(tmp_path: Path, no_network: None) -> None:
+    """diffusers' own save_pretrained/from_pretrained: safetensors + config.json, the same config (non-default
+    pooling and residual included), bit-identical weights and outputs, and the validated pooling."""
+    from diffusers import ModelMixin
+
+    widths = TINY | {"num_layers": 2, "pooling": "sum", "residual": False, "sequence_length": 77}
+    encoder = encoder_with_alpha(widths, 0.25)
     encoder.save_pretrained(tmp_path / "enc")
-    assert sorted(p.name for p in (tmp_path / "enc").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "enc").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
     loaded = SGEncoder.from_pretrained(tmp_path / "enc")
-    assert loaded.config == TINY
-    features = random_features([chain_index()])
-    torch.testing.assert_close(loaded(features)[0], encoder(features)[0], rtol=0, atol=0)
+    assert isinstance(loaded, ModelMixin) and not loaded.training
+    assert {k: v for k, v in loaded.config.items() if not k.startswith("_")} == widths
+    before, after = encoder.state_dict(), loaded.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    features = random_features([chain_index(), star_index()])
+    with torch.no_grad():
+        expected, pooled = encoder(features)
+        out, out_pooled = loaded(features)
+    assert torch.equal(out, expected) and torch.equal(out_pooled, pooled)
+    assert not torch.equal(out, features.token_embeds)  # the graph branch is on (alpha 0.25)
+    half = SGEncoder.from_pretrained(tmp_path / "enc", dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and torch.equal(half.alpha.float(), encoder.alpha.detach())
+    with pytest.raises(ValueError, match="pooling"):
+        SGEncoder(pooling="max")

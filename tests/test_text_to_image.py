@@ -16,7 +16,7 @@ from pipelines.engines.hf import HFGenerator
 from pipelines.tasks import get_task
 from schemas import SceneGraph
 from training.pipeline import SDXLSGPipeline
-from training.sg_encoder import SGEncoder, SGEncoderConfig
+from training.sg_encoder import SGEncoder
 
 
 def test_prompt_to_graph_to_image(tiny_models_dir: Path, tmp_path: Path) -> None:
@@ -30,7 +30,7 @@ def test_prompt_to_graph_to_image(tiny_models_dir: Path, tmp_path: Path) -> None
     graph.validate(TINY_QWEN_LIMITS)
 
     torch.manual_seed(0)
-    encoder = SGEncoder(SGEncoderConfig(text_dim=96, hidden_dim=16, mlp_hidden_dim=16, num_layers=1))
+    encoder = SGEncoder(text_dim=96, hidden_dim=16, mlp_hidden_dim=16, num_layers=1)
     SDXLSGPipeline.save_encoder(tmp_path / "sdxl_sg", encoder, base_model=tiny_models_dir / "sdxl")
     pipe = SDXLSGPipeline.from_pretrained(str(tmp_path / "sdxl_sg"))
     image = pipe(scene_graph=graph, num_inference_steps=2, height=64, width=64,

@@ -23,7 +23,7 @@ from training.data import (  # noqa: E402
     transform_image,
     usable,
 )
-from training.sg_encoder import SGEncoder, SGEncoderConfig  # noqa: E402
+from training.sg_encoder import SGEncoder  # noqa: E402
 from training.step import (  # noqa: E402
     FrozenSDXL,
     build_lr_scheduler,
@@ -69,7 +69,45 @@ def tiny_config(data: Path, model: Path, output: Path, **overrides) -> TrainConf
 
 def tiny_encoder(frozen: FrozenSDXL) -> SGEncoder:
     torch.manual_seed(0)
-    return SGEncoder(SGEncoderConfig.for_text_encoders(*frozen.text_encoders, **TINY_ENCODER))
+    return SGEncoder.for_text_encoders(*frozen.text_encoders, **TINY_ENCODER)
+
+
+def tensorboard_scalars(run_dir: Path) -> dict[str, dict[int, float]]:
+    """The scalars of a run's event files as TensorBoard itself reads them (a resumed run's purge applied); a
+    step logged twice for one tag fails."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    scalars = {}
+    for tag in accumulator.Tags()["scalars"]:
+        steps = [e.step for e in accumulator.Scalars(tag)]
+        assert len(steps) == len(set(steps)), f"{tag}: steps {steps}"
+        scalars[tag] = {e.step: e.value for e in accumulator.Scalars(tag)}
+    return scalars
+
+
+def assert_logged_as_reported(run_dir: Path, reported: list[dict]) -> None:
+    """TensorBoard holds exactly the reported steps' loss, learning rate and grad norm (validation loss where it
+    was measured), as float32, and a positive throughput for every step."""
+    import numpy as np
+
+    scalars = tensorboard_scalars(run_dir)
+    tags = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm", "val_loss": "val/loss"}
+    for key, tag in tags.items():
+        expected = {m["step"]: float(np.float32(m[key])) for m in reported if key in m}
+        assert scalars[tag] == expected, tag
+    throughput = scalars["train/samples_per_s"]
+    assert sorted(throughput) == [m["step"] for m in reported] and min(throughput.values()) > 0
+
+
+def assert_png(path: Path) -> None:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        image.load()
+        assert min(image.size) > 100
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -222,7 +260,12 @@ def test_resumed_local_run_reproduces_losses(data_dir: Path, sdxl: Path, tmp_pat
     checkpoint = sorted((tmp_path / "resumed" / "checkpoints").iterdir())[-1]
     assert {p.name for p in checkpoint.iterdir()} == {"sg_encoder", "trainer_state.pt", "state.json", "rng_rank0.pt"}
     final = tmp_path / "resumed" / "final"
-    assert (final / "sdxl_sg.json").exists() and (final / "sg_encoder" / "model.safetensors").exists()
+    assert (final / "model_index.json").exists()
+    assert (final / "sg_encoder" / "diffusion_pytorch_model.safetensors").exists()
+    # TensorBoard: steps 1-3 of the interrupted process, then 3-5 of the resumed one (step 3 once: purged)
+    reported = {m["step"]: m for m in first.history + second.history}
+    assert_logged_as_reported(tmp_path / "resumed", [reported[step] for step in sorted(reported)])
+    assert_png(tmp_path / "resumed" / "loss.png")
 
 
 # ---------------------------------------------------------------------------------------------- the cache
@@ -349,6 +392,7 @@ def test_ray_train_two_workers_fail_and_resume(ray_local, data_dir: Path, sdxl: 
     same rows in the same order in both runs. Batch 1: 4 batches per worker per epoch, so the resumed group
     skips the 2 batches already used in epoch 0."""
     from training.pipeline import SDXLSGPipeline
+    from training.tracking import plot_losses
     from training.train import export_final
 
     def config(run: str, **overrides) -> TrainConfig:
@@ -378,6 +422,9 @@ def test_ray_train_two_workers_fail_and_resume(ray_local, data_dir: Path, sdxl: 
 
     assert result.metrics["step"] == 4 and result.metrics["resumed_from_step"] == 2
     run_dir = tmp_path / "resumed" / "sdxl_sg"
+    # Rank 0's TensorBoard events: the reported steps once each (step 3 of the failed attempt purged)
+    assert_logged_as_reported(run_dir, resumed)
+    assert_png(plot_losses(run_dir))
     checkpoints = sorted(p.name for p in run_dir.glob("checkpoint_0*"))
     assert checkpoints == ["checkpoint_00000002", "checkpoint_00000004"]
     with result.checkpoint.as_directory() as directory:

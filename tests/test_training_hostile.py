@@ -139,7 +139,7 @@ def test_local_run_skips_corrupt_rows_and_reports_them(sdxl: Path, tmp_path: Pat
     config = tiny_config(data, sdxl, tmp_path / "out", max_steps=4, max_bad_fraction=0.5, val_every=4)
     with caplog.at_level(logging.WARNING, logger="training"):
         ctx, state = train_local(config)
-    assert state.step == 4 and (tmp_path / "out" / "final" / "sdxl_sg.json").exists()
+    assert state.step == 4 and (tmp_path / "out" / "final" / "model_index.json").exists()
     last = ctx.history[-1]
     # 6 good rows, batch 2: epoch 0 is 3 full batches, step 4 is in epoch 1, so all of epoch 0 was decoded.
     assert last["epoch"] == 1 and last["bad_rows"] >= 2 and last["failed_annotation_rows"] >= 1

@@ -2,7 +2,7 @@
 
     from training.pipeline import SDXLSGPipeline
 
-    pipe = SDXLSGPipeline.from_pretrained("runs/final")        # or a hub id; base SDXL from the saved reference
+    pipe = SDXLSGPipeline.from_pretrained("runs/final")        # a saved folder or a hub id
     image = pipe(scene_graph=graph, num_inference_steps=40, generator=torch.Generator().manual_seed(0)).images[0]
 
 `scene_graph=` takes a `SceneGraph`, our JSON (string or dict), a LAION-SG record (``items``/``relations``) or
@@ -11,11 +11,17 @@ is `StableDiffusionXLPipeline.__call__`'s. The unconditional branch of classifie
 zeros when `force_zeros_for_empty_prompt` (SDXL base's setting) and no negative is given, else the encoded
 `negative_prompt` text; `negative_scene_graph=` encodes a graph instead (an empty graph is the empty text).
 
-Saved layout (safetensors only)::
+Saved layout: a standard diffusers pipeline folder (`save_pretrained`, safetensors)::
 
-    DIR/sdxl_sg.json          {"format": "sdxl-sg", "version": 1, "base_model": null | "<hub id or directory>"}
-    DIR/sg_encoder/           config.json + model.safetensors
-    DIR/{unet,vae,...}/       SDXL's own components, only when base_model is null
+    DIR/model_index.json      "_class_name": "SDXLSGPipeline" and every component by library and class,
+                              among them "sg_encoder": ["training.sg_encoder", "SGEncoder"]
+    DIR/sg_encoder/           config.json + diffusion_pytorch_model.safetensors
+    DIR/{unet,vae,text_encoder,text_encoder_2,tokenizer,tokenizer_2,scheduler}/   SDXL's own components
+
+It loads three ways: `SDXLSGPipeline.from_pretrained(DIR)`; diffusers' custom-pipeline route
+`DiffusionPipeline.from_pretrained(DIR, custom_pipeline=training.pipeline.__file__, trust_remote_code=True)`;
+and `StableDiffusionXLPipeline.from_pretrained(DIR)` gives plain SDXL (the `sg_encoder` entry is ignored).
+`SDXLSGPipeline.from_base(base, sg_encoder)` puts a trained encoder on top of a base SDXL.
 """
 
 from __future__ import annotations
@@ -32,11 +38,10 @@ from schemas import SceneGraph
 from training.sg_encoder import SGEncoder, encode_graphs
 from training.sg_graphs import prepare_graphs
 
-__all__ = ["MANIFEST", "SDXLSGPipeline", "as_scene_graph"]
+__all__ = ["SDXLSGPipeline", "as_scene_graph"]
 
-MANIFEST = "sdxl_sg.json"
-FORMAT = "sdxl-sg"
-SG_ENCODER_DIR = "sg_encoder"
+HUB_FILES = ["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"]  # what from_pretrained reads
+HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "proxies", "force_download")
 
 GraphLike = SceneGraph | str | bytes | Mapping[str, Any]
 
@@ -134,51 +139,40 @@ class SDXLSGPipeline(StableDiffusionXLPipeline):
 
     # ------------------------------------------------------------------------------------------ save / load
 
-    @staticmethod
-    def save_encoder(directory: str | Path, sg_encoder: SGEncoder, base_model: str | Path | None) -> Path:
-        """Write the SG encoder and the manifest. `base_model` None means SDXL's components are (to be) in
-        `directory`; otherwise it is the hub id or directory loaded as the base."""
-        out = Path(directory)
-        sg_encoder.save_pretrained(out / SG_ENCODER_DIR)
-        manifest = {"format": FORMAT, "version": 1, "base_model": None if base_model is None else str(base_model)}
-        (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        return out
-
-    def save_pretrained(self, save_directory: str | Path, base_model: str | Path | None = None, **kwargs: Any) -> None:
-        """Save the SG encoder plus either SDXL's components (default) or only a reference to `base_model`."""
-        if base_model is None:
-            components = {k: v for k, v in self.components.items() if k != "sg_encoder"}
-            StableDiffusionXLPipeline(
-                **components,
-                force_zeros_for_empty_prompt=self.config.force_zeros_for_empty_prompt,
-                add_watermarker=self.watermark is not None,
-            ).save_pretrained(save_directory, **kwargs)
-        self.save_encoder(save_directory, self.sg_encoder, base_model)
-
     @classmethod
-    def from_pretrained(
-        cls, pretrained_model_name_or_path: str | Path, base_model: str | Path | None = None, **kwargs: Any
-    ) -> SDXLSGPipeline:
-        """Load a saved SDXL-SG directory (or hub repo). `base_model` overrides the saved base reference; other
-        keyword arguments (`torch_dtype`, `variant`, ...) go to `StableDiffusionXLPipeline.from_pretrained`."""
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> SDXLSGPipeline:
+        """`DiffusionPipeline.from_pretrained`, safetensors only unless `use_safetensors` says otherwise.
+
+        A hub repo is fetched with `huggingface_hub.snapshot_download` first (configs, tokenizer files and
+        safetensors): diffusers' own download refuses a component whose library is not one of diffusers' pipeline
+        modules, as ``training.sg_encoder`` is not."""
+        kwargs.setdefault("use_safetensors", True)  # never unpickle weights
         source = str(pretrained_model_name_or_path)
-        root = Path(source)
-        if not root.is_dir():
+        if not Path(source).is_dir():
             from huggingface_hub import snapshot_download
 
-            root = Path(snapshot_download(source, allow_patterns=[MANIFEST, f"{SG_ENCODER_DIR}/*"]))
-        manifest = json.loads((root / MANIFEST).read_text())
-        if manifest.get("format") != FORMAT:
-            raise ValueError(f"{source} is not an SDXL-SG pipeline ({MANIFEST} format {manifest.get('format')!r})")
-        base = base_model or manifest["base_model"] or source
-        kwargs.setdefault("use_safetensors", True)  # never unpickle weights
-        sdxl = StableDiffusionXLPipeline.from_pretrained(base, **kwargs)
-        encoder = SGEncoder.from_pretrained(root / SG_ENCODER_DIR)
-        if kwargs.get("torch_dtype") is not None:
-            encoder = encoder.to(kwargs["torch_dtype"])
+            hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
+            source = snapshot_download(source, allow_patterns=HUB_FILES, **hub)
+        return super().from_pretrained(source, **kwargs)
+
+    @classmethod
+    def from_base(cls, base_model: str | Path, sg_encoder: SGEncoder, **kwargs: Any) -> SDXLSGPipeline:
+        """SDXL's components from `base_model` (a diffusers directory or hub id; `kwargs` go to
+        `StableDiffusionXLPipeline.from_pretrained`) with `sg_encoder`, cast to `dtype` when one is given."""
+        kwargs.setdefault("use_safetensors", True)
+        sdxl = StableDiffusionXLPipeline.from_pretrained(str(base_model), **kwargs)
+        dtype = kwargs.get("torch_dtype", kwargs.get("dtype"))
         return cls(
             **sdxl.components,
-            sg_encoder=encoder.requires_grad_(False).eval(),
+            sg_encoder=sg_encoder if dtype is None else sg_encoder.to(dtype),
             force_zeros_for_empty_prompt=sdxl.config.force_zeros_for_empty_prompt,
             add_watermarker=sdxl.watermark is not None,
         )
+
+    @classmethod
+    def save_encoder(cls, directory: str | Path, sg_encoder: SGEncoder, base_model: str | Path) -> Path:
+        """Write the complete pipeline folder of `sg_encoder` on top of the SDXL at `base_model` (what
+        training exports): SDXL's components from the base, the SG encoder, and ``model_index.json``."""
+        out = Path(directory)
+        cls.from_base(base_model, sg_encoder).save_pretrained(out)
+        return out

@@ -1,6 +1,7 @@
 """The scene-graph encoder of SDXL-SG: a scene graph -> SDXL's text conditioning (prompt_embeds, pooled).
 
-Pipeline (sizes at full SDXL scale; every width comes from `SGEncoderConfig` or the loaded text encoders):
+Pipeline (sizes at full SDXL scale; every width is an argument of `SGEncoder` or, through
+`SGEncoder.for_text_encoders`, comes from the loaded text encoders):
 
 1. The canonical SG text (`SceneGraph.to_text()`, "attrs subject predicate attrs object, ...") is encoded exactly as
    SDXL encodes a prompt: both frozen CLIP text encoders, penultimate hidden layer, concatenated (768 + 1280 = 2048),
@@ -21,6 +22,10 @@ variable-size graphs batched with node/edge offsets. One deviation from sg2im: `
 its output (a residual, no parameters); sg2im's plain version maps every isolated node to the same constant
 `net2(0)`, which would erase the identity of isolated objects.
 
+`SGEncoder` is a diffusers model (`ModelMixin` + `ConfigMixin`): its widths are its registered config, and
+`save_pretrained` / `from_pretrained` are diffusers' own (``config.json`` and
+``diffusion_pytorch_model.safetensors``), so an `SDXLSGPipeline` folder loads it like any other component.
+
 The parameter count at full size is 14,701,057 (`python -m training.sg_encoder --count-params`), the 14.70M of
 the LAION-SG paper.
 """
@@ -28,14 +33,14 @@ the LAION-SG paper.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from training.sg_graphs import BatchIndex, GraphInputs
@@ -44,45 +49,12 @@ __all__ = [
     "GraphTripleConv",
     "GraphTripleConvNet",
     "SGEncoder",
-    "SGEncoderConfig",
     "SGFeatures",
     "encode_graphs",
     "main",
 ]
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-
-
-@dataclass(frozen=True)
-class SGEncoderConfig:
-    """Widths of the scene-graph encoder. The defaults are the full SDXL-SG sizes."""
-
-    text_dim: int = 2048  # width of SDXL's concatenated penultimate hidden states (768 + 1280)
-    hidden_dim: int = 512  # node/edge width inside the graph network
-    mlp_hidden_dim: int = 512  # hidden width of the MLPs inside every GraphTripleConv
-    num_layers: int = 5  # layers of the GraphTripleConvNet that follows the first GraphTripleConv
-    pooling: str = "avg"  # how edge messages are pooled onto nodes: "avg" (sg2im's choice) or "sum"
-    residual: bool = True  # add each conv's input to its output (keeps isolated nodes distinct)
-    sequence_length: int = 77  # SDXL's token sequence length
-
-    def __post_init__(self) -> None:
-        if self.pooling not in {"avg", "sum"}:
-            raise ValueError(f"pooling must be 'avg' or 'sum', got {self.pooling!r}")
-
-    @classmethod
-    def for_text_encoders(cls, text_encoder: nn.Module, text_encoder_2: nn.Module, **overrides: Any) -> SGEncoderConfig:
-        """A config whose `text_dim` matches the two loaded encoders (768 + 1280 for SDXL)."""
-        text_dim = text_encoder.config.hidden_size + text_encoder_2.config.hidden_size
-        return cls(text_dim=text_dim, **overrides)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SGEncoderConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown SGEncoderConfig keys: {sorted(unknown)}")
-        return cls(**data)
+POOLINGS = ("avg", "sum")
 
 
 @dataclass
@@ -220,18 +192,38 @@ class GraphTripleConvNet(nn.Module):
         return obj, pred
 
 
-class SGEncoder(nn.Module):
-    """The trainable part of SDXL-SG: frozen-encoder features of a graph -> (prompt_embeds, pooled_prompt_embeds)."""
+class SGEncoder(ModelMixin, ConfigMixin):
+    """The trainable part of SDXL-SG: frozen-encoder features of a graph -> (prompt_embeds, pooled).
 
-    def __init__(self, config: SGEncoderConfig | None = None):
+    The defaults are the full SDXL-SG sizes; `for_text_encoders` takes `text_dim` from loaded text encoders.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        text_dim: int = 2048,  # width of SDXL's concatenated penultimate hidden states (768 + 1280)
+        hidden_dim: int = 512,  # node/edge width inside the graph network
+        mlp_hidden_dim: int = 512,  # hidden width of the MLPs inside every GraphTripleConv
+        num_layers: int = 5,  # layers of the GraphTripleConvNet that follows the first GraphTripleConv
+        pooling: str = "avg",  # how edge messages are pooled onto nodes: "avg" (sg2im's choice) or "sum"
+        residual: bool = True,  # add each conv's input to its output (keeps isolated nodes distinct)
+        sequence_length: int = 77,  # SDXL's token sequence length
+    ):
         super().__init__()
-        self.config = config or SGEncoderConfig()
-        c = self.config
-        self.project_in = nn.Linear(c.text_dim, c.hidden_dim)
-        self.gconv = GraphTripleConv(c.hidden_dim, c.mlp_hidden_dim, c.pooling, c.residual)
-        self.gconv_net = GraphTripleConvNet(c.hidden_dim, c.mlp_hidden_dim, c.num_layers, c.pooling, c.residual)
-        self.project_out = nn.Linear(c.hidden_dim, c.text_dim)
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be 'avg' or 'sum', got {pooling!r}")
+        self.project_in = nn.Linear(text_dim, hidden_dim)
+        self.gconv = GraphTripleConv(hidden_dim, mlp_hidden_dim, pooling, residual)
+        self.gconv_net = GraphTripleConvNet(hidden_dim, mlp_hidden_dim, num_layers, pooling, residual)
+        self.project_out = nn.Linear(hidden_dim, text_dim)
         self.alpha = nn.Parameter(torch.zeros(()))
+
+    @classmethod
+    def for_text_encoders(cls, text_encoder: nn.Module, text_encoder_2: nn.Module, **widths: Any) -> SGEncoder:
+        """An encoder whose `text_dim` matches the two loaded text encoders (768 + 1280 for SDXL); `widths`
+        set the other arguments."""
+        text_dim = text_encoder.config.hidden_size + text_encoder_2.config.hidden_size
+        return cls(text_dim=text_dim, **widths)
 
     def forward(self, features: SGFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         index = features.index
@@ -246,37 +238,6 @@ class SGEncoder(nn.Module):
         gated = (self.alpha * delta).view(batch, length, width)
         return features.token_embeds + gated.to(features.token_embeds.dtype), features.pooled
 
-    @property
-    def device(self) -> torch.device:
-        return self.alpha.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.alpha.dtype
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors``."""
-        from safetensors.torch import save_file
-
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(out / WEIGHTS_NAME))
-        return out
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path) -> SGEncoder:
-        """Load what `save_pretrained` wrote (safetensors only; strict key match)."""
-        from safetensors.torch import load_file
-
-        path = Path(directory)
-        encoder = cls(SGEncoderConfig.from_dict(json.loads((path / CONFIG_NAME).read_text())))
-        encoder.load_state_dict(load_file(str(path / WEIGHTS_NAME)))
-        return encoder
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.sg_encoder", description="SDXL-SG scene-graph encoder")
@@ -285,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.count_params:
         parser.print_help()
         return 2
-    encoder = SGEncoder(SGEncoderConfig())
+    encoder = SGEncoder()
     total = encoder.num_parameters()
     for name, module in encoder.named_children():
         print(f"{name:12s} {sum(p.numel() for p in module.parameters()):>12,d}")

@@ -14,8 +14,14 @@ reported every step and a checkpoint every `--checkpoint-every` steps and at the
 Checkpoints (``RUNS/<name>/checkpoint_*``): ``sg_encoder/`` (safetensors), ``trainer_state.pt`` (optimizer and LR
 scheduler, loaded with ``weights_only=True``), ``state.json`` (step, epoch, batch within the epoch) and
 ``rng_rank<r>.pt`` per worker. Running the same command again (same `--output` and `--name`) resumes from the
-latest checkpoint. The final pipeline lands in ``RUNS/final`` (`SDXLSGPipeline.from_pretrained(RUNS/final)`;
-it references the base SDXL given by `--model`).
+latest checkpoint. The final pipeline lands in ``RUNS/final``: a complete diffusers pipeline folder (the base
+SDXL given by `--model` plus the trained SG encoder, `model_index.json` naming both) that
+`SDXLSGPipeline.from_pretrained(RUNS/final)` loads.
+
+Metrics: every step's metrics go to `ray.train.report`; rank 0 also writes loss, learning rate, gradient norm,
+samples/s, alpha and validation loss as TensorBoard events into the run directory ``RUNS/<name>``
+(`tensorboard --logdir RUNS`), and the end of training draws ``RUNS/<name>/loss.png`` from them
+(`training.tracking`). A local run (`train_local`) writes both into ``RUNS`` itself.
 
 Unusable rows (a corrupt, truncated or missing image, a null or empty scene graph, a cache row precompute could
 not encode or whose bytes are broken) are skipped where they are decoded, and batches are refilled to full size
@@ -71,7 +77,7 @@ from training.data import (
     rebatch,
     row_problem,
 )
-from training.sg_encoder import SGEncoder, SGEncoderConfig
+from training.sg_encoder import SGEncoder
 from training.step import (
     VALIDATION_STREAM,
     FrozenSDXL,
@@ -81,6 +87,7 @@ from training.step import (
     step_seed,
     train_step,
 )
+from training.tracking import TensorBoardLog, plot_losses
 
 __all__ = [
     "LocalContext",
@@ -92,6 +99,7 @@ __all__ = [
     "main",
     "parse_config",
     "preflight",
+    "run_dir",
     "run_worker",
     "train",
     "train_local",
@@ -135,7 +143,7 @@ class TrainConfig:
     max_failures: int = 0
     # Fail once unusable rows (corrupt/missing images, null/empty graphs) exceed this share of the train split.
     max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION
-    encoder: dict[str, Any] = field(default_factory=dict)  # SGEncoderConfig overrides (hidden widths, layers)
+    encoder: dict[str, Any] = field(default_factory=dict)  # SGEncoder arguments (hidden widths, layers, pooling)
 
     def __post_init__(self) -> None:
         if self.cache and self.flip:
@@ -163,7 +171,8 @@ class TrainState:
 
 
 class LocalContext:
-    """Single-process training without Ray: seeded data order, checkpoints under ``output/checkpoints``."""
+    """Single-process training without Ray: seeded data order, checkpoints under ``output/checkpoints``, the
+    run directory (TensorBoard events, loss plot) is ``output``."""
 
     rank = 0
     world_size = 1
@@ -171,7 +180,8 @@ class LocalContext:
     def __init__(self, config: TrainConfig, stop_after: int | None = None):
         self.config = config
         self.device = torch.device("cuda" if config.use_gpu else "cpu")
-        self.checkpoints = Path(config.output) / "checkpoints"
+        self.run_dir = Path(config.output)
+        self.checkpoints = self.run_dir / "checkpoints"
         self.history: list[dict[str, Any]] = []
         self.stop_after = stop_after  # simulate an interruption after this many steps of this process
         source = config.cache or config.data
@@ -232,6 +242,7 @@ class RayContext:
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
         self.device = ray.train.torch.get_device()
+        self.run_dir = run_dir(config)
 
     @contextlib.contextmanager
     def resume_dir(self) -> Iterator[Path | None]:
@@ -328,9 +339,10 @@ def save_checkpoint(
 
 
 def load_checkpoint(directory: Path, encoder: SGEncoder, optimizer: Any, lr_scheduler: Any, rank: int) -> TrainState:
+    from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
     from safetensors.torch import load_file
 
-    encoder.load_state_dict(load_file(str(directory / SG_ENCODER_DIR / "model.safetensors")))
+    encoder.load_state_dict(load_file(str(directory / SG_ENCODER_DIR / SAFETENSORS_WEIGHTS_NAME)))
     trainer_state = torch.load(directory / TRAINER_STATE, weights_only=True, map_location="cpu")
     optimizer.load_state_dict(trainer_state["optimizer"])
     lr_scheduler.load_state_dict(trainer_state["lr_scheduler"])
@@ -426,7 +438,7 @@ def run_worker(config: TrainConfig, ctx: Any) -> TrainState:
     if config.gradient_checkpointing:
         frozen.unet.enable_gradient_checkpointing()
     torch.manual_seed(config.seed)  # the same initial encoder on every rank
-    encoder = SGEncoder(SGEncoderConfig.for_text_encoders(*frozen.text_encoders, **config.encoder)).to(ctx.device)
+    encoder = SGEncoder.for_text_encoders(*frozen.text_encoders, **config.encoder).to(ctx.device)
     optimizer = build_optimizer(encoder, config.lr, config.weight_decay)
     lr_scheduler = build_lr_scheduler(optimizer, config.warmup_steps, config.max_steps)
     with ctx.resume_dir() as directory:
@@ -438,54 +450,64 @@ def run_worker(config: TrainConfig, ctx: Any) -> TrainState:
     monitor = BadRowMonitor(ctx, config)
     val_tally = BadRows()
 
-    while state.step < config.max_steps:
-        collate = collators["train"]
-        if isinstance(collate, RowCollator):
-            collate = collate.with_epoch(state.epoch)
-        consumed = state.batch_in_epoch
-        started = time.perf_counter()
-        epoch_start = (monitor.local.seen, monitor.local.bad)
-        for batch in ctx.batches("train", collate, state.epoch, skip=state.batch_in_epoch, tally=monitor.local):
-            metrics = train_step(
-                frozen,
-                model,
-                optimizer,
-                lr_scheduler,
-                batch.to(ctx.device),
-                seed=step_seed(config.seed, state.step, ctx.rank),
-                grad_clip=config.grad_clip,
-                autocast=autocast,
-            )
-            state.step += 1
-            state.batch_in_epoch += 1
-            elapsed = time.perf_counter() - started
-            metrics |= {
-                "step": state.step,
-                "epoch": state.epoch,
-                "loss": monitor.sync(metrics["loss"]),
-                "alpha": float(encoder.alpha.detach()),
-                "samples_per_s": batch.size * ctx.world_size / elapsed,
-                "resumed_from_step": resumed_from,
-            }
-            metrics |= monitor.metrics()
-            last = state.step >= config.max_steps
-            if has_val and (last or (config.val_every and state.step % config.val_every == 0)):
-                metrics["val_loss"] = validate(frozen, encoder, ctx, collators["val"], config, autocast, val_tally)
-            keep_going = _report(ctx, metrics, encoder, optimizer, lr_scheduler, state, config, last)
-            if last or not keep_going:
-                return state
+    with contextlib.ExitStack() as stack:
+        # Rank 0 also writes the reported metrics as TensorBoard events (Ray Train's route to tracking).
+        tensorboard = None
+        if ctx.rank == 0:
+            tensorboard = stack.enter_context(TensorBoardLog(ctx.run_dir, first_step=state.step + 1))
+        while state.step < config.max_steps:
+            collate = collators["train"]
+            if isinstance(collate, RowCollator):
+                collate = collate.with_epoch(state.epoch)
+            consumed = state.batch_in_epoch
             started = time.perf_counter()
-        seen, bad = monitor.local.seen - epoch_start[0], monitor.local.bad - epoch_start[1]
-        if bad:
-            log.warning("epoch %d, worker %d: skipped %d unusable of %d rows", state.epoch, ctx.rank, bad, seen)
-        if state.batch_in_epoch == consumed == 0:
-            raise ValueError(
-                f"the train split has fewer than batch_size={config.batch_size} usable rows per worker "
-                f"(this worker: {monitor.local.describe()})"
-            )
-        state.epoch += 1
-        state.batch_in_epoch = 0
-    return state
+            epoch_start = (monitor.local.seen, monitor.local.bad)
+            skip, tally = state.batch_in_epoch, monitor.local
+            for batch in ctx.batches("train", collate, state.epoch, skip=skip, tally=tally):
+                metrics = train_step(
+                    frozen,
+                    model,
+                    optimizer,
+                    lr_scheduler,
+                    batch.to(ctx.device),
+                    seed=step_seed(config.seed, state.step, ctx.rank),
+                    grad_clip=config.grad_clip,
+                    autocast=autocast,
+                )
+                state.step += 1
+                state.batch_in_epoch += 1
+                elapsed = time.perf_counter() - started
+                metrics |= {
+                    "step": state.step,
+                    "epoch": state.epoch,
+                    "loss": monitor.sync(metrics["loss"]),
+                    "alpha": float(encoder.alpha.detach()),
+                    "samples_per_s": batch.size * ctx.world_size / elapsed,
+                    "resumed_from_step": resumed_from,
+                }
+                metrics |= monitor.metrics()
+                last = state.step >= config.max_steps
+                if has_val and (last or (config.val_every and state.step % config.val_every == 0)):
+                    val = collators["val"]
+                    metrics["val_loss"] = validate(frozen, encoder, ctx, val, config, autocast, val_tally)
+                if tensorboard is not None:
+                    tensorboard.add(metrics)
+                keep_going = _report(ctx, metrics, encoder, optimizer, lr_scheduler, state, config, last)
+                if last or not keep_going:
+                    return state
+                started = time.perf_counter()
+            seen, bad = monitor.local.seen - epoch_start[0], monitor.local.bad - epoch_start[1]
+            if bad:
+                message = "epoch %d, worker %d: skipped %d unusable of %d rows"
+                log.warning(message, state.epoch, ctx.rank, bad, seen)
+            if state.batch_in_epoch == consumed == 0:
+                raise ValueError(
+                    f"the train split has fewer than batch_size={config.batch_size} usable rows per worker "
+                    f"(this worker: {monitor.local.describe()})"
+                )
+            state.epoch += 1
+            state.batch_in_epoch = 0
+        return state
 
 
 def _report(
@@ -506,14 +528,18 @@ def _report(
 
 
 def export_final(checkpoint_dir: str | Path, config: TrainConfig) -> Path:
-    """Write ``output/final``: the trained SG encoder plus a reference to the base SDXL (`config.model`)."""
+    """Write ``output/final``: the complete diffusers pipeline folder of the trained SG encoder on top of the
+    base SDXL (`config.model`), loadable with `SDXLSGPipeline.from_pretrained`."""
     from training.pipeline import SDXLSGPipeline
 
-    base = Path(config.model)
     encoder = SGEncoder.from_pretrained(Path(checkpoint_dir) / SG_ENCODER_DIR)
-    return SDXLSGPipeline.save_encoder(
-        Path(config.output) / FINAL_DIR, encoder, base.resolve() if base.exists() else config.model
-    )
+    return SDXLSGPipeline.save_encoder(Path(config.output) / FINAL_DIR, encoder, base_model=config.model)
+
+
+def run_dir(config: TrainConfig) -> Path:
+    """The directory of a Ray Train run, ``output/name`` (the trainer's storage path and run name): its
+    checkpoints, TensorBoard events and loss plot."""
+    return Path(config.output) / config.name
 
 
 def _missing_from_cache(config: TrainConfig) -> BadRows:
@@ -585,13 +611,15 @@ def preflight(config: TrainConfig) -> dict[str, Any]:
 
 
 def train_local(config: TrainConfig, stop_after: int | None = None) -> tuple[LocalContext, TrainState]:
-    """Train in this process without Ray (resumes from ``output/checkpoints``); export ``output/final`` when done."""
+    """Train in this process without Ray (resumes from ``output/checkpoints``); when done, export
+    ``output/final`` and draw ``output/loss.png`` from the TensorBoard events in ``output``."""
     preflight(config)
     ctx = LocalContext(config, stop_after=stop_after)
     state = run_worker(config, ctx)
     if state.step >= config.max_steps:
         with ctx.resume_dir() as directory:
             export_final(directory, config)
+        plot_losses(ctx.run_dir)
     return ctx, state
 
 
@@ -621,7 +649,7 @@ def build_trainer(config: TrainConfig, train_loop: Callable[[dict[str, Any]], No
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu),
         run_config=RunConfig(
             name=config.name,
-            storage_path=str(Path(config.output).resolve()),
+            storage_path=str(Path(config.output).resolve()),  # the run directory is `run_dir(config)`
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
         ),
@@ -630,7 +658,8 @@ def build_trainer(config: TrainConfig, train_loop: Callable[[dict[str, Any]], No
 
 
 def train(config: TrainConfig, *, check: bool = True):
-    """Fit with Ray Train (resuming when ``output/name`` has checkpoints), then export ``output/final``.
+    """Fit with Ray Train (resuming when ``output/name`` has checkpoints), then export ``output/final`` and
+    draw ``output/name/loss.png``.
     `preflight` runs first (unless `check` is off: the caller ran it), so data without a usable row fails before
     Ray Train starts."""
     if check:
@@ -640,6 +669,7 @@ def train(config: TrainConfig, *, check: bool = True):
         raise RuntimeError("training finished without a checkpoint")
     with result.checkpoint.as_directory() as directory:
         export_final(directory, config)
+    plot_losses(run_dir(config))
     return result
 
 
@@ -733,7 +763,8 @@ def main(argv: list[str] | None = None) -> int:
         line = str(error).splitlines()[0] if str(error) else repr(error)
         print(f"error: {line}", file=sys.stderr)
         return 2
-    summary = {"final": str(Path(config.output) / FINAL_DIR), "metrics": result.metrics} | checks
+    summary = {"final": str(Path(config.output) / FINAL_DIR), "tensorboard": str(run_dir(config))}
+    summary |= {"metrics": result.metrics} | checks
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
