@@ -193,6 +193,7 @@ def score_judgements(
 
     Every judgement counts once in each mean. A ``failed`` one (undecodable image, unparseable answer, engine
     error) scores 0.0 on all three IoUs, whatever its target. The details hold ``n_images`` (all judgements),
+    ``sg_iou_std``, ``entity_iou_std`` and ``relation_iou_std`` (population std over the judgements),
     ``judge_status`` (count per status), ``n_failed`` and ``failed`` (``"key:image_index"`` -> error, for every
     failed item)."""
     targets = {s.key: s.scene_graph for s in samples}
@@ -207,5 +208,11 @@ def score_judgements(
             continue
         metric.update(scene_graph_from_arrow(row["scene_graph"]), targets[row["key"]])
     means = metric.compute()
-    details = {"n_images": len(metric.scores), "judge_status": dict(statuses), "n_failed": len(failed), "failed": failed}
+    details = {
+        "n_images": len(metric.scores),
+        **metric.compute_std(),  # with n_images, the leaderboard's confidence interval of each mean
+        "judge_status": dict(statuses),
+        "n_failed": len(failed),
+        "failed": failed,
+    }
     return {key: means[key] for key in IOU_KEYS}, details

@@ -2,7 +2,8 @@
 
     python -m benchmark.run --bench bench.parquet --adapter sdxl-sg --model DIR --output RUN_DIR \\
         [--images-per-sample 1 --steps 40 --guidance 5 --height 1024 --width 1024 --seed 42 --num-actors 0 \\
-         --judge-model ID --clip-model ID --clip-pretrained TAG --inception-weights PTH --config run.yaml]
+         --judge-model ID --clip-model ID --clip-pretrained TAG --inception-weights PTH --config run.yaml \\
+         --display-name NAME]
 
 ``--config`` reads a YAML mapping whose keys are the option names with underscores (``images_per_sample: 4``);
 options on the command line override it. Generation, judging and feature extraction run on ``--num-actors`` Ray
@@ -15,6 +16,10 @@ metrics in that order, so a run, a resumed run and `benchmark.leaderboard verify
 - CLIP-T (100·max(cos, 0) between a generated image and the sample's caption, or its SG text) and CLIP-I (cosine
   to the reference image), with ``--clip-model``; CMMD with ``--cmmd-clip-model`` (ViT-L/14@336 by default);
 - SG-IoU, Entity-IoU, Relation-IoU of the judge's graphs (`benchmark.judge`).
+
+Each metric is a `benchmark.metrics` class (a `torchmetrics.Metric`); the record's metric keys and their
+`metric_details` groups are the ones the classes name (`labels`, `details_key`). ``--display-name`` names the run
+on the leaderboard (kept in the record's ``provenance.config``).
 
 RUN_DIR keeps the images (``images/``), the judge's answers (``judge/``), the image features (``features/``, one
 folder per set of metric networks) and ``run.json`` (what the images and judgements depend on); a re-run with the
@@ -37,6 +42,7 @@ from benchmark.dataset import BenchmarkSample, BenchmarkSet, load_benchmark
 from benchmark.features import REFERENCE_INDEX, FeatureItem, FeatureSettings, extract_features
 from benchmark.generate import ADAPTERS, generate_images, image_index, images_digest, iter_images
 from benchmark.judge import JudgeSettings, judge_images, score_judgements
+from benchmark.metrics.graph_iou import GraphIoU
 from benchmark.provenance import provenance, weights_sha256
 from schemas import BenchmarkResult, GenerationSettings, ModelInfo
 
@@ -50,7 +56,11 @@ _MODEL_OPTIONS = ("model", "judge_model", "clip_model", "cmmd_clip_model")
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Every option of a benchmark run (recorded in the result's provenance)."""
+    """Every option of a benchmark run (recorded in the result's provenance).
+
+    `display_name` is the run's name on the leaderboard (default: the model id); it is stored with the other
+    options in ``provenance.config`` and changes neither the images nor the numbers (a run can be resumed under
+    another name)."""
 
     bench: str
     adapter: str
@@ -84,6 +94,7 @@ class RunConfig:
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     feature_batch_size: int = 32
+    display_name: str | None = None
 
     def generation(self) -> GenerationSettings:
         return GenerationSettings(
@@ -189,17 +200,20 @@ def _image_metrics(
     cmmd.update_embeddings(stored.array("cmmd", real), real=True)
     cmmd.update_embeddings(stored.array("cmmd", fake), real=False)
 
-    results = {"fid": fid.compute(), "kid": kid.compute(), "clip_t": clip_t.compute(), "clip_i": clip_i.compute()}
-    results["cmmd"] = cmmd.compute()
-    metrics = {
-        "fid": results["fid"].pop("fid"),
-        "kid_mean": results["kid"].pop("kid_mean"),
-        "clip_t": results["clip_t"].pop("clip_t"),
-        "clip_i": results["clip_i"].pop("clip_i"),
-        "cmmd": results["cmmd"].pop("cmmd"),
-    }
-    results["clip_t"]["text"] = config.clip_t_text
+    metrics, results = {}, {}
+    for metric in (fid, kid, clip_t, clip_i, cmmd):
+        values, details = _split_record(metric, metric.compute())
+        metrics |= values
+        results[metric.details_key] = details
+    results[CLIPScore.details_key]["text"] = config.clip_t_text
     return metrics, results
+
+
+def _split_record(metric: Any, computed: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+    """A metric's `compute()` split into its record values (the keys it names in `labels`) and its details (the
+    rest); `computed` itself is left as it is (torchmetrics caches it)."""
+    values = {key: float(computed[key]) for key in metric.labels}
+    return values, {key: value for key, value in computed.items() if key not in metric.labels}
 
 
 def _read_synonyms(path: str | None) -> dict[str, str] | None:
@@ -235,8 +249,8 @@ def compute_metrics(
     )
     iou, judge_details = score_judgements(samples, judgements, synonyms)
     metrics, details = _image_metrics(config, samples, run_dir, state_dir, sorted(found))
-    metrics |= iou
-    details["graph_iou"] = {
+    metrics |= {key: iou[key] for key in GraphIoU.labels}
+    details[GraphIoU.details_key] = {
         **judge_details,
         **asdict(judge),
         "judge_weights_sha256": weights_sha256(judge.model),
@@ -334,7 +348,9 @@ def recompute(
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="benchmark.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="YAML file of options (keys with underscores); the command line wins")
+    parser.add_argument(
+        "--config", help="YAML file of options (keys with underscores); the command line wins"
+    )
     defaults = {f.name: None if f.default is dataclasses.MISSING else f.default for f in fields(RunConfig)}
     for f in fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")

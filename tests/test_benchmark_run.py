@@ -53,12 +53,12 @@ def models(tiny_models_dir, tmp_path_factory) -> dict[str, Path]:
     import torch
 
     from training.pipeline import SDXLSGPipeline
-    from training.sg_encoder import SGEncoder, SGEncoderConfig
+    from training.sg_encoder import SGEncoder
 
     root = tmp_path_factory.mktemp("sdxl_sg")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        encoder = SGEncoder(SGEncoderConfig(text_dim=96, hidden_dim=16, mlp_hidden_dim=16, num_layers=1))
+        encoder = SGEncoder(text_dim=96, hidden_dim=16, mlp_hidden_dim=16, num_layers=1)
     SDXLSGPipeline.save_encoder(root / "model", encoder, base_model=tiny_models_dir / "sdxl")
     return {
         "sdxl_sg": root / "model",
@@ -106,6 +106,9 @@ def test_config_from_yaml_and_command_line(tmp_path):
     assert parsed == RunConfig(
         bench="b", adapter="diffusers-sg-text", model="m", output="o", steps=3, judge_restrict_vocabulary=False
     )
+    named = parse_config(["--bench", "b", "--adapter", "a", "--model", "m", "--output", "o", "--display-name", "SDXL-SG (ours)"])
+    assert named.display_name == "SDXL-SG (ours)" and asdict(named)["display_name"] == "SDXL-SG (ours)"
+    assert parsed.display_name is None  # the leaderboard then names the run by its model id
     config.write_text("stepz: 3\n")
     with pytest.raises(SystemExit):
         parse_config(["--config", str(config)])
@@ -384,8 +387,12 @@ def test_end_to_end_on_ray_reproducible_rendered_and_verified(
     assert leaderboard_main(["render", *inputs, "--output", str(site)]) == 0
     markdown = (site / "leaderboard.md").read_text()
     assert markdown.count(str(models["sdxl_sg"])) == 2 and "<script>" not in markdown
+    # each run links to its record and to a grid of its images, relative to the site folder
+    assert "(../a/result.json)" in markdown and "(../b/result.json)" in markdown
+    assert len(list((site / "samples").glob("*.png"))) == 2 and markdown.count("](samples/") == 2
     escaped = "&lt;script&gt;document.title='pwned'&lt;/script&gt;evil|model"
-    check_page_in_browser(site / "index.html", [escaped, str(models["sdxl_sg"]), str(models["sdxl_sg"])])
+    # runs a and b are the same run (no Ray vs two actors): equal SG-IoU, so they share rank 2
+    check_page_in_browser(site / "index.html", [escaped, str(models["sdxl_sg"]), str(models["sdxl_sg"])], [1, 2, 2])
 
     # verify: an untouched run reproduces; a tampered image is caught
     capsys.readouterr()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,10 @@ def test_failed_judgements_count_as_zero_in_the_iou_means():
         {"sg_iou": (1 + 1 / 3) / 5, "entity_iou": (1 + 1 / 2) / 5, "relation_iou": (1 + 1 / 3) / 5}, abs=1e-12
     )
     assert details["n_images"] == 5 and details["n_failed"] == 3
+    per_item = {"sg_iou": [1, 0, 1 / 3, 0, 0], "entity_iou": [1, 0, 1 / 2, 0, 0], "relation_iou": [1, 0, 1 / 3, 0, 0]}
+    assert {key: details[f"{key}_std"] for key in per_item} == pytest.approx(
+        {key: statistics.pstdev(values) for key, values in per_item.items()}, abs=1e-12
+    )
     assert details["judge_status"] == {"ok": 1, "failed": 3, "repaired": 1}
     assert details["failed"] == {
         "a:1": "undecodable image: cannot identify image file",

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
+import numpy as np
 import pytest
 
-from benchmark.leaderboard import load_records, main, render_html, render_markdown
+from benchmark.leaderboard import load_entries, load_records, main, render_html, render_markdown
 from schemas import BenchmarkInfo, BenchmarkResult, GenerationSettings, ModelInfo, Provenance
 
 EVIL = "<script>document.title='pwned'</script>evil|model"
@@ -77,9 +80,19 @@ def test_render_cli_reads_records(tmp_path, capsys):
         (run_dir / "result.json").write_text(r.to_json())
         paths.append(str(run_dir if i else run_dir / "result.json"))
     assert load_records(paths) == RECORDS
-    assert main(["render", *paths, "--output", str(tmp_path / "site")]) == 0
-    assert (tmp_path / "site" / "leaderboard.md").read_text() == render_markdown(RECORDS)
-    assert (tmp_path / "site" / "index.html").read_text() == render_html(RECORDS)
+    site = tmp_path / "site"
+    assert main(["render", *paths, "--output", str(site)]) == 0
+    # the files hold what the render functions give for these records, each with a link to the file it came from
+    entries = load_entries(paths)
+    assert [e.record for e in entries] == RECORDS and [e.result_file for e in entries] == [
+        tmp_path / "run0" / "result.json", tmp_path / "run1" / "result.json", tmp_path / "run2" / "result.json"
+    ]  # fmt: skip
+    assert (site / "leaderboard.md").read_text() == render_markdown(entries, base=site)
+    assert (site / "index.html").read_text() == render_html(entries, base=site)
+    for text in ((site / "leaderboard.md").read_text(), (site / "index.html").read_text()):
+        for i in range(3):
+            assert f"../run{i}/result.json" in text
+    assert not (site / "samples").exists()  # no run directory holds images: no grids
 
 
 def dump_dom(page) -> str:
@@ -102,14 +115,15 @@ def dump_dom(page) -> str:
     return done.stdout
 
 
-def check_page_in_browser(page, expected_order: list[str]) -> None:
-    """The table is in the DOM after the inline script ran, sorted by SG-IoU, with no injected script run."""
+def check_page_in_browser(page, expected_order: list[str], ranks: list[int] | None = None) -> None:
+    """The table is in the DOM after the inline script ran, sorted by SG-IoU, with no injected script run; the
+    ranks are `ranks` (default 1, 2, 3...: no ties)."""
     dom = dump_dom(page)
     assert 'data-ready="1"' in dom, "the inline script did not run"
     assert "<title>CompSG-Bench leaderboard</title>" in dom and "pwned" not in dom.split("</title>")[0]
     assert re.search(r'<table class="board" data-sorted-by="\d+" data-sort-dir="-1"', dom)
     models = re.findall(r'<tr class="entry"><td>(\d+)</td><td title="[^"]*">([^<]*)</td>', dom)
-    assert [int(rank) for rank, _ in models] == list(range(1, len(expected_order) + 1))
+    assert [int(rank) for rank, _ in models] == (ranks or list(range(1, len(expected_order) + 1)))
     assert [name for _, name in models] == expected_order
 
 
@@ -226,3 +240,285 @@ def test_html_escapes_every_cell():
     assert parsed.headings == [f"CompSG-Bench {HOSTILE_VERSION} ({HOSTILE_HASH[:12]}, 3 samples)"]
     title = next(attrs["title"] for name, attrs in parsed.tags if name == "td" and "title" in attrs)
     assert title.startswith("run ") and "\n" not in title
+
+
+# ---------------------------------------------------------------------- ranks, highlights, spreads, names
+
+
+def changed(base: BenchmarkResult, *, metrics: dict | None = None, details: dict | None = None, config: dict | None = None) -> BenchmarkResult:
+    """A copy of `base` with some metrics, the metric details and the run configuration replaced."""
+    update: dict = {"metrics": {**base.metrics, **(metrics or {})}}
+    if details is not None:
+        update["metric_details"] = details
+    if config is not None:
+        update["provenance"] = base.provenance.model_copy(update={"config": {**base.provenance.config, **config}})
+    return base.model_copy(update=update)
+
+
+# SG-IoU 0.40001 and 0.4 both show as "0.4" (4 significant digits): one rank, both highlighted; 0.39994 shows as
+# "0.3999", a rank of its own. FID 25 and 25.00001 both show as "25", the best (lowest) FID: both highlighted.
+TIED = [
+    changed(record("a", 0.40001, 25.0), metrics={"clip_t": 21.0}),
+    changed(record("b", 0.4, 25.00001), metrics={"clip_t": 20.0}),
+    changed(record("c", 0.3, 40.0), metrics={"clip_t": 20.0}),
+    changed(record("d", 0.39994, 30.0), metrics={"clip_t": 20.0}),
+]
+
+
+def markdown_rows(text: str) -> list[list[str]]:
+    return [line.strip("|").strip().split(" | ") for line in text.splitlines() if re.match(r"^\| \d", line)]
+
+
+def test_ties_share_a_rank_and_the_best_highlight_in_markdown():
+    text = render_markdown(TIED[::-1])
+    header = next(line for line in text.splitlines() if line.startswith("| #")).strip("|").strip().split(" | ")
+    column = {name: i for i, name in enumerate(header)}
+    rows = markdown_rows(text)
+    assert [(row[0], row[1]) for row in rows] == [("1", "a"), ("1", "b"), ("3", "d"), ("4", "c")]
+    assert [row[column["SG-IoU ↑"]] for row in rows] == ["**0.4**", "**0.4**", "0.3999", "0.3"]
+    assert [row[column["FID ↓"]] for row in rows] == ["**25**", "**25**", "30", "40"]
+    assert [row[column["CLIP-T ↑"]] for row in rows] == ["**21**", "20", "20", "20"]
+    assert {row[column["Entity-IoU ↑"]] for row in rows} == {"0.5"}  # all equal: nothing to highlight
+
+
+def html_cells(page: str) -> list[list[tuple[dict, str]]]:
+    """The entry rows of the leaderboard table: (attributes, text) of each cell."""
+    from html.parser import HTMLParser
+
+    rows: list[list[tuple[dict, str]]] = []
+
+    class Parser(HTMLParser):
+        cell: list | None = None
+        in_entry = False
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "tr":
+                self.in_entry = dict(attrs).get("class") == "entry"
+                if self.in_entry:
+                    rows.append([])
+            elif tag == "td" and self.in_entry:
+                self.cell = [dict(attrs), ""]
+            elif tag == "br" and self.cell is not None:
+                self.cell[1] += "\n"
+
+        def handle_endtag(self, tag):
+            if tag == "td" and self.cell is not None:
+                rows[-1].append(tuple(self.cell))
+                self.cell = None
+            elif tag == "tr":
+                self.in_entry = False
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell[1] += data
+
+    Parser(convert_charrefs=True).feed(page)
+    return rows
+
+
+def test_ties_share_a_rank_and_the_best_highlight_in_html():
+    rows = html_cells(render_html(TIED[::-1]))
+    assert [(row[0][1], row[1][1]) for row in rows] == [("1", "a"), ("1", "b"), ("3", "d"), ("4", "c")]
+    sg_iou, fid = rows[0][4], rows[0][7]
+    assert sg_iou[0]["data-shown"] == "0.4" and float(sg_iou[0]["data-value"]) == 0.40001
+    best = [[cell[1] for cell in row if "best" in cell[0].get("class", "").split()] for row in rows]
+    assert best == [["0.4", "25", "21"], ["0.4", "25"], [], []]
+    assert fid[1] == "25"
+
+
+def test_ties_keep_their_rank_when_the_page_sorts_in_a_browser(tmp_path):
+    page = tmp_path / "index.html"
+    page.write_text(render_html(TIED), encoding="utf-8")
+    dom = dump_dom(page)
+    assert 'data-ready="1"' in dom
+    ranks = re.findall(r'<tr class="entry"><td>(\d+)</td><td title="[^"]*">([^<]*)</td>', dom)
+    assert ranks == [("1", "a"), ("1", "b"), ("3", "d"), ("4", "c")]
+
+
+def test_display_name_is_shown_escaped_with_the_model_id():
+    markdown_it = pytest.importorskip("markdown_it")
+    name = "SDXL-SG <b>ours</b> | *v2*"
+    named = changed(record("model-x", 0.6, 20.0), config={"display_name": name})
+    blank = changed(record("model-y", 0.5, 20.0), config={"display_name": "  "})
+    not_text = changed(record("model-z", 0.4, 20.0), config={"display_name": 5})
+    records = [named, blank, not_text]
+    parsed = _Parsed(markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table").render(render_markdown(records)))
+    parsed.assert_inert()
+    assert [row[1] for row in parsed.rows[1:]] == [f"{name}\nmodel-x", "model-y", "model-z"]
+    page = render_html(records)
+    _Parsed(page).assert_inert(own_scripts=1)
+    assert [row[1][1] for row in html_cells(page)] == [f"{name}\nmodel-x", "model-y", "model-z"]
+    assert "<title>SDXL-SG &lt;b&gt;ours&lt;/b&gt; | *v2*</title>" in page  # the charts name the run too
+
+
+def test_spread_is_a_confidence_interval_of_a_mean_or_kids_std():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(15, 30, 12)  # CLIP-T per pair
+    low, high = stats.norm.interval(0.95, loc=scores.mean(), scale=stats.sem(scores))
+    base = changed(record("m", 0.5, 20.0), metrics={"clip_t": float(scores.mean())})
+    with_spread = changed(
+        base,
+        details={
+            # as benchmark.run records them: CLIPScore's population std and pair count, KID's std over subsets
+            "clip_t": {"clip_t_std": float(scores.std()), "n_pairs": 12},
+            "kid": {"kid_std": 0.00123},
+            "fid": {"n_real": 3},
+        },
+    )
+    hostile = changed(
+        base,
+        details={"clip_t": {"clip_t_std": float(scores.std()), "n_pairs": 1}, "kid": {"kid_std": True}, "clip_i": {"clip_i_std": "0.1", "n_pairs": 9}},
+    )
+    nan = changed(base, details={"kid": {"kid_std": math.nan}, "clip_t": {"clip_t_std": 1.0, "n_pairs": "12"}})
+    text = render_markdown([with_spread, hostile, nan])
+    header = next(line for line in text.splitlines() if line.startswith("| #")).strip("|").strip().split(" | ")
+    rows = markdown_rows(text)
+    clip_t, kid, fid = (header.index(label) for label in ("CLIP-T ↑", "KID ↓", "FID ↓"))
+    shown_mean = f"{scores.mean():.4g}"
+    assert rows[0][clip_t] == f"{shown_mean} ± {(high - low) / 2:.4g}"
+    assert rows[0][kid] == "-0.01 ± 0.00123" and rows[0][fid] == "20"
+    for row in rows[1:]:  # no count, a count of 1, a boolean, a string, NaN: no ±
+        assert row[clip_t] == shown_mean and row[kid] == "-0.01"
+    cells = html_cells(render_html([with_spread]))[0]
+    assert cells[header.index("CLIP-T ↑")][1] == rows[0][clip_t]
+    assert cells[header.index("CLIP-T ↑")][0]["title"] == "± 95% confidence interval of the mean over 12 items"
+    assert cells[header.index("KID ↓")][0]["title"] == "± standard deviation"
+
+
+# ---------------------------------------------------------------------- chart axes
+
+
+def svg_charts(page: str) -> dict[str, dict]:
+    """Per chart (by its caption): the bars (x, width, value), the axis ticks and the scatter points."""
+    from html.parser import HTMLParser
+
+    charts: dict[str, dict] = {}
+
+    class Parser(HTMLParser):
+        caption: list | None = None
+        current: dict | None = None
+        tick: dict | None = None
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "figcaption":
+                self.caption = []
+            elif tag == "rect":
+                self.current["bars"].append((float(attrs["x"]), float(attrs["width"]), float(attrs["data-value"])))
+            elif tag == "circle":
+                self.current["points"].append((float(attrs["cx"]), float(attrs["cy"])))
+            elif tag == "text" and attrs.get("class") == "tick":
+                self.current["ticks"].append((float(attrs["x"]), float(attrs["data-value"])))
+            elif tag == "line" and self.current is not None and attrs["x1"] == attrs["x2"]:
+                self.current["zero"].append(float(attrs["x1"]))
+
+        def handle_endtag(self, tag):
+            if tag == "figcaption":
+                self.current = charts["".join(self.caption)] = {"bars": [], "ticks": [], "points": [], "zero": []}
+                self.caption = None
+
+        def handle_data(self, data):
+            if self.caption is not None:
+                self.caption.append(data)
+
+    Parser(convert_charrefs=True).feed(page)
+    return charts
+
+
+def test_chart_axes_start_at_zero_and_span_bounded_metrics():
+    records = [
+        changed(record("p", 0.50, 100.0), metrics={"kid_mean": -0.02, "clip_t": 25.0, "cmmd": 0.0}),
+        changed(record("q", 0.51, 101.0), metrics={"kid_mean": 0.01, "clip_t": 25.5, "cmmd": 0.0}),
+    ]
+    charts = svg_charts(render_html(records))
+    label_w, bar_w = 180.0, 220.0  # where the bar area starts and how wide it is
+
+    def check(caption, axis, widths):  # widths of the bars of p and q (drawn best SG-IoU first: q, then p)
+        chart = charts[caption]
+        assert [value for _, value in chart["ticks"]] == list(axis)
+        assert [x for x, _ in chart["ticks"]] == [label_w, label_w + bar_w]
+        assert [width for _, width, _ in chart["bars"]][::-1] == pytest.approx(widths, abs=0.006)
+
+    # bounded metrics: the whole range, so 0.50 and 0.51 are bars of 50% and 51% of the axis, not 0 and 100%
+    check("SG-IoU ↑", (0.0, 1.0), [0.50 * bar_w, 0.51 * bar_w])
+    check("CLIP-T ↑", (0.0, 100.0), [0.25 * bar_w, 0.255 * bar_w])
+    # unbounded above: from 0 to the largest value, so FID 100 vs 101 differ by 1% of the bar
+    check("FID ↓", (0.0, 101.0), [100 / 101 * bar_w, bar_w])
+    # all zeros: an axis of 0-1 and empty bars, no division by zero
+    check("CMMD ↓", (0.0, 1.0), [0.0, 0.0])
+    # KID can be negative: the axis spans both values and 0, bars grow from the zero line either way
+    kid = charts["KID ↓"]
+    zero = label_w + 0.02 / 0.03 * bar_w
+    assert [value for _, value in kid["ticks"]] == [-0.02, 0.01] and kid["zero"] == [pytest.approx(zero, abs=0.006)]
+    (x1, w1, _), (x0, w0, _) = kid["bars"]
+    assert (x0, x0 + w0) == pytest.approx((label_w, zero), abs=0.01)
+    assert (x1, x1 + w1) == pytest.approx((zero, label_w + bar_w), abs=0.01)
+    # the scatter plot follows the same rule on both axes (FID 0-101, SG-IoU 0-1 over the 224-pixel plot area)
+    size, pad = 320, 48
+    expected = [(pad + fid / 101 * (size - 2 * pad), size - pad - iou * (size - 2 * pad)) for fid, iou in ((100, 0.5), (101, 0.51))]
+    assert charts["SG-IoU vs FID"]["points"][::-1] == [pytest.approx(point, abs=0.006) for point in expected]
+
+
+# ---------------------------------------------------------------------- links and sample grids
+
+
+def write_images(run_dir, images: dict[tuple[str, int], tuple[int, int, int]]) -> None:
+    """A run's images/ folder as benchmark.generate writes it: one Parquet chunk of solid-colour PNGs."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from benchmark.generate import IMAGES_SCHEMA
+
+    rows = []
+    for (key, index), colour in images.items():
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 48), colour).save(buffer, format="PNG")
+        rows.append({"key": key, "image_index": index, "seed": 1, "png": buffer.getvalue()})
+    (run_dir / "images").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=IMAGES_SCHEMA), run_dir / "images" / "part-0.parquet")
+
+
+def test_links_to_result_files_and_sample_grids_are_relative(tmp_path):
+    from urllib.parse import unquote, urlsplit
+
+    from PIL import Image
+
+    markdown_it = pytest.importorskip("markdown_it")
+    with_images = tmp_path / "runs" / "sdxl (1) #2 'x' <y>%20"  # a folder name that is also URL and Markdown syntax
+    without = tmp_path / "runs" / "plain"
+    colours = {("k1", 0): (255, 0, 0), ("k0", 1): (0, 255, 0), ("k0", 0): (0, 0, 255)}
+    write_images(with_images, colours)
+    without.mkdir(parents=True)
+    (with_images / "result.json").write_text(record("m1", 0.5, 20.0).to_json())
+    (without / "result.json").write_text(record("m2", 0.4, 20.0).to_json())
+    site = tmp_path / "site" / "board"
+    assert main(["render", str(with_images), str(without / "result.json"), "--output", str(site)]) == 0
+
+    (grid_file,) = (site / "samples").iterdir()
+    grid = Image.open(grid_file).convert("RGB")
+    assert grid.size == (3 * 128, 128)  # three images, scaled to 128 px wide, in (key, image index) order
+    assert [grid.getpixel((64 + 128 * i, 64)) for i in range(3)] == [(0, 0, 255), (0, 255, 0), (255, 0, 0)]
+    assert grid.getpixel((64, 5)) == (255, 255, 255)  # 64x48 scaled to 128x96, centred in its cell
+
+    def targets(hrefs: list[str]) -> list[Path]:
+        for href in hrefs:
+            parts = urlsplit(href)
+            assert not parts.scheme and not parts.netloc and not href.startswith("/"), href
+        return [(site / unquote(href)).resolve() for href in hrefs]
+
+    expected = [with_images / "result.json", grid_file, without / "result.json"]
+    rendered_md = markdown_it.MarkdownIt("commonmark").enable("table").render((site / "leaderboard.md").read_text())
+    for page in (rendered_md, (site / "index.html").read_text()):
+        parsed = _Parsed(page)
+        anchors = [attrs for name, attrs in parsed.tags if name == "a"]
+        assert targets([a["href"] for a in anchors]) == [path.resolve() for path in expected]
+        assert [row[-1] for row in parsed.rows if row and row[0] in ("1", "2")] == ["result.json · samples", "result.json"]
+
+    assert main(["render", str(with_images), "--output", str(tmp_path / "nogrid"), "--grid-images", "0"]) == 0
+    assert not (tmp_path / "nogrid" / "samples").exists()
+    assert "samples" not in (tmp_path / "nogrid" / "leaderboard.md").read_text().split("Files")[1]

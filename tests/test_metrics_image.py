@@ -505,3 +505,101 @@ def test_feature_stats_and_frechet_compute_in_float64_and_refuse_bad_shapes() ->
         shapes = f"mu {args[0].shape} / {args[2].shape}, sigma {args[1].shape} / {args[3].shape}"
         with pytest.raises(ValueError, match=f"^shape mismatch: {re.escape(shapes)}$"):
             frechet_distance(*args)
+
+
+# ---------------------------------------------------------------------- the metric classes as torchmetrics metrics
+
+from metric_cases import cases  # noqa: E402
+
+
+def test_metric_classes_are_torchmetrics_metrics_naming_their_record_keys() -> None:
+    import torchmetrics
+
+    from benchmark.metrics import RECORD_METRICS, GraphIoU
+
+    expected = {
+        GraphIoU: ({"sg_iou": "SG-IoU", "entity_iou": "Entity-IoU", "relation_iou": "Relation-IoU"}, True, "graph_iou"),
+        FID: ({"fid": "FID"}, False, "fid"),
+        KID: ({"kid_mean": "KID"}, False, "kid"),
+        CLIPScore: ({"clip_t": "CLIP-T"}, True, "clip_t"),
+        CLIPImageScore: ({"clip_i": "CLIP-I"}, True, "clip_i"),
+        CMMD: ({"cmmd": "CMMD"}, False, "cmmd"),
+    }
+    assert tuple(expected) == RECORD_METRICS
+    for cls, (labels, higher, details) in expected.items():
+        assert issubclass(cls, torchmetrics.Metric), cls
+        assert (cls.labels, cls.higher_is_better, cls.details_key) == (labels, higher, details), cls
+        assert cls.is_differentiable is False and cls.full_state_update is False
+
+
+@pytest.mark.parametrize("case", cases(), ids=lambda case: case.name)
+def test_metric_class_equals_its_functional_form_whole_in_parts_and_merged(case) -> None:
+    whole = case.make()
+    case.feed(whole, 0)
+    case.feed(whole, 1)
+    assert case.value(whole.compute()) == case.expected  # exactly: the same arrays reach the same function
+    # two processes' worth of state, merged as torchmetrics merges: list states concatenated, the incoming state
+    # first (so KID, whose subsets are drawn by row index, sees the rows in the same order)
+    first, second = case.make(), case.make()
+    case.feed(first, 0)
+    case.feed(second, 1)
+    second.merge_state(first)
+    assert case.value(second.compute()) == case.expected
+
+
+@pytest.mark.parametrize("case", cases(), ids=lambda case: case.name)
+def test_metric_reset_empties_the_state(case) -> None:
+    metric = case.make()
+    case.feed(metric, 0)
+    before = metric.compute() if case.name not in ("FID", "KID") else None  # FID/KID need 2+ rows per part
+    case.feed(metric, 1)
+    metric.reset()
+    assert metric.update_count == 0
+    for name, state in metric.metric_state.items():
+        assert (state == [] if isinstance(state, list) else int(state) == 0), name
+    with pytest.raises((ValueError, RuntimeError)), pytest.warns(UserWarning, match="before the ``update``"):
+        metric.compute()
+    # what was fed before the reset is gone: part 0 alone gives the value of a fresh metric fed part 0
+    case.feed(metric, 0)
+    fresh = case.make()
+    case.feed(fresh, 0)
+    if before is not None:
+        assert case.value(metric.compute()) == case.value(before) == case.value(fresh.compute())
+    else:
+        assert metric.features(True).shape == fresh.features(True).shape == (9, 2048)
+        np.testing.assert_array_equal(metric.features(False), fresh.features(False))
+
+
+def test_metric_compute_does_not_serve_a_stale_value_after_an_update() -> None:
+    """torchmetrics caches `compute()`; every way in (update, update_features, update_embeddings,
+    update_failed) must drop the cache."""
+    from benchmark.metrics import GraphIoU
+    from schemas import SceneGraph
+
+    iou = GraphIoU()
+    iou.update(SceneGraph(), SceneGraph())
+    assert iou.compute()["sg_iou"] == 1.0
+    iou.update_failed()
+    assert iou.compute()["sg_iou"] == 0.5 and int(iou.failed) == 1
+    rng = np.random.default_rng(5)
+    clip = CLIPScore(Precomputed())
+    clip.update_embeddings(np.ones((2, 3)), np.ones((2, 3)))
+    assert clip.compute()["clip_t"] == pytest.approx(100.0)
+    clip.update_embeddings(np.array([[1.0, 0, 0]]), np.array([[-1.0, 0, 0]]))
+    assert clip.compute()["clip_t"] == pytest.approx(200 / 3)
+    fid = FID(Precomputed())
+    fid.update_features(rng.standard_normal((3, 2048)), real=True)
+    fid.update_features(rng.standard_normal((3, 2048)), real=False)
+    first = fid.compute()["fid"]
+    fid.update_features(rng.standard_normal((3, 2048)) + 5, real=False)
+    assert fid.compute()["fid"] > first and fid.compute()["n_fake"] == 6
+
+
+def test_update_keeps_its_own_copy_of_the_inputs() -> None:
+    features = np.zeros((3, 2048), np.float32)
+    fid = FID(Precomputed())
+    fid.update_features(features, real=True)
+    features[:] = np.nan  # the caller reuses its buffer
+    assert np.isfinite(fid.features(True)).all()
+    with pytest.raises(TypeError, match="real=True"):
+        fid.update(features=features)

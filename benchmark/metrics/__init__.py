@@ -1,8 +1,13 @@
-"""CompSG-Bench metrics: FID, KID, CLIP-T, CLIP-I, CMMD and graph IoUs, each an `update()` / `compute()` class.
+"""CompSG-Bench metrics: FID, KID, CLIP-T, CLIP-I, CMMD and graph IoUs, each a `torchmetrics.Metric` class
+(`update()` / `compute()` / `reset()`, distributed sync) beside its functional form.
 
-Heavy dependencies (torch, torchvision, open_clip) are imported only when a model is built.
+`RECORD_METRICS` lists the classes whose values a result record holds, in leaderboard order; each names its record
+keys and labels (`labels`), its `metric_details` group (`details_key`) and its better direction
+(`higher_is_better`). torch and torchmetrics are imported here; open_clip and the Inception network only when a
+model is built.
 """
 
+from benchmark.metrics.base import BenchmarkMetric
 from benchmark.metrics.clip_score import (
     CLIPEmbedder,
     CLIPImageScore,
@@ -28,7 +33,11 @@ from benchmark.metrics.inception import (
 )
 from benchmark.metrics.precomputed import Precomputed
 
+RECORD_METRICS: tuple[type[BenchmarkMetric], ...] = (GraphIoU, FID, KID, CLIPScore, CLIPImageScore, CMMD)
+
 __all__ = [
+    "RECORD_METRICS",
+    "BenchmarkMetric",
     "CLIPEmbedder",
     "CLIPImageScore",
     "CLIPScore",

@@ -4,6 +4,7 @@
 
 biased estimator (diagonals included), float64, deterministic. The reference uses CLIP ViT-L/14@336 embeddings,
 hence the `CMMD` class default. Embeddings holding a NaN or an infinity are refused (ValueError naming the side).
+`CMMD` is a `torchmetrics.Metric` (`update` / `compute` / `reset`, distributed sync); `cmmd` the functional form.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from benchmark.metrics.base import BenchmarkMetric, split_metric_kwargs, state_array, to_state
 from benchmark.metrics.clip_score import CLIPEmbedder
 from benchmark.metrics.precomputed import Precomputed
 from benchmark.metrics.validation import require_finite
@@ -46,8 +48,14 @@ def cmmd(x: np.ndarray, y: np.ndarray, sigma: float = 10.0) -> float:
     return float(CMMD_SCALE * (kxx + kyy - 2.0 * kxy))
 
 
-class CMMD:
-    """CMMD between real and generated images over L2-normalised CLIP image embeddings."""
+class CMMD(BenchmarkMetric):
+    """CMMD between real and generated images over L2-normalised CLIP image embeddings (float64 list states,
+    reduced by concatenation across processes)."""
+
+    higher_is_better = False
+    plot_lower_bound = 0.0
+    labels = {"cmmd": "CMMD"}
+    details_key = "cmmd"
 
     def __init__(
         self,
@@ -56,23 +64,42 @@ class CMMD:
         sigma: float = 10.0,
         model: str = "ViT-L-14-336",
         pretrained: str | None = "openai",
-        **embedder_kwargs: Any,
+        **kwargs: Any,
     ) -> None:
+        metric_kwargs, embedder_kwargs = split_metric_kwargs(kwargs)
+        super().__init__(**metric_kwargs)
         self.embedder = embedder or CLIPEmbedder(model, pretrained, **embedder_kwargs)
         self.sigma = sigma
-        self._embeddings: dict[bool, list[np.ndarray]] = {True: [], False: []}
+        self.add_state("real_embeddings", default=[], dist_reduce_fx="cat")
+        self.add_state("fake_embeddings", default=[], dist_reduce_fx="cat")
 
-    def update(self, images: Sequence[Image.Image] | np.ndarray, real: bool) -> None:
-        self.update_embeddings(self.embedder.embed_images(images), real)
+    def update(
+        self,
+        images: Sequence[Image.Image] | np.ndarray | None = None,
+        real: bool | None = None,
+        *,
+        embeddings: np.ndarray | None = None,
+    ) -> None:
+        """Add images, or (``embeddings=``) precomputed embeddings from the same embedder, to the real
+        (``real=True``) or the generated (``real=False``) set."""
+        if real is None:
+            raise TypeError("update() needs real=True (reference images) or real=False (generated images)")
+        if embeddings is None:
+            embeddings = self.embedder.embed_images(images)
+        state = self.real_embeddings if real else self.fake_embeddings
+        state.append(to_state(embeddings, np.float64, self.device))
 
     def update_embeddings(self, embeddings: np.ndarray, real: bool) -> None:
         """Add precomputed embeddings (from the same embedder) to the real or the generated set."""
-        self._embeddings[real].append(np.asarray(embeddings, dtype=np.float64))
+        self.update(real=real, embeddings=embeddings)
 
     def compute(self) -> dict[str, Any]:
-        if not self._embeddings[True] or not self._embeddings[False]:
+        real, fake = (
+            state_array(self.real_embeddings, np.float64),
+            state_array(self.fake_embeddings, np.float64),
+        )
+        if real is None or fake is None:
             raise RuntimeError("CMMD needs real and generated embeddings")
-        real, fake = np.concatenate(self._embeddings[True]), np.concatenate(self._embeddings[False])
         require_finite("CMMD", reference=real, generated=fake)
         return {
             "cmmd": cmmd(real, fake, self.sigma),
@@ -81,6 +108,3 @@ class CMMD:
             "n_fake": len(fake),
             **self.embedder.provenance,
         }
-
-    def reset(self) -> None:
-        self._embeddings = {True: [], False: []}

@@ -1,7 +1,9 @@
-"""FID and KID over Inception pool3 features, each an `update()` / `compute()` class that needs no Ray.
+"""FID and KID over Inception pool3 features, each a `torchmetrics.Metric` (`update()` / `compute()` / `reset()`,
+distributed sync) that needs no Ray.
 
-Both keep the per-image features (float32, 8 KiB per image) and compute statistics in float64 at `compute()`.
-`update_features()` takes features extracted elsewhere (a Ray actor, or one extraction shared by FID and KID).
+Both keep the per-image features (float32, 8 KiB per image) in list states and compute statistics in float64 at
+`compute()`. `update_features()` (or ``update(features=...)``) takes features extracted elsewhere (a Ray actor, or
+one extraction shared by FID and KID).
 Features holding a NaN or an infinity are refused with a ValueError that names the metric, the side (reference
 or generated) and the number of bad rows.
 """
@@ -12,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from benchmark.metrics.base import BenchmarkMetric, state_array, to_state
 from benchmark.metrics.frechet import feature_stats, frechet_distance, sample_factor
 from benchmark.metrics.inception import FEATURE_DIM, ImageBatch, InceptionFeatureExtractor
 from benchmark.metrics.precomputed import Precomputed
@@ -70,8 +74,9 @@ def kernel_inception_distance(
     return float(values.mean()), float(values.std())
 
 
-class _InceptionMetric:
-    """Collects Inception features of real and generated ("fake") images."""
+class _InceptionMetric(BenchmarkMetric):
+    """Collects Inception features of real and generated ("fake") images in two list states (float32 rows, as the
+    extractor gives them; reduced by concatenation across processes)."""
 
     def __init__(
         self,
@@ -80,28 +85,41 @@ class _InceptionMetric:
         weights_path: str | Path | None = None,
         allow_download: bool = False,
         device: str | None = None,
+        **metric_kwargs: Any,
     ) -> None:
+        super().__init__(**metric_kwargs)
         self.extractor = extractor or InceptionFeatureExtractor(
             weights_path, allow_download=allow_download, device=device
         )
-        self._features: dict[bool, list[np.ndarray]] = {True: [], False: []}
+        self.add_state("real_features", default=[], dist_reduce_fx="cat")
+        self.add_state("fake_features", default=[], dist_reduce_fx="cat")
 
-    def update(self, images: ImageBatch, real: bool) -> None:
-        """Add PIL images or uint8 N×H×W×3 images to the real or the generated set."""
-        self.update_features(self.extractor(images), real)
+    def update(
+        self, images: ImageBatch | None = None, real: bool | None = None, *, features: Any = None
+    ) -> None:
+        """Add PIL images or uint8 N×H×W×3 images, or (``features=``) precomputed N×2048 features from the same
+        extractor, to the real (``real=True``) or the generated (``real=False``) set."""
+        if real is None:
+            raise TypeError("update() needs real=True (reference images) or real=False (generated images)")
+        if features is None:
+            features = self.extractor(images)
+        features = np.asarray(
+            features.detach().cpu() if isinstance(features, torch.Tensor) else features, dtype=np.float32
+        )
+        if features.ndim != 2 or features.shape[1] != FEATURE_DIM:
+            raise ValueError(f"expected N x {FEATURE_DIM} features, got {features.shape}")
+        (self.real_features if real else self.fake_features).append(
+            to_state(features, np.float32, self.device)
+        )
 
     def update_features(self, features: np.ndarray, real: bool) -> None:
         """Add precomputed N×2048 features (from the same extractor) to the real or the generated set."""
-        features = np.asarray(features, dtype=np.float32)
-        if features.ndim != 2 or features.shape[1] != FEATURE_DIM:
-            raise ValueError(f"expected N x {FEATURE_DIM} features, got {features.shape}")
-        self._features[real].append(features)
+        self.update(real=real, features=features)
 
     def features(self, real: bool) -> np.ndarray:
-        return np.concatenate([np.zeros((0, FEATURE_DIM), np.float32), *self._features[real]])
-
-    def reset(self) -> None:
-        self._features = {True: [], False: []}
+        """The real or the generated set's features so far, float32 N×2048."""
+        array = state_array(self.real_features if real else self.fake_features, np.float32)
+        return np.zeros((0, FEATURE_DIM), np.float32) if array is None else array
 
     def _provenance(self, real: np.ndarray, fake: np.ndarray) -> dict[str, Any]:
         return {**self.extractor.provenance, "n_real": len(real), "n_fake": len(fake)}
@@ -109,6 +127,11 @@ class _InceptionMetric:
 
 class FID(_InceptionMetric):
     """Fréchet Inception Distance: |μr − μf|² + Tr(Σr + Σf − 2(Σr Σf)^½), float64 statistics."""
+
+    higher_is_better = False
+    plot_lower_bound = 0.0
+    labels = {"fid": "FID"}
+    details_key = "fid"
 
     def compute(self) -> dict[str, Any]:
         real, fake = self.features(True), self.features(False)
@@ -127,8 +150,13 @@ class KID(_InceptionMetric):
     Computed as ``kernel_inception_distance(generated, reference)``, which equals torch-fidelity's
     ``kid_features_to_metric(generated, reference)`` (its ``input1``/``input2`` order) with the same seed and
     subset size. `subset_size` is capped at the smaller set; the result records both the size asked for
-    (``kid_subset_size_requested``) and the size used (``kid_subset_size``).
+    (``kid_subset_size_requested``) and the size used (``kid_subset_size``). The unbiased estimate can be
+    negative, so it has no plot bounds.
     """
+
+    higher_is_better = False
+    labels = {"kid_mean": "KID"}
+    details_key = "kid"
 
     def __init__(
         self,

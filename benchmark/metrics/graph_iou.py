@@ -22,9 +22,15 @@ not singularised ("sits on" stays a verb form).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
+import torch
+
+from benchmark.metrics.base import BenchmarkMetric, state_array
 from schemas import SceneGraph, normalize_text
 
 __all__ = ["IOU_KEYS", "GraphIoU", "graph_iou", "normalize_name", "set_iou", "singular"]
@@ -136,33 +142,73 @@ def graph_iou(
     return _iou(predicted, target, _Synonyms.of(synonyms))
 
 
-@dataclass
-class GraphIoU:
-    """Accumulates `graph_iou` over samples; `compute()` gives the mean of each IoU."""
+class GraphIoU(BenchmarkMetric):
+    """Accumulates `graph_iou` over samples; `compute()` gives the mean of each IoU (a `torchmetrics.Metric`).
 
-    synonyms: Mapping[str, str] | None = None
-    scores: list[dict[str, float]] = field(default_factory=list)
+    State: ``scores``, one float64 row (SG-IoU, Entity-IoU, Relation-IoU) per item, reduced by concatenation
+    across processes, so ``len(metric.scores)`` is the number of items; ``failed``, the number of items that could
+    not be judged (a sum). `update` returns the item's IoUs (torchmetrics' `update` returns nothing; this class
+    keeps the value of its own).
+    """
 
-    def __post_init__(self) -> None:
-        self._synonyms = _Synonyms.of(self.synonyms)
+    higher_is_better = True
+    plot_lower_bound, plot_upper_bound = 0.0, 1.0
+    labels = {"sg_iou": "SG-IoU", "entity_iou": "Entity-IoU", "relation_iou": "Relation-IoU"}
+    details_key = "graph_iou"
+    count_key = "n_images"
 
-    def update(self, predicted: SceneGraph, target: SceneGraph) -> dict[str, float]:
-        """Score one pair, remember it, and return its IoUs."""
-        score = _iou(predicted, target, self._synonyms)
-        self.scores.append(score)
+    def __init__(self, synonyms: Mapping[str, str] | None = None, **metric_kwargs: Any) -> None:
+        super().__init__(**metric_kwargs)
+        self.synonyms = synonyms
+        self._synonyms = _Synonyms.of(synonyms)
+        self._last: dict[str, float] = {}
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+        self.add_state("failed", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def _wrap_update(self, update: Callable[..., None]) -> Callable[..., dict[str, float]]:
+        """torchmetrics' update wrapper (cache invalidation, update count), returning this item's IoUs."""
+        wrapped = super()._wrap_update(update)
+
+        @functools.wraps(update)
+        def returning(*args: Any, **kwargs: Any) -> dict[str, float]:
+            wrapped(*args, **kwargs)
+            return self._last
+
+        return returning
+
+    def update(self, predicted: SceneGraph | None, target: SceneGraph | None) -> dict[str, float]:
+        """Score one pair, remember it, and return its IoUs. ``predicted=None`` is an item that could not be judged
+        (no graph at all): 0.0 on every IoU, whatever `target`, kept in the means (see `update_failed`)."""
+        if predicted is None:
+            score = dict.fromkeys(IOU_KEYS, 0.0)
+            self.failed += 1
+        else:
+            score = _iou(predicted, target, self._synonyms)
+        row = torch.tensor([[score[key] for key in IOU_KEYS]], dtype=torch.float64, device=self.device)
+        self.scores.append(row)
+        self._last = score
         return score
 
     def update_failed(self) -> dict[str, float]:
         """Count an item that could not be judged (no predicted graph): 0.0 on every IoU, kept in the means."""
-        score = dict.fromkeys(IOU_KEYS, 0.0)
-        self.scores.append(score)
-        return score
+        return self.update(None, None)
+
+    def per_item(self) -> list[dict[str, float]]:
+        """The IoUs of every item so far, in the order added."""
+        rows = state_array(self.scores, np.float64)
+        return [] if rows is None else [dict(zip(IOU_KEYS, row, strict=True)) for row in rows.tolist()]
 
     def compute(self) -> dict[str, float]:
         """Mean SG-IoU, Entity-IoU and Relation-IoU over all updates, failed items (0.0) included."""
-        if not self.scores:
+        items = self.per_item()
+        if not items:
             raise ValueError("GraphIoU.compute() needs at least one update()")
-        return {key: sum(s[key] for s in self.scores) / len(self.scores) for key in IOU_KEYS}
+        return {key: sum(s[key] for s in items) / len(items) for key in IOU_KEYS}
 
-    def reset(self) -> None:
-        self.scores.clear()
+    def compute_std(self) -> dict[str, float]:
+        """The (population) standard deviation over items of each IoU, under the keys ``sg_iou_std``, ...: with
+        the item count it gives a confidence interval of the means."""
+        rows = state_array(self.scores, np.float64)
+        if rows is None:
+            raise ValueError("GraphIoU.compute_std() needs at least one update()")
+        return {f"{key}_std": float(rows[:, i].std()) for i, key in enumerate(IOU_KEYS)}

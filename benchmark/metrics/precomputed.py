@@ -17,6 +17,8 @@ class Precomputed:
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def __call__(self, *_: Any) -> Any:
-        raise TypeError("these features were computed elsewhere: pass them to update_features / update_embeddings")
+        raise TypeError(
+            "these features were computed elsewhere: pass them to update_features / update_embeddings"
+        )
 
     embed_images = embed_texts = __call__
