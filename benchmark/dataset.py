@@ -43,6 +43,7 @@ from schemas import (
     scene_graph_from_arrow,
     with_hf_metadata,
 )
+from schemas.layout import find_split_files
 from schemas.settings import JobSettings, parse_settings
 
 __all__ = [
@@ -140,21 +141,15 @@ def content_hash(rows: Iterable[dict[str, Any]]) -> str:
 
 
 def split_files(source: str | Path, split: str) -> list[str]:
-    """The Parquet files of `split` under an exported dataset directory (Hugging Face split-name conventions:
+    """The Parquet files of `split` under an exported dataset directory (`schemas.layout.find_split_files`:
     ``data/test-00000-of-00001.parquet``, ``test/*.parquet``, ``test.parquet``, ...), or `source` itself if a file."""
-    from datasets.data_files import DataFilesDict, get_data_patterns
-
     path = Path(source)
     if path.is_file():
         return [str(path)]
-    patterns = get_data_patterns(str(path))
-    if split not in patterns:
-        raise BenchmarkSelectionError(f"no {split!r} split under {path}; found splits: {', '.join(sorted(patterns))}")
-    files = DataFilesDict.from_patterns({split: patterns[split]}, base_path=str(path))[split]
-    parquet = sorted(str(f) for f in files if str(f).endswith(".parquet"))
-    if not parquet:
-        raise BenchmarkSelectionError(f"the {split!r} split under {path} has no Parquet files")
-    return parquet
+    splits = find_split_files(path)
+    if split not in splits:
+        raise BenchmarkSelectionError(f"no {split!r} split under {path}; found splits: {', '.join(sorted(splits))}")
+    return [str(f) for f in splits[split]]
 
 
 def _eligible(files: Sequence[str], min_relations: int) -> tuple[list[str], dict[str, int]]:

@@ -49,12 +49,13 @@ from pipelines.export.splits import (
 )
 from pipelines.export.stats import ExportStats, failure_reason
 from schemas import STATUSES, row_schema
+from schemas.layout import CARD_FILE, DATA_DIR, STATS_FILE, split_file_name
 from schemas.settings import JobSettings, parse_settings
 
 __all__ = ["KEEP_STATUSES", "export", "main"]
 
 KEEP_STATUSES = ("ok", "repaired")
-ROW_GROUP_SIZE = 100
+ROWS_PER_ROW_GROUP = 100  # as `datasets` writes image data
 _BATCH_ROWS = 256
 _BASE_COLUMNS = frozenset(row_schema().names)
 
@@ -62,9 +63,9 @@ _BASE_COLUMNS = frozenset(row_schema().names)
 
 
 def _input_files(input_dir: Path) -> list[Path]:
-    files = sorted((input_dir / "data").glob("*.parquet"))
+    files = sorted((input_dir / DATA_DIR).glob("*.parquet"))
     if not files:
-        raise ValueError(f"no annotated shards found: {input_dir / 'data'}/*.parquet")
+        raise ValueError(f"no annotated shards found: {input_dir / DATA_DIR}/*.parquet")
     return files
 
 
@@ -169,12 +170,12 @@ class _SplitWriter:
     def write(self, table: pa.Table) -> None:
         while table.num_rows:
             if self.writer is None:
-                path = self.directory / f"{self.split}-{self.index:05d}-of-{self.n_files:05d}.parquet"
+                path = self.directory / split_file_name(self.split, self.index, self.n_files)
                 self.writer = pq.ParquetWriter(path, self.schema)
                 self.paths.append(path)
             take = min(table.num_rows, self.rows_per_file - self.rows_in_file)
             part, table = table.slice(0, take), table.slice(take)
-            self.writer.write_table(part, row_group_size=ROW_GROUP_SIZE)
+            self.writer.write_table(part, row_group_size=ROWS_PER_ROW_GROUP)
             self.num_bytes += part.nbytes
             self.rows_in_file += take
             if self.rows_in_file == self.rows_per_file:
@@ -214,7 +215,7 @@ def _write_splits(
 
 
 def _clear(output_dir: Path, overwrite: bool) -> None:
-    data_dir = output_dir / "data"
+    data_dir = output_dir / DATA_DIR
     existing = sorted(data_dir.glob("*.parquet")) if data_dir.is_dir() else []
     if existing and not overwrite:
         raise FileExistsError(f"{data_dir} already holds Parquet files; pass overwrite=True (--overwrite)")
@@ -245,11 +246,11 @@ def export(
     if not plan.stats.by_split:
         raise ValueError(f"nothing to export from {input_dir}: left out {dict(plan.stats.left_out)}")
     _clear(output_dir, overwrite)
-    (output_dir / "data").mkdir(parents=True, exist_ok=True)
-    writers = _write_splits(files, plan, schema, output_dir / "data", rows_per_file)
+    (output_dir / DATA_DIR).mkdir(parents=True, exist_ok=True)
+    writers = _write_splits(files, plan, schema, output_dir / DATA_DIR, rows_per_file)
     stats = plan.stats.to_dict(proportions, seed)
     stats["files"] = {split: [p.name for p in writer.paths] for split, writer in writers.items()}
-    (output_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    (output_dir / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
     write_plots(plan.stats, output_dir / "plots")
     card = dataset_card(
         schema,
@@ -259,7 +260,7 @@ def export(
         license=license,
         include_failed=include_failed,
     )
-    card.save(output_dir / "README.md")
+    card.save(output_dir / CARD_FILE)
     return stats
 
 
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, left_out = stats["rows"], stats["left_out"]
     print(f"exported {rows['exported']} of {rows['total']} rows: {rows['by_split']}")
     print(f"left out {left_out['rows']} rows: {left_out['by_reason'] or 'none'}")
-    print(f"dataset card: {settings.output / 'README.md'}")
+    print(f"dataset card: {settings.output / CARD_FILE}")
     return 0
 
 
