@@ -18,7 +18,7 @@ Decisions:
   (seed, epoch, row key), and the words "left" and "right" are swapped in every name, attribute and predicate of
   its graph, so that "cup left of plate" stays true. The cache is written without flips; training from a cache
   with flips on is refused (the mirrored latents and texts would have to be cached too).
-- Cache format (`CACHE_SCHEMA`): one Parquet row per image under ``CACHE/split=<split>/``. Tensors are raw bytes
+- Cache format (`CACHE_SCHEMA`): one Parquet row per image under ``CACHE/<split>/``. Tensors are raw bytes
   (row-major, the cache dtype); fixed shapes are in ``CACHE/cache.json`` (latents, 77 x text_dim token states,
   pooled), node and relation features have ``num_nodes`` and ``len(edges) / 2`` rows of ``text_dim``; the graph
   index (edges, token positions, token sources) is int32 lists; ``problem`` is null, or why the row could not
@@ -52,6 +52,7 @@ import pyarrow as pa
 import torch
 
 from schemas import SceneGraph, SGObject, SGRelation, scene_graph_from_arrow
+from schemas.layout import find_split_files
 from training.sg_encoder import SGFeatures
 from training.sg_graphs import GraphIndex, GraphInputs, prepare_graphs
 
@@ -88,11 +89,6 @@ __all__ = [
 CACHE_META = "cache.json"
 CACHE_FORMAT = "sdxl-sg-cache"
 CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# split -> the names it goes by: `pipelines.export` writes ``data/train-00000-of-00001.parquet`` and
-# ``data/validation-...``; directories ``train/`` and ``val/`` (or ``validation/``) work too, and the cache of
-# `training.precompute` has ``split=train/`` and ``split=val/``.
-SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val")}
-_TAGGED = re.compile(r"^(train|validation|val|test)-")
 
 CACHE_SCHEMA = pa.schema(
     [
@@ -178,35 +174,15 @@ def usable(row: Mapping[str, Any]) -> bool:
     return row_problem(row) is None
 
 
-def _split_names(file: Path, root: Path) -> set[str]:
-    """The split names a file is tagged with: its name prefix (``train-...``) and its directories."""
-    names = {part.removeprefix("split=") for part in file.relative_to(root).parts[:-1]}
-    if match := _TAGGED.match(file.name):
-        names.add(match.group(1))
-    return names
-
-
 def find_splits(root: str | Path) -> dict[str, list[Path]]:
-    """``{"train": [files], "val": [files]}`` of the Parquet files under `root`.
-
-    Files are assigned by name prefix or directory (see `SPLIT_NAMES`); a ``test`` split is never used. When no
-    file carries a split name, every file is training data and there is no validation split.
-    """
-    root = Path(root)
-    files = sorted(root.rglob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"no Parquet files under {root}")
-    tags = {f: _split_names(f, root) for f in files}
-    if not any(tag & {"train", "validation", "val", "test"} for tag in tags.values()):
-        return {"train": files}
-    splits = {}
-    for split, names in SPLIT_NAMES.items():
-        chosen = [f for f in files if tags[f] & set(names)]
-        if chosen:
-            splits[split] = chosen
+    """``{"train": [files], "val": [files]}``: the train and validation splits of the Parquet files under `root`,
+    found by `schemas.layout.find_split_files` (``data/train-*.parquet``, ``train/``, ``validation/``, ``val/``,
+    ...); a ``test`` split is never used. When no file carries a split name, every file is training data and
+    there is no validation split."""
+    splits = find_split_files(root)
     if "train" not in splits:
         raise FileNotFoundError(f"{root} has split-named Parquet files but none of the train split")
-    return splits
+    return {"train": splits["train"], **({"val": splits["validation"]} if "validation" in splits else {})}
 
 
 def read_rows(files: Sequence[str | Path]) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ For every row of the train and validation splits (`training.data.find_splits`; t
 annotation failed are left out), an actor pool runs the
 same collation as training (resize/crop, micro-conditioning, graph tokenization; no flips) and then the frozen VAE
 (scaled posterior mean) and both frozen text encoders (SG-text token states, pooled embedding, phrase embeddings
-of every node and relation). The result is ``CACHE/split=<split>/*.parquet`` in `training.data.CACHE_SCHEMA` plus
+of every node and relation). The result is ``CACHE/<split>/*.parquet`` in `training.data.CACHE_SCHEMA` plus
 ``CACHE/cache.json`` with the dtype and shapes; `python -m training.train --cache CACHE` reads it.
 
 A row that cannot train (corrupt, truncated or missing image, null or empty scene graph: `RowCollator.decode`)
@@ -178,8 +178,11 @@ def precompute(
         compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_gpus=1 if use_gpu else 0,
     )  # fmt: skip
-    # Hive-style split directories (CACHE/split=train/...); a re-run replaces the cache, never duplicates rows.
+    # One directory per split; a re-run replaces the cache, never duplicates rows. Ray writes Hive-style
+    # ``split=train/``, renamed to ``train/`` so that the cache reads like any dataset (`find_splits`).
     encoded.write_parquet(str(out), partition_cols=["split"], mode=SaveMode.OVERWRITE)
+    for hive in out.glob("split=*"):
+        hive.rename(out / hive.name.removeprefix("split="))
     tallies = {split: _tally(files) for split, files in find_splits(out).items()}
     for split, tally in tallies.items():
         if tally.bad:
