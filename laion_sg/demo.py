@@ -107,7 +107,8 @@ def prepare_inputs(output: Path, models: dict[str, Path] | None = None) -> tuple
     # The random annotator only finishes a schema-valid graph within its token budget under small bounds;
     # a real Qwen2.5-VL runs with the defaults (64 objects, 128 relations, 8 attributes).
     (output / "annotate_demo.yaml").write_text(
-        "engine: hf\nmax_new_tokens: 256\nlimits:\n  max_objects: 3\n  max_relations: 3\n  max_attributes: 1\n"
+        "engine: hf\nengine_options:\n  max_new_tokens: 256\n"
+        "limits:\n  max_objects: 3\n  max_relations: 3\n  max_attributes: 1\n"
         "  text_pattern: '^[a-z][a-z ]{0,7}$'\n"
     )
     return models, output / "photos"

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,13 +23,23 @@ import yaml
 from awkward_images import PHOTOS, skimage_photo_bytes, write_awkward_images
 from local_ray_cluster import repo_env
 from openai_server import TINY_QWEN_LIMITS, TINY_QWEN_MAX_NEW_TOKENS, OpenAIServer
+from pydantic import BaseModel, ValidationError
 from test_tasks import MALFORMED
 
-from pipelines.annotate import AnnotateConfig, ConfigError, config_from_mapping, load_config, main, run
+from pipelines.annotate import (
+    AnnotateSettings,
+    ConfigError,
+    FilterSettings,
+    LimitSettings,
+    load_config,
+    main,
+    run,
+)
 from pipelines.engines import EngineOptions
 from pipelines.engines.fixed import FixedAnswerEngine
+from pipelines.ingest import IngestFilters
 from pipelines.tasks import failure_reason, get_task
-from schemas import SceneGraph, scene_graph_from_arrow
+from schemas import DEFAULT_LIMITS, Limits, SceneGraph, scene_graph_from_arrow
 
 REPO = Path(__file__).resolve().parents[1]
 API_KEY = "sk-test-0123456789-do-not-leak"
@@ -48,18 +59,16 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def _tiny_settings(**overrides: object) -> dict[str, object]:
+def _tiny_settings(
+    batch_size: int = 3, engine_options: dict[str, object] | None = None, **overrides: object
+) -> dict[str, object]:
     """Config keys that make the tiny random Qwen finish its graphs quickly."""
-    return {
-        "limits": asdict(TINY_QWEN_LIMITS),
-        "max_new_tokens": TINY_QWEN_MAX_NEW_TOKENS,
-        "batch_size": 3,
-        **overrides,
-    }
+    engine = {"max_new_tokens": TINY_QWEN_MAX_NEW_TOKENS, "batch_size": batch_size, **(engine_options or {})}
+    return {"limits": asdict(TINY_QWEN_LIMITS), "engine_options": engine, **overrides}
 
 
-def _config(input_dir: Path, output: Path, model: str, **settings: object) -> AnnotateConfig:
-    return config_from_mapping(
+def _config(input_dir: Path, output: Path, model: str, **settings: object) -> AnnotateSettings:
+    return AnnotateSettings.model_validate(
         {"input": str(input_dir), "output": str(output), "model": model, **_tiny_settings(**settings)}
     )
 
@@ -201,10 +210,8 @@ def test_openai_engine_against_a_local_server(
             output,
             "tiny-qwen",
             engine="openai",
-            base_url=server.base_url,
-            api_key_env="TEST_ANNOTATE_KEY",
+            engine_options={"base_url": server.base_url, "api_key_env": "TEST_ANNOTATE_KEY", "num_actors": 1},
             files_per_shard=2,
-            num_actors=1,
         )
         summary = run(config)
         body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -240,7 +247,7 @@ def test_cli_with_yaml_config(ray_local, qwen_dir: str, photos: Path, tmp_path: 
     )
     output = tmp_path / "out"
     argv = ["--config", str(config), "--output", str(output), "--files-per-shard", "1"]
-    merged = load_config([*argv, "--max-objects", "1"])
+    merged = load_config([*argv, "--limits.max-objects", "1"])
     assert merged.limits.max_objects == 1 and merged.limits.text_pattern == TINY_QWEN_LIMITS.text_pattern
     assert main([*argv, "--no-images", "--limit", "1"]) == 0
     printed = capsys.readouterr().out
@@ -248,11 +255,13 @@ def test_cli_with_yaml_config(ray_local, qwen_dir: str, photos: Path, tmp_path: 
     rows = _rows(output)
     assert len(rows) == 1 and "image" not in rows[0] and rows[0]["annotation"]["status"] in ("ok", "repaired")
     assert main(argv) == 2  # the first run left the images out
-    assert main(["--input", str(source)]) == 2
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("input: x\noutput: y\nmodel: z\nbatch_sise: 3\n")
-    assert main(["--config", str(bad)]) == 2
-    assert "batch_sise" in capsys.readouterr().err
+    for bad_argv in (["--input", str(source)], ["--config", str(bad := tmp_path / "bad.yaml")]):
+        bad.write_text("input: x\noutput: y\nmodel: z\nengine_options:\n  batch_sise: 3\n")
+        with pytest.raises(SystemExit) as exited:
+            main(bad_argv)
+        assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--output is required" in err and "unknown setting 'engine_options.batch_sise'" in err
 
 
 def _cli_config(tmp_path: Path, source: Path, output: Path, qwen_dir: str, **settings: object) -> Path:
@@ -277,14 +286,14 @@ def _keys(output: Path) -> Counter[str]:
 # race against how fast a machine annotates: two writer threads can finish at most two of the three shards.
 _KILL_AFTER_FIRST_SHARD = """
 import os, signal, sys
-import pipelines.annotate as annotate
-write_shard = annotate.write_shard
+import pipelines.annotate.job as job
+write_shard = job.write_shard
 def write_shard_then_die(*args, **kwargs):
     result = write_shard(*args, **kwargs)
     os.killpg(0, signal.SIGKILL)
     return result
-annotate.write_shard = write_shard_then_die
-sys.exit(annotate.main(sys.argv[1:]))
+job.write_shard = write_shard_then_die
+sys.exit(job.main(sys.argv[1:]))
 """
 
 
@@ -316,6 +325,140 @@ def test_killed_run_resumes_without_duplicates(
     expected = {hashlib.sha1(skimage_photo_bytes(name)).hexdigest() for name in PHOTOS}
     assert _keys(output) == Counter(dict.fromkeys(expected, 1))
     assert not [p for p in (output / "data").iterdir() if not p.name.endswith(".parquet")]
+
+
+# ---------------------------------------------------------------------------------------------- settings
+
+
+def _leaf_flags(model: type[BaseModel], prefix: str = "--") -> list[str]:
+    """The flag of every setting, nested groups as dotted flags (``--filters.max-punsafe``)."""
+    flags = []
+    for name, info in model.model_fields.items():
+        flag = prefix + name.replace("_", "-")
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            flags += _leaf_flags(info.annotation, flag + ".")
+        else:
+            flags.append(flag)
+    return flags
+
+
+def test_help_lists_every_flag_with_a_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.startswith("usage: python -m pipelines.annotate ")
+    options = text.split("show this help message and exit", 1)[1]
+    entries = re.split(r" (?=--[a-z])(?<!, )", " " + options)  # one entry per flag (`--x, --no-x` stays whole)
+    described = {entry.split()[0].rstrip(","): entry.strip() for entry in entries if entry.startswith("--")}
+    flags = _leaf_flags(AnnotateSettings)
+    assert {"--filters.max-punsafe", "--limits.max-objects", "--engine-options.base-url", "--no-images"} <= {
+        *flags, *(f for entry in described.values() for f in entry.split() if f.startswith("--no-"))
+    }
+    assert set(described) == {"--config", "--version", *flags}
+    for flag in flags:
+        assert re.search(r"\((default: .*|required)\)", described[flag]), described[flag]  # then a group title
+    assert "(default: OPENAI_API_KEY)" in described["--engine-options.api-key-env"]  # the name, never a key
+
+
+def test_yaml_config_with_nested_groups_equals_the_same_flags(tmp_path: Path) -> None:
+    nested = {
+        "input": "in",
+        "output": "out",
+        "model": "org/model",
+        "engine": "openai",
+        "images": False,
+        "limit": 2,
+        "filters": {"min_aesthetic_score": 6.5, "max_punsafe": 0.1, "min_width": 256, "dedupe_urls": False},
+        "limits": {"max_objects": 5, "max_relations": 0, "text_pattern": "^[a-z]+$"},
+        "engine_options": {
+            "base_url": "http://h:8000/v1", "api_key_env": "MY_KEY", "max_retries": 0, "retry_wait": 0.5,
+            "request_timeout": 3.0, "qps": 2, "num_actors": 4, "batch_size": 16, "cpus_per_actor": 0.5,
+            "trust_remote_code": True, "engine_kwargs": {"seed": "1"},
+        },
+    }  # fmt: skip
+    config = tmp_path / "nested.yaml"
+    config.write_text(yaml.safe_dump(nested))
+    flags = [
+        "--input", "in", "--output", "out", "--model", "org/model", "--engine", "openai", "--no-images",
+        "--limit", "2", "--filters.min-aesthetic-score", "6.5", "--filters.max-punsafe", "0.1",
+        "--filters.min-width", "256", "--no-filters.dedupe-urls", "--limits.max-objects", "5",
+        "--limits.max-relations", "0", "--limits.text-pattern", "^[a-z]+$",
+        "--engine-options.base-url", "http://h:8000/v1", "--engine-options.api-key-env", "MY_KEY",
+        "--engine-options.max-retries", "0", "--engine-options.retry-wait", "0.5",
+        "--engine-options.request-timeout", "3", "--engine-options.qps", "2", "--engine-options.num-actors", "4",
+        "--engine-options.batch-size", "16", "--engine-options.cpus-per-actor", "0.5",
+        "--engine-options.trust-remote-code", "--engine-options.engine-kwargs", "seed=1",
+    ]  # fmt: skip
+    from_file, from_flags = load_config(["--config", str(config)]), load_config(flags)
+    assert from_file == from_flags == AnnotateSettings.model_validate(nested)
+    assert from_file.ingest_filters() == IngestFilters(
+        min_aesthetic_score=6.5, min_width=256, max_punsafe=0.1, dedupe_urls=False
+    )
+    assert from_file.graph_limits() == Limits(max_objects=5, max_relations=0, text_pattern="^[a-z]+$")
+    # flags win over the file, one nested key at a time
+    merged = load_config(["--config", str(config), "--limits.max-objects", "9", "--engine-options.qps", "5"])
+    assert (merged.limits.max_objects, merged.limits.text_pattern) == (9, "^[a-z]+$")
+    assert (merged.engine_options.qps, merged.engine_options.base_url) == (5, "http://h:8000/v1")
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "flags", "message"),
+    [
+        ("engine_options:\n  batch_size: 0\n", [], "--engine-options.batch-size: Input should be greater than or"),
+        ("filters:\n  max_pwatermark: 2\n", [], "--filters.max-pwatermark: Input should be less than or equal"),
+        ("limits:\n  max_relations: -1\n", [], "--limits.max-relations: Input should be greater than or equal"),
+        ("", ["--engine-options.qps", "0"], "--engine-options.qps: Input should be greater than 0"),
+        ("", ["--progress-seconds", "-1"], "--progress-seconds: Input should be greater than or equal to 0"),
+        ("filters:\n  min_score: 1\n", [], "unknown setting 'filters.min_score'"),
+    ],
+)
+def test_out_of_range_settings_exit_2_naming_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], yaml_text: str, flags: list[str], message: str
+) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("input: in\noutput: out\nmodel: m\n" + yaml_text)
+    with pytest.raises(SystemExit) as exited:
+        main(["--config", str(config), *flags])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_manifest_keeps_its_content() -> None:
+    """``run.json`` of outputs written before the settings model: the same keys and values, so they resume."""
+    settings = AnnotateSettings(input="/data/in", output="out", model="m", filters={"max_punsafe": 0.5})
+    task = get_task("scene_graph")
+    assert settings.manifest(task, "folder") == {
+        "input": "/data/in",
+        "input_format": "folder",
+        "files_per_shard": 256,
+        "rows_per_shard": 10_000,
+        "filters": {
+            "min_aesthetic_score": None, "min_width": None, "min_height": None, "max_pwatermark": None,
+            "max_punsafe": 0.5, "dedupe_urls": True,
+        },
+        "task": "scene_graph",
+        "prompt_version": task.prompt_version,
+        "limits": {
+            "max_objects": 64, "max_relations": 128, "max_attributes": 8, "max_text_length": 64,
+            "text_pattern": r"^[a-z][a-z -]{0,23}$",
+        },
+        "model": "m",
+        "images": True,
+        "max_side": 1024,
+        "max_pixels": 802_816,
+    }  # fmt: skip
+    assert FilterSettings().to_filters() == IngestFilters() and LimitSettings().to_limits() == DEFAULT_LIMITS
+
+
+def test_programmatic_settings_are_checked_too() -> None:
+    """`run(AnnotateSettings(...))` from a script gets the same range checks as the command line."""
+    with pytest.raises(ValidationError, match="batch_size"):
+        AnnotateSettings(input="i", output="o", model="m", engine_options=EngineOptions(batch_size=0))
+    settings = AnnotateSettings(input="i", output="o", model="m")
+    with pytest.raises(ValidationError, match="max_objects"):
+        settings.limits.max_objects = 0
 
 
 # ---------------------------------------------------------------------------------------------- progress
@@ -364,14 +507,14 @@ def test_run_logs_progress_and_text_tasks_report_rows_per_second(
             (source / f"{i:02d}.txt").write_text(f"a red ball number {i} on a table")
     graph = json.dumps({"objects": [{"id": 0, "name": "ball", "attributes": ["red"]}], "relations": []})
     config = _config(source, tmp_path / "out", "unused", files_per_shard=2, progress_seconds=0.01)
-    caplog.set_level(logging.INFO, logger="pipelines.annotate")
+    caplog.set_level(logging.INFO, logger="pipelines.annotate")  # the package's loggers
     summary = run(config, FixedAnswerEngine(get_task("text_to_graph"), [graph]))
 
     assert summary.rows_annotated == 10 and summary.failed == 3
     lines = [
         r.getMessage()
         for r in caplog.records
-        if r.name == "pipelines.annotate" and "progress" in r.getMessage()
+        if r.name == "pipelines.annotate.summary" and "progress" in r.getMessage()
     ]
     assert len(lines) >= 3, lines
     pattern = re.compile(

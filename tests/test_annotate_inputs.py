@@ -26,7 +26,7 @@ from test_annotate import _rows
 from test_hostile_annotate import no_ray  # noqa: F401 - a fixture, requested by name below
 from test_ingest import _write_img2dataset
 
-import pipelines.annotate as annotate
+import pipelines.annotate.job as annotate_job
 from pipelines.annotate import main
 from pipelines.tasks import failure_reason
 
@@ -41,9 +41,9 @@ def _sha1(text: str | bytes) -> str:
 
 
 def _tiny_qwen_config(path: Path, **settings: Any) -> Path:
-    """A ``--config`` YAML with the graph bounds under which the tiny random Qwen finishes its answers quickly
-    (the text pattern of `TINY_QWEN_LIMITS` has no command-line flag)."""
-    values = {"limits": asdict(TINY_QWEN_LIMITS), "max_new_tokens": TINY_QWEN_MAX_NEW_TOKENS, **settings}
+    """A ``--config`` YAML with the graph bounds under which the tiny random Qwen finishes its answers quickly."""
+    engine = {"max_new_tokens": TINY_QWEN_MAX_NEW_TOKENS, **settings.pop("engine_options", {})}
+    values = {"limits": asdict(TINY_QWEN_LIMITS), "engine_options": engine, **settings}
     path.write_text(yaml.safe_dump(values))
     return path
 
@@ -64,7 +64,8 @@ def _stems(output: Path, folder: str) -> list[str]:
 def _openai_argv(base_url: str, source: Path, output: Path, task: str) -> list[str]:
     return [
         "--input", str(source), "--output", str(output), "--task", task, "--engine", "openai",
-        "--model", "test-model", "--base-url", base_url, "--api-key-env", "", "--num-actors", "1",
+        "--model", "test-model", "--engine-options.base-url", base_url,
+        "--engine-options.api-key-env", "", "--engine-options.num-actors", "1",
     ]  # fmt: skip
 
 
@@ -113,7 +114,7 @@ def test_cli_annotates_tars_img2dataset_parquet_and_laion_metadata(ray_local, tm
             outputs[name] = tmp_path / f"out-{name}"
             before = server.attempts["goodrow"]
             argv = _openai_argv(server.base_url, tmp_path / name, outputs[name], task)
-            assert main([*argv, "--batch-size", "2", *extra]) == 0, name
+            assert main([*argv, "--engine-options.batch-size", "2", *extra]) == 0, name
             assert f"summary: {outputs[name] / 'summary.json'}" in capsys.readouterr().out
             requests[name] = server.attempts["goodrow"] - before
     # Every kept row went to the model exactly once: 2 photographs, 2 photographs, 4 captions.
@@ -201,7 +202,7 @@ def test_an_unreadable_shard_fails_alone_and_is_retried_once_repaired(
     output = tmp_path / "out"
 
     with FaultyServer(force="goodrow") as server:
-        argv = [*_openai_argv(server.base_url, source, output, "scene_graph"), "--batch-size", "4"]
+        argv = [*_openai_argv(server.base_url, source, output, "scene_graph"), "--engine-options.batch-size", "4"]
         assert main(argv) == 1
         printed = capsys.readouterr().out
         summary = _summary(output)
@@ -264,14 +265,14 @@ def test_changed_input_or_settings_are_refused_and_nothing_is_deleted(
     source.mkdir()
     _captions(source / "a.parquet", ["https://e.com/a0.jpg", "https://e.com/a1.jpg"])
     _captions(source / "b.parquet", ["https://e.com/b0.jpg", "https://e.com/b1.jpg"])
-    write_shard = annotate.write_shard
+    write_shard = annotate_job.write_shard
 
     def rewrite_b_first(shard, *args, **kwargs):
         if shard.name == "b":  # its rows are annotated; now the file changes under the job
             _captions(source / "b.parquet", ["https://e.com/c0.jpg", "https://e.com/c1.jpg"])
         return write_shard(shard, *args, **kwargs)
 
-    monkeypatch.setattr(annotate, "write_shard", rewrite_b_first)
+    monkeypatch.setattr(annotate_job, "write_shard", rewrite_b_first)
     output = tmp_path / "out"
     with FaultyServer() as server:
         argv = _openai_argv(server.base_url, source, output, "text_to_graph")
@@ -289,13 +290,13 @@ def test_changed_input_or_settings_are_refused_and_nothing_is_deleted(
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a refused re-run started Ray or built an engine")
 
-    monkeypatch.setattr(annotate, "init_ray", refuse)
-    monkeypatch.setattr(annotate, "build_engine", refuse)
+    monkeypatch.setattr(annotate_job, "init_ray", refuse)
+    monkeypatch.setattr(annotate_job, "build_engine", refuse)
     moved = tmp_path / "moved"
     shutil.copytree(source, moved)
     for flags, named in (
         (["--input", str(moved)], "(input)"),
-        (["--max-objects", "3", "--model", "another-model"], "(limits, model)"),
+        (["--limits.max-objects", "3", "--model", "another-model"], "(limits, model)"),
         (["--rows-per-shard", "1"], "(rows_per_shard)"),
     ):
         assert main([*argv, *flags]) == 2, flags
@@ -332,9 +333,11 @@ def test_broken_images_through_the_real_hf_engine(ray_local, qwen_dir: str, tmp_
     failure, parsed from the model's own text."""
     expected = write_awkward_images(tmp_path / "awkward")
     output = tmp_path / "out"
-    config = _tiny_qwen_config(tmp_path / "tiny.yaml", batch_size=8, files_per_shard=10, max_new_tokens=32)
+    config = _tiny_qwen_config(
+        tmp_path / "tiny.yaml", files_per_shard=10, engine_options={"batch_size": 8, "max_new_tokens": 32}
+    )
     argv = ["--config", str(config), "--input", str(tmp_path / "awkward"), "--output", str(output)]
-    assert main([*argv, "--engine", "hf", "--model", qwen_dir, "--num-actors", "1"]) == 0
+    assert main([*argv, "--engine", "hf", "--model", qwen_dir, "--engine-options.num-actors", "1"]) == 0
 
     assert set(DECODE_FAILURES) == {name for name, outcome in expected.items() if outcome == "failed"}
     rows = _rows(output)
@@ -393,7 +396,7 @@ def test_refusals_are_failed_rows_and_qps_bounds_each_worker(ray_local, tmp_path
     qps = 2
     with RefusingServer() as server:
         argv = _openai_argv(server.base_url, source, output, "text_to_graph")
-        assert main([*argv, "--qps", str(qps), "--batch-size", "3"]) == 0
+        assert main([*argv, "--engine-options.qps", str(qps), "--engine-options.batch-size", "3"]) == 0
 
     rows = {row["caption"]: row["annotation"] for row in _rows(output)}
     assert set(rows) == set(captions)

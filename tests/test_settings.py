@@ -135,6 +135,18 @@ JOB_SETTINGS = {
         "BenchSetSettings",
         {"input": "exported", "output": "bench.parquet", "split": "validation", "min_relations": 3, "subset": 9},
     ),
+    "pipelines.annotate": (
+        "AnnotateSettings",
+        {
+            "input": "images",
+            "output": "annotated",
+            "model": "Qwen/Qwen2.5-VL-7B-Instruct",
+            "task": "spatial_caption",
+            "filters": {"min_aesthetic_score": 6.5, "max_punsafe": 0.5},
+            "limits": {"max_relations": 20},
+            "engine_options": {"batch_size": 4, "base_url": "http://127.0.0.1:8000/v1", "qps": 5},
+        },
+    ),
     "pipelines.export": (
         "ExportSettings",
         {"input": "annotated", "output": "dataset", "split_proportions": [6, 2, 2], "include_failed": True},

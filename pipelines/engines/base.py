@@ -16,10 +16,11 @@ import base64
 import io
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.tasks import ChatRequest, Task
 
@@ -65,9 +66,9 @@ PASSTHROUGH_COLUMNS: tuple[str, ...] = tuple(f.name for f in PASSTHROUGH_FIELDS)
 ENGINE_OUTPUT_SCHEMA = pa.schema([*PASSTHROUGH_FIELDS, *OUTPUT_FIELDS])
 
 
-@dataclass
-class EngineOptions:
-    """Engine settings; each engine reads the ones that apply to it.
+class EngineOptions(BaseModel):
+    """Engine settings; each engine reads the ones that apply to it (also the ``engine_options`` settings of
+    `python -m pipelines.annotate`, hence a help line each and range checks).
 
     `batch_size` rows per model call (hf) or per Ray Data batch (vllm, openai); `num_actors` model replicas
     (hf actors, vLLM engines) or concurrent HTTP workers; `max_new_tokens` bounds every answer. The openai engine
@@ -76,23 +77,30 @@ class EngineOptions:
     variable named `api_key_env` (empty: send no key), never from a config value.
     """
 
-    batch_size: int = 8
-    num_actors: int = 1
-    max_new_tokens: int = 1024
-    cpus_per_actor: float = 1.0
-    gpus_per_actor: float = 0.0
-    device: str | None = None
-    dtype: str = "auto"
-    trust_remote_code: bool = False
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    max_retries: int = 3
-    retry_wait: float = 1.0
-    request_timeout: float = 120.0
-    qps: int | None = None
-    max_model_len: int = 8192
-    accelerator_type: str | None = None
-    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    batch_size: int = Field(8, ge=1, description="rows per model call (hf) or per Ray Data batch (vllm, openai)")
+    num_actors: int = Field(1, ge=1, description="model replicas (hf actors, vLLM engines) or HTTP workers")
+    max_new_tokens: int = Field(1024, ge=1, description="token bound of every answer")
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved by each model actor (hf)")
+    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs reserved by each model actor (hf)")
+    device: str | None = Field(None, description="hf: torch device (unset: cuda if available, else cpu)")
+    dtype: str = Field("auto", description="hf, vllm: weight dtype: auto, float32, bfloat16 or float16")
+    trust_remote_code: bool = Field(False, description="hf, vllm: allow model code from the hub")
+    base_url: str | None = Field(None, description="openai: endpoint base URL, e.g. http://host:8000/v1")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY",
+        description="openai: NAME of the environment variable holding the API key ('' sends no key)",
+    )
+    max_retries: int = Field(3, ge=0, description="openai: further tries of a failed request")
+    retry_wait: float = Field(1.0, ge=0, description="openai: first wait between tries in seconds, doubling")
+    request_timeout: float = Field(120.0, gt=0, description="openai: seconds before a request is given up")
+    qps: int | None = Field(None, gt=0, description="openai: requests per second per worker (unset: unbounded)")
+    max_model_len: int = Field(8192, ge=1, description="vllm: context length")
+    accelerator_type: str | None = Field(None, description="vllm: Ray accelerator type of the engines, e.g. H100")
+    engine_kwargs: dict[str, Any] = Field(
+        {}, description="vllm: further vLLM engine arguments (a YAML mapping, or key=value flags)"
+    )
 
 
 @dataclass

@@ -1,0 +1,276 @@
+"""The annotation job itself: checks before start, the resume guard (``OUT/run.json``), the run over every pending
+shard, and the command line (`main`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from pipelines.annotate.card import dataset_card_yaml
+from pipelines.annotate.settings import AnnotateSettings, ConfigError, load_config
+from pipelines.annotate.stages import build_dataset
+from pipelines.annotate.summary import Progress, RunSummary
+from pipelines.annotate.writing import (
+    DATA_DIR,
+    RUN_FILE,
+    SHARDS_DIR,
+    SUMMARY_FILE,
+    SUPERSEDED_DIR,
+    TMP_MARK,
+    TMP_PREFIX,
+    ShardError,
+    ShardResult,
+    read_shard_records,
+    write_atomically,
+    write_shard,
+)
+from pipelines.engines import Engine, build_engine
+from pipelines.ingest import IMAGE_COLUMNS, METADATA_ONLY_FORMATS, Shard, detect_format, list_shards
+from pipelines.tasks import Task, get_task
+
+__all__ = ["check_before_start", "init_ray", "main", "run"]
+
+logger = logging.getLogger(__name__)
+
+
+def init_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
+    """Start or join Ray unless already initialised: join the cluster named by ``RAY_ADDRESS`` (``ray job submit``
+    sets it), else start a private in-process instance (``address="local"``, never an unrelated local cluster),
+    with the dashboard only if asked for (it doubles the start-up time of a small local run)."""
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard)
+
+
+class _SettingsPin:
+    """Writes ``OUT/run.json`` just before the first shard of a run appears (once, from any writer thread), so
+    that a run that fails before writing anything (a wrong model path, say) never pins its settings."""
+
+    def __init__(self, output: Path, manifest: dict[str, Any]):
+        self.path = output / RUN_FILE
+        self.manifest = manifest
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            if not self.path.exists():
+                text = json.dumps(self.manifest, indent=2) + "\n"
+                write_atomically(self.path, lambda tmp: tmp.write_text(text))
+
+
+def _check_manifest(output: Path, manifest: dict[str, Any]) -> None:
+    path = output / RUN_FILE
+    if path.exists():
+        previous = json.loads(path.read_text())
+        changed = sorted(k for k in manifest.keys() | previous.keys() if manifest.get(k) != previous.get(k))
+        if changed:
+            raise ConfigError(
+                f"{output} holds the output of a run with different settings ({', '.join(changed)}); "
+                "use a new --output directory, or the same settings to resume"
+            )
+
+
+def _looks_like_local_path(model: str) -> bool:
+    """A model string meant as a directory: absolute, ``./``/``../``/``~``, or a relative path whose first part
+    exists here (a hub id is ``org/name``)."""
+    if model.startswith(("/", "./", "../", "~", ".\\")) or model.count("/") > 1:
+        return True
+    first = model.split("/", 1)[0]
+    return "/" in model and Path(first).is_dir()
+
+
+def _check_output(output: Path) -> None:
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output} is a file, not a directory")
+    probe = output / f"{TMP_PREFIX}write-test-{uuid.uuid4().hex}"
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--output {output} is not writable: {exc.strerror or exc}") from None
+
+
+def check_before_start(config: AnnotateSettings, task: Task, input_format: str, engine_name: str | None) -> None:
+    """What can be checked before Ray starts and a model loads; raises `ConfigError` naming the flag or path.
+
+    `engine_name` is None when the caller brings its own engine.
+    """
+    _check_output(Path(config.output))
+    if task.needs_image and input_format in METADATA_ONLY_FORMATS:
+        raise ConfigError(
+            f"task {task.name} needs images, but --input {config.input} is {input_format} "
+            f"(metadata only: no image column {'/'.join(IMAGE_COLUMNS)}); download the images with img2dataset "
+            "first (docs/img2dataset.md), or choose a text task such as text_to_graph"
+        )
+    model = config.model
+    if engine_name in ("hf", "vllm") and _looks_like_local_path(model) and not Path(model).expanduser().is_dir():
+        raise ConfigError(f"--model {model}: no such directory (and not a hub id of the form org/name)")
+    if engine_name == "openai":
+        env = config.engine_options.api_key_env
+        if env and not os.environ.get(env):
+            raise ConfigError(
+                f"--engine-options.api-key-env {env}: the environment variable {env} is not set; export it, "
+                "or pass --engine-options.api-key-env '' for an endpoint that needs no key"
+            )
+
+
+def _set_aside_superseded(output: Path, planned: set[str], records: dict[str, ShardResult]) -> list[str]:
+    """Move the outputs of shards the input no longer has (files removed, a folder re-chunked) to
+    ``OUT/superseded/``, so that the output never holds a row twice; returns their names."""
+    gone = sorted(set(records) - planned)
+    if gone:
+        target = output / SUPERSEDED_DIR / time.strftime("%Y%m%dT%H%M%S")
+        target.mkdir(parents=True, exist_ok=True)
+        for name in gone:
+            for path in (output / DATA_DIR / f"{name}.parquet", output / SHARDS_DIR / f"{name}.json"):
+                if path.exists():
+                    os.replace(path, target / path.name)
+        logger.warning("moved the outputs of %d shards no longer in the input to %s", len(gone), target)
+    return gone
+
+
+def run(config: AnnotateSettings, engine: Engine | None = None) -> RunSummary:
+    """Annotate every pending shard of `config.input` and return the run summary (also in ``summary.json``).
+
+    `engine` overrides the configured one (tests and benchmarks pass a `FixedAnswerEngine`); its task is used.
+    """
+    start = time.perf_counter()
+    try:
+        input_format = config.input_format or detect_format(config.input)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    task = engine.task if engine is not None else get_task(config.task, config.graph_limits())
+    check_before_start(config, task, input_format, None if engine is not None else config.engine)
+    output = Path(config.output)
+    manifest = config.manifest(task, input_format)
+    _check_manifest(output, manifest)
+    try:
+        shards = list_shards(
+            config.input, input_format, config.files_per_shard, config.rows_per_shard, config.ingest_filters()
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if engine is None:
+        engine = build_engine(config.engine, task, config.model, config.engine_options)
+    for directory in (DATA_DIR, SHARDS_DIR):
+        (output / directory).mkdir(parents=True, exist_ok=True)
+        for stale in (output / directory).glob(f"{TMP_PREFIX}*{TMP_MARK}*"):
+            stale.unlink()
+    records = read_shard_records(output)
+    superseded = _set_aside_superseded(output, {s.name for s in shards}, records)
+    if config.limit is not None:
+        shards = shards[: config.limit]
+    pending = [s for s in shards if getattr(records.get(s.name), "fingerprint", None) != s.fingerprint]
+    summary = RunSummary(
+        task=task.name,
+        prompt_version=task.prompt_version,
+        model=engine.model,
+        engine=engine.name,
+        input=config.input,
+        input_format=input_format,
+        output_dir=str(output),
+        shards_total=len(shards),
+        shards_skipped=len(shards) - len(pending),
+        shards_superseded=superseded,
+        images=task.needs_image,
+    )
+    if pending:
+        init_ray(config.num_cpus, config.dashboard)
+        _annotate(pending, input_format, config, engine, output, summary, start, _SettingsPin(output, manifest))
+    summary.wall_seconds = round(time.perf_counter() - start, 3)
+    summary.rows_per_second = (
+        round(summary.rows_annotated / summary.wall_seconds, 3) if summary.wall_seconds else 0.0
+    )
+    records = read_shard_records(output)
+    for shard in shards:
+        if shard.name in records:
+            summary.output.add(records[shard.name])
+    if summary.output.rows_annotated:
+        (output / "README.md").write_text(dataset_card_yaml(task, list(records.values())))
+    (output / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    return summary
+
+
+
+def _annotate(
+    shards: list[Shard],
+    input_format: str,
+    config: AnnotateSettings,
+    engine: Engine,
+    output: Path,
+    summary: RunSummary,
+    start: float,
+    before_publish: Callable[[], None],
+) -> None:
+    """Run the pipeline and write each shard as soon as all its rows are annotated."""
+    by_name = {shard.name: shard for shard in shards}
+    parts: dict[str, list[pa.Table]] = defaultdict(list)
+    arrived: Counter[str] = Counter()
+    futures: dict[str, Future[ShardResult]] = {}
+    unit = "images" if engine.task.needs_image else "rows"
+    progress = Progress(shards, unit, config.progress_seconds, start=start)
+    with progress, ThreadPoolExecutor(max_workers=2, thread_name_prefix="shard-writer") as writers:
+
+        def submit(name: str) -> None:
+            futures[name] = writers.submit(
+                write_shard,
+                by_name[name],
+                parts.pop(name, []),
+                input_format,
+                config,
+                engine.task,
+                output,
+                before_publish,
+            )
+
+        dataset = build_dataset(shards, input_format, config, engine)
+        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+            if summary.startup_seconds is None:
+                summary.startup_seconds = round(time.perf_counter() - start, 3)
+            progress.add(batch)
+            for name in pc.unique(batch.column("_shard")).to_pylist():
+                part = batch.filter(pc.equal(batch.column("_shard"), name))
+                parts[name].append(part)
+                arrived[name] += part.num_rows
+                if arrived[name] == part.column("_shard_rows")[0].as_py():
+                    submit(name)
+        for name in by_name.keys() - futures.keys():
+            submit(name)  # shards with no rows (all filtered, or unreadable) and any incomplete ones
+        for name, future in sorted(futures.items()):
+            try:
+                summary.add(future.result())
+            except ShardError as exc:
+                summary.shards_failed[name] = str(exc)
+                logger.error("%s", exc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; 0 when every shard was written, 1 when some failed, 2 on a configuration error."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(argv)
+        summary = run(config)
+    except ConfigError as exc:
+        print(f"annotate: {exc}", file=sys.stderr)
+        return 2
+    print(summary.text())
+    print(f"summary: {Path(config.output) / SUMMARY_FILE}")
+    return 1 if summary.shards_failed else 0
