@@ -59,6 +59,7 @@ from pydantic import ValidationError
 
 from benchmark.metrics import RECORD_METRICS
 from schemas import BenchmarkResult, json_kind
+from schemas.layout import RESULT_FILE
 
 __all__ = [
     "METRICS",
@@ -75,7 +76,6 @@ __all__ = [
     "verify_record",
 ]
 
-RESULT_FILE = "result.json"
 SAMPLES_DIR = "samples"
 
 

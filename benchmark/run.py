@@ -45,11 +45,11 @@ from benchmark.judge import JudgeSettings, judge_images, score_judgements
 from benchmark.metrics.graph_iou import GraphIoU
 from benchmark.provenance import provenance, weights_sha256
 from schemas import BenchmarkResult, GenerationSettings, ModelInfo
+from schemas.layout import RESULT_FILE
+from schemas.runs import check_run_identity, pin_run_identity
 
 __all__ = ["RunConfig", "compute_metrics", "main", "parse_config", "recompute", "run_benchmark"]
 
-RESULT_FILE = "result.json"
-IDENTITY_FILE = "run.json"
 _PATH_OPTIONS = ("bench", "output", "inception_weights", "synonyms")
 _MODEL_OPTIONS = ("model", "judge_model", "clip_model", "cmmd_clip_model")
 
@@ -265,23 +265,6 @@ def compute_metrics(
 # ---------------------------------------------------------------------- runs
 
 
-def _check_identity(run_dir: Path, identity: dict[str, Any]) -> None:
-    """Record what the stored images and judgements depend on; refuse to resume a run of another configuration."""
-    path = run_dir / IDENTITY_FILE
-    canonical = json.loads(json.dumps(identity, sort_keys=True))
-    if path.exists():
-        stored = json.loads(path.read_text())
-        if stored != canonical:
-            changed = sorted(k for k in canonical.keys() | stored.keys() if canonical.get(k) != stored.get(k))
-            raise ValueError(
-                f"{run_dir} holds a run of another configuration (differs in: {', '.join(changed)}); "
-                "use a new --output directory"
-            )
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(canonical, indent=2, sort_keys=True) + "\n")
-
-
 def run_benchmark(config: RunConfig) -> BenchmarkResult:
     """Generate, judge and score; write and return the result record."""
     started = time.perf_counter()
@@ -297,15 +280,14 @@ def run_benchmark(config: RunConfig) -> BenchmarkResult:
         weights_hash=weights_sha256(config.model),
         conditioning=ADAPTERS[config.adapter].conditioning,
     )
-    _check_identity(
-        run_dir,
-        {
-            "benchmark": bench.info().model_dump(),
-            "model": model.model_dump(),
-            "generation": generation.model_dump(),
-            "judge": asdict(config.judge()),
-        },
-    )
+    identity = {
+        "benchmark": bench.info().model_dump(),
+        "model": model.model_dump(),
+        "generation": generation.model_dump(),
+        "judge": asdict(config.judge()),
+    }
+    check_run_identity(run_dir, identity)  # what the stored images and judgements depend on
+    pin_run_identity(run_dir, identity)
     generate_images(
         bench.samples,
         config.adapter,

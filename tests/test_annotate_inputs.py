@@ -301,7 +301,7 @@ def test_changed_input_or_settings_are_refused_and_nothing_is_deleted(
     ):
         assert main([*argv, *flags]) == 2, flags
         err = capsys.readouterr().err.strip()
-        assert f"{output} holds the output of a run with different settings {named}" in err, err
+        assert f"{output} holds a run with different settings {named}" in err, err
         assert len(err.splitlines()) == 1 and "Traceback" not in err
         assert _files(output) == before, flags  # nothing deleted, moved or rewritten (summary.json included)
 

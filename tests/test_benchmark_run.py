@@ -141,7 +141,7 @@ def test_run_directory_of_another_configuration_is_refused(bench, models, tmp_pa
     out = tmp_path / "run"
     out.mkdir()
     (out / "run.json").write_text(json.dumps({"benchmark": {}, "model": {}, "generation": {}, "judge": {}}))
-    with pytest.raises(ValueError, match="another configuration .*benchmark, generation, judge, model"):
+    with pytest.raises(ValueError, match=r"holds a run with different settings \(benchmark, generation, judge, model\)"):
         run_benchmark(parse_config(run_args(bench, models, out)))
 
 

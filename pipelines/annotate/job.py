@@ -25,22 +25,18 @@ from pipelines.annotate.settings import AnnotateSettings, ConfigError, load_conf
 from pipelines.annotate.stages import build_dataset
 from pipelines.annotate.summary import Progress, RunSummary
 from pipelines.annotate.writing import (
-    DATA_DIR,
-    RUN_FILE,
     SHARDS_DIR,
-    SUMMARY_FILE,
     SUPERSEDED_DIR,
-    TMP_MARK,
-    TMP_PREFIX,
     ShardError,
     ShardResult,
     read_shard_records,
-    write_atomically,
     write_shard,
 )
 from pipelines.engines import Engine, build_engine
 from pipelines.ingest import IMAGE_COLUMNS, METADATA_ONLY_FORMATS, Shard, detect_format, list_shards
 from pipelines.tasks import Task, get_task
+from schemas.layout import DATA_DIR, SUMMARY_FILE
+from schemas.runs import TMP_MARK, TMP_PREFIX, RunIdentityError, check_run_identity, pin_run_identity
 
 __all__ = ["check_before_start", "init_ray", "main", "run"]
 
@@ -60,31 +56,16 @@ def init_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
 
 
 class _SettingsPin:
-    """Writes ``OUT/run.json`` just before the first shard of a run appears (once, from any writer thread), so
+    """Pins ``OUT/run.json`` just before the first shard of a run appears (once, from any writer thread), so
     that a run that fails before writing anything (a wrong model path, say) never pins its settings."""
 
     def __init__(self, output: Path, manifest: dict[str, Any]):
-        self.path = output / RUN_FILE
-        self.manifest = manifest
+        self.output, self.manifest = output, manifest
         self._lock = threading.Lock()
 
     def __call__(self) -> None:
         with self._lock:
-            if not self.path.exists():
-                text = json.dumps(self.manifest, indent=2) + "\n"
-                write_atomically(self.path, lambda tmp: tmp.write_text(text))
-
-
-def _check_manifest(output: Path, manifest: dict[str, Any]) -> None:
-    path = output / RUN_FILE
-    if path.exists():
-        previous = json.loads(path.read_text())
-        changed = sorted(k for k in manifest.keys() | previous.keys() if manifest.get(k) != previous.get(k))
-        if changed:
-            raise ConfigError(
-                f"{output} holds the output of a run with different settings ({', '.join(changed)}); "
-                "use a new --output directory, or the same settings to resume"
-            )
+            pin_run_identity(self.output, self.manifest)
 
 
 def _looks_like_local_path(model: str) -> bool:
@@ -161,7 +142,10 @@ def run(config: AnnotateSettings, engine: Engine | None = None) -> RunSummary:
     check_before_start(config, task, input_format, None if engine is not None else config.engine)
     output = Path(config.output)
     manifest = config.manifest(task, input_format)
-    _check_manifest(output, manifest)
+    try:
+        check_run_identity(output, manifest)
+    except RunIdentityError as exc:
+        raise ConfigError(str(exc)) from None
     try:
         shards = list_shards(
             config.input, input_format, config.files_per_shard, config.rows_per_shard, config.ingest_filters()

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +17,8 @@ from pipelines.engines.http_session import mask_secrets
 from pipelines.ingest import FilterCounts, Shard, read_shard
 from pipelines.tasks import Task, failure_reason
 from schemas import IMAGE_TYPE, UPSTREAM_FIELDS, row_schema
+from schemas.layout import DATA_DIR, RUN_FILE, SUMMARY_FILE
+from schemas.runs import TMP_PREFIX, write_atomically
 
 if TYPE_CHECKING:
     from pipelines.annotate.settings import AnnotateSettings
@@ -38,18 +38,13 @@ __all__ = [
     "write_shard",
 ]
 
-ROW_GROUP_SIZE = 256
-# The output directory: data files, per-shard completion records, set-aside outputs, settings and summary.
-DATA_DIR = "data"
+ROWS_PER_ROW_GROUP = 256
+# The output directory: data files (`DATA_DIR`), per-shard completion records, set-aside outputs, settings
+# (`RUN_FILE`) and summary (`SUMMARY_FILE`).
 SHARDS_DIR = "shards"
 SUPERSEDED_DIR = "superseded"
-RUN_FILE = "run.json"
-SUMMARY_FILE = "summary.json"
 # Bound of an error text that quotes an exception.
 _SHARD_ERROR_CHARS = 2000
-# Temporary files: hidden, and marked, so that a run removes what a killed one left.
-TMP_PREFIX = "."
-TMP_MARK = ".tmp-"
 
 
 class ShardError(RuntimeError):
@@ -133,13 +128,6 @@ def annotated_shard_table(shard: Shard, source: pa.Table, annotations: pa.Table,
     )
 
 
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """`write` a hidden temporary file beside `path`, then rename it into place: `path` only ever appears whole."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}{TMP_MARK}{uuid.uuid4().hex}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write_shard(
     shard: Shard,
     parts: list[pa.Table],
@@ -172,7 +160,7 @@ def write_shard(
         before_publish()
     data_file = output / DATA_DIR / f"{shard.name}.parquet"
     if table.num_rows:
-        write_atomically(data_file, lambda tmp: pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE))
+        write_atomically(data_file, lambda tmp: pq.write_table(table, tmp, row_group_size=ROWS_PER_ROW_GROUP))
     else:
         data_file.unlink(missing_ok=True)
     annotation = table.column("annotation").combine_chunks()

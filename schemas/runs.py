@@ -1,0 +1,60 @@
+"""What every job does with its output directory: whole files only, and one run identity per directory.
+
+A job that can resume (annotate, benchmark run) pins the settings its outputs depend on in ``OUT/run.json``
+(`schemas.layout.RUN_FILE`). A later run into the same directory must have the same identity, or it is refused
+with the keys that differ, so a resume never mixes outputs of two configurations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from schemas.layout import RUN_FILE
+
+__all__ = ["TMP_MARK", "TMP_PREFIX", "RunIdentityError", "check_run_identity", "pin_run_identity", "write_atomically"]
+
+# A file being written is hidden (``.name.tmp-<uuid>``) until it is renamed into place; readers skip such names.
+TMP_PREFIX = "."
+TMP_MARK = ".tmp-"
+
+
+class RunIdentityError(ValueError):
+    """The output directory holds a run with another identity; the message names the differing keys."""
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """`write` a hidden temporary file beside `path`, then rename it into place: `path` only ever appears whole."""
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}{TMP_MARK}{uuid.uuid4().hex}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _canonical(identity: Mapping[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(identity, sort_keys=True))
+
+
+def check_run_identity(directory: Path, identity: Mapping[str, Any]) -> None:
+    """Raise `RunIdentityError` when ``directory/run.json`` exists and differs from `identity` (compared as JSON)."""
+    path = Path(directory) / RUN_FILE
+    if not path.exists():
+        return
+    stored, wanted = json.loads(path.read_text()), _canonical(identity)
+    if changed := sorted(k for k in wanted.keys() | stored.keys() if wanted.get(k) != stored.get(k)):
+        raise RunIdentityError(
+            f"{directory} holds a run with different settings ({', '.join(changed)}); "
+            "use a new --output directory, or the same settings to resume"
+        )
+
+
+def pin_run_identity(directory: Path, identity: Mapping[str, Any]) -> None:
+    """Write ``directory/run.json`` (atomically) unless it exists; call `check_run_identity` first."""
+    path = Path(directory) / RUN_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(_canonical(identity), indent=2, sort_keys=True) + "\n"
+        write_atomically(path, lambda tmp: tmp.write_text(text))
