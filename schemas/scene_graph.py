@@ -49,7 +49,7 @@ _INT_TEXT = re.compile(r"-?[0-9]{1,18}")  # an id written as text: ASCII digits,
 
 @dataclass(frozen=True)
 class Limits:
-    """Size bounds of a graph. The defaults follow DESIGN.md; LAION-SG averages 6.4 objects per image."""
+    """Size bounds of a graph: generous next to LAION-SG's average of 6.4 objects per image."""
 
     max_objects: int = 64
     max_relations: int = 128
