@@ -13,6 +13,7 @@ from pathlib import Path
 __all__ = [
     "CARD_FILE",
     "DATA_DIR",
+    "IMAGE_ROWS_PER_ROW_GROUP",
     "RESULT_FILE",
     "RUN_FILE",
     "STATS_FILE",
@@ -27,6 +28,9 @@ SUMMARY_FILE = "summary.json"  # an annotate run's counts
 STATS_FILE = "stats.json"  # an export's statistics
 CARD_FILE = "README.md"  # a dataset card
 RESULT_FILE = "result.json"  # a benchmark run's result record
+# Rows per Parquet row group in files that hold images (annotate shards, exports), as `datasets` writes image data:
+# small enough that a reader never holds more than ~100 images of one file at once.
+IMAGE_ROWS_PER_ROW_GROUP = 100
 
 
 def split_file_name(split: str, index: int, count: int) -> str:

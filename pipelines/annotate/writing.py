@@ -17,7 +17,7 @@ from pipelines.engines.http_session import mask_secrets
 from pipelines.ingest import FilterCounts, Shard, read_shard
 from pipelines.tasks import Task, failure_reason
 from schemas import IMAGE_TYPE, UPSTREAM_FIELDS, row_schema
-from schemas.layout import DATA_DIR, RUN_FILE, SUMMARY_FILE
+from schemas.layout import DATA_DIR, IMAGE_ROWS_PER_ROW_GROUP, RUN_FILE, SUMMARY_FILE
 from schemas.runs import TMP_PREFIX, write_atomically
 
 if TYPE_CHECKING:
@@ -38,7 +38,6 @@ __all__ = [
     "write_shard",
 ]
 
-ROWS_PER_ROW_GROUP = 256
 # The output directory: data files (`DATA_DIR`), per-shard completion records, set-aside outputs, settings
 # (`RUN_FILE`) and summary (`SUMMARY_FILE`).
 SHARDS_DIR = "shards"
@@ -160,7 +159,7 @@ def write_shard(
         before_publish()
     data_file = output / DATA_DIR / f"{shard.name}.parquet"
     if table.num_rows:
-        write_atomically(data_file, lambda tmp: pq.write_table(table, tmp, row_group_size=ROWS_PER_ROW_GROUP))
+        write_atomically(data_file, lambda tmp: pq.write_table(table, tmp, row_group_size=IMAGE_ROWS_PER_ROW_GROUP))
     else:
         data_file.unlink(missing_ok=True)
     annotation = table.column("annotation").combine_chunks()

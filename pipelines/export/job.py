@@ -49,13 +49,12 @@ from pipelines.export.splits import (
 )
 from pipelines.export.stats import ExportStats, failure_reason
 from schemas import STATUSES, row_schema
-from schemas.layout import CARD_FILE, DATA_DIR, STATS_FILE, split_file_name
+from schemas.layout import CARD_FILE, DATA_DIR, IMAGE_ROWS_PER_ROW_GROUP, STATS_FILE, split_file_name
 from schemas.settings import JobSettings, parse_settings
 
 __all__ = ["KEEP_STATUSES", "export", "main"]
 
 KEEP_STATUSES = ("ok", "repaired")
-ROWS_PER_ROW_GROUP = 100  # as `datasets` writes image data
 _BATCH_ROWS = 256
 _BASE_COLUMNS = frozenset(row_schema().names)
 
@@ -175,7 +174,7 @@ class _SplitWriter:
                 self.paths.append(path)
             take = min(table.num_rows, self.rows_per_file - self.rows_in_file)
             part, table = table.slice(0, take), table.slice(take)
-            self.writer.write_table(part, row_group_size=ROWS_PER_ROW_GROUP)
+            self.writer.write_table(part, row_group_size=IMAGE_ROWS_PER_ROW_GROUP)
             self.num_bytes += part.nbytes
             self.rows_in_file += take
             if self.rows_in_file == self.rows_per_file:
