@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from schemas.runs import init_ray
+
 __all__ = ["chunk_name", "iter_chunks", "map_chunks", "write_chunk"]
 
 Item = TypeVar("Item")
@@ -70,8 +72,7 @@ def map_chunks(
 
     import ray
 
-    if not ray.is_initialized():
-        ray.init()
+    init_ray()
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     actor_cls = ray.remote(num_cpus=1, num_gpus=gpus)(_ChunkActor)
     actors: list[Any] = []  # started on demand, so a small workload does not load the model num_actors times

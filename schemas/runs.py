@@ -1,8 +1,9 @@
-"""What every job does with its output directory: whole files only, and one run identity per directory.
+"""What every job shares at run time: joining Ray, whole files only, and one run identity per output directory.
 
-A job that can resume (annotate, benchmark run) pins the settings its outputs depend on in ``OUT/run.json``
-(`schemas.layout.RUN_FILE`). A later run into the same directory must have the same identity, or it is refused
-with the keys that differ, so a resume never mixes outputs of two configurations.
+`init_ray` starts or joins Ray the same way for every job. A job that can resume (annotate, benchmark run) pins
+the settings its outputs depend on in ``OUT/run.json`` (`schemas.layout.RUN_FILE`). A later run into the same
+directory must have the same identity, or it is refused with the keys that differ, so a resume never mixes
+outputs of two configurations.
 """
 
 from __future__ import annotations
@@ -16,11 +17,33 @@ from typing import Any
 
 from schemas.layout import RUN_FILE
 
-__all__ = ["TMP_MARK", "TMP_PREFIX", "RunIdentityError", "check_run_identity", "pin_run_identity", "write_atomically"]
+__all__ = [
+    "TMP_MARK",
+    "TMP_PREFIX",
+    "RunIdentityError",
+    "check_run_identity",
+    "init_ray",
+    "pin_run_identity",
+    "write_atomically",
+]
 
 # A file being written is hidden (``.name.tmp-<uuid>``) until it is renamed into place; readers skip such names.
 TMP_PREFIX = "."
 TMP_MARK = ".tmp-"
+
+
+def init_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
+    """Start or join Ray unless already initialised: join the cluster named by ``RAY_ADDRESS`` (``ray job submit``
+    sets it), else start a private in-process instance (``address="local"``, never an unrelated local cluster),
+    with the dashboard only if asked for (it doubles the start-up time of a small local run)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard)
 
 
 class RunIdentityError(ValueError):

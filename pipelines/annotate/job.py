@@ -18,7 +18,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import ray
 
 from pipelines.annotate.card import dataset_card_yaml
 from pipelines.annotate.settings import AnnotateSettings, ConfigError, load_config
@@ -36,23 +35,18 @@ from pipelines.engines import Engine, build_engine
 from pipelines.ingest import IMAGE_COLUMNS, METADATA_ONLY_FORMATS, Shard, detect_format, list_shards
 from pipelines.tasks import Task, get_task
 from schemas.layout import DATA_DIR, SUMMARY_FILE
-from schemas.runs import TMP_MARK, TMP_PREFIX, RunIdentityError, check_run_identity, pin_run_identity
+from schemas.runs import (
+    TMP_MARK,
+    TMP_PREFIX,
+    RunIdentityError,
+    check_run_identity,
+    init_ray,
+    pin_run_identity,
+)
 
 __all__ = ["check_before_start", "init_ray", "main", "run"]
 
 logger = logging.getLogger(__name__)
-
-
-def init_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
-    """Start or join Ray unless already initialised: join the cluster named by ``RAY_ADDRESS`` (``ray job submit``
-    sets it), else start a private in-process instance (``address="local"``, never an unrelated local cluster),
-    with the dashboard only if asked for (it doubles the start-up time of a small local run)."""
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard)
 
 
 class _SettingsPin:
