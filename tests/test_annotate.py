@@ -23,7 +23,7 @@ import yaml
 from awkward_images import PHOTOS, skimage_photo_bytes, write_awkward_images
 from local_ray_cluster import repo_env
 from openai_server import TINY_QWEN_LIMITS, TINY_QWEN_MAX_NEW_TOKENS, OpenAIServer
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from test_tasks import MALFORMED
 
 from pipelines.annotate import (
@@ -330,35 +330,12 @@ def test_killed_run_resumes_without_duplicates(
 # ---------------------------------------------------------------------------------------------- settings
 
 
-def _leaf_flags(model: type[BaseModel], prefix: str = "--") -> list[str]:
-    """The flag of every setting, nested groups as dotted flags (``--filters.max-punsafe``)."""
-    flags = []
-    for name, info in model.model_fields.items():
-        flag = prefix + name.replace("_", "-")
-        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
-            flags += _leaf_flags(info.annotation, flag + ".")
-        else:
-            flags.append(flag)
-    return flags
-
-
-def test_help_lists_every_flag_with_a_default(capsys: pytest.CaptureFixture[str]) -> None:
+def test_help_names_the_key_variable_never_a_key(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every flag's help and default is checked for every job in test_settings.py; here, the secret's one."""
     with pytest.raises(SystemExit) as exited:
         main(["--help"])
     assert exited.value.code == 0
-    text = " ".join(capsys.readouterr().out.split())
-    assert text.startswith("usage: python -m pipelines.annotate ")
-    options = text.split("show this help message and exit", 1)[1]
-    entries = re.split(r" (?=--[a-z])(?<!, )", " " + options)  # one entry per flag (`--x, --no-x` stays whole)
-    described = {entry.split()[0].rstrip(","): entry.strip() for entry in entries if entry.startswith("--")}
-    flags = _leaf_flags(AnnotateSettings)
-    assert {"--filters.max-punsafe", "--limits.max-objects", "--engine-options.base-url", "--no-images"} <= {
-        *flags, *(f for entry in described.values() for f in entry.split() if f.startswith("--no-"))
-    }
-    assert set(described) == {"--config", "--version", *flags}
-    for flag in flags:
-        assert re.search(r"\((default: .*|required)\)", described[flag]), described[flag]  # then a group title
-    assert "(default: OPENAI_API_KEY)" in described["--engine-options.api-key-env"]  # the name, never a key
+    assert "(default: OPENAI_API_KEY)" in " ".join(capsys.readouterr().out.split())
 
 
 def test_yaml_config_with_nested_groups_equals_the_same_flags(tmp_path: Path) -> None:
@@ -497,7 +474,6 @@ def test_run_logs_progress_and_text_tasks_report_rows_per_second(
     """A text_to_graph run over 10 files in 5 shards, 3 of them without a caption (failed rows), with a progress
     line every 10 ms: the lines count up to all 10 rows and the 3 failures, and the rate is in rows/s."""
     import logging
-    import re
 
     source = tmp_path / "captioned"
     source.mkdir()

@@ -156,18 +156,6 @@ def test_final_directory_is_a_diffusers_pipeline_folder(trained: Path, tiny_mode
     assert written.keys() == exported.keys() and all(torch.equal(written[k], exported[k]) for k in written)
 
 
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any attempt to open a connection fails the test: loading a local folder stays offline."""
-    import socket
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-
-
 def test_from_pretrained_loads_every_component_offline(
     trained: Path, pipe: SDXLSGPipeline, monkeypatch: pytest.MonkeyPatch, no_network: None
 ) -> None:

@@ -131,6 +131,23 @@ def test_settings_record_is_json_ready() -> None:
 
 # Every job configured through this layer: (module, its settings class name, settings that are not the defaults).
 JOB_SETTINGS = {
+    "benchmark.run": (
+        "BenchRunSettings",
+        {
+            "bench": "bench.parquet",
+            "adapter": "diffusers-sg-text",
+            "model": "stabilityai/stable-diffusion-xl-base-1.0",
+            "output": "runs/a",
+            "num_actors": 4,
+            "display_name": "SDXL (baseline)",
+            "generation": {"steps": 20, "guidance": 7.5, "height": 512, "scheduler": "EulerDiscreteScheduler"},
+            "judge": {"model": "judge-dir", "max_objects": 5, "dtype": "bfloat16", "synonyms": "synonyms.yaml"},
+            "clip": {"model": "ViT-B-16", "pretrained": "laion2b_s34b_b88k", "text": "sg_text"},
+            "inception": {"weights": "pt_inception.pth", "allow_download": True},
+            "kid": {"subsets": 10, "subset_size": 50},
+            "features": {"batch_size": 8},
+        },
+    ),
     "benchmark.dataset": (
         "BenchSetSettings",
         {"input": "exported", "output": "bench.parquet", "split": "validation", "min_relations": 3, "subset": 9},
@@ -151,6 +168,34 @@ JOB_SETTINGS = {
         "ExportSettings",
         {"input": "annotated", "output": "dataset", "split_proportions": [6, 2, 2], "include_failed": True},
     ),
+    "training.train": (
+        "TrainSettings",
+        {
+            "data": "dataset",
+            "model": "sdxl",
+            "output": "runs",
+            "cache": "cache",
+            "max_steps": 20,
+            "use_gpu": True,
+            "lr": 0.001,
+            "crop": "none",
+            "max_bad_fraction": 0.1,
+            "encoder": {"hidden_dim": 16, "pooling": "sum"},
+        },
+    ),
+    "training.precompute": (
+        "PrecomputeSettings",
+        {
+            "data": "dataset",
+            "model": "sdxl",
+            "output": "cache",
+            "resolution": 64,
+            "dtype": "float32",
+            "num_actors": 2,
+            "use_gpu": True,
+        },
+    ),
+    "training.sg_encoder": ("SGEncoderSettings", {"count_params": True}),
 }
 JOBS = [(module, name) for module, (name, _) in JOB_SETTINGS.items()]
 
@@ -182,8 +227,9 @@ def test_every_job_help_shows_each_flag_with_a_default(
             flag, described[entry.group(1)] = entry.group(1), line
         elif line.startswith("   ") and described:
             described[flag] += " " + line.strip()
-    assert {"--config", "--version"} <= set(described)
-    for flag in _flags(getattr(job, settings_name)):
+    flags = _flags(getattr(job, settings_name))
+    assert set(described) == {"--config", "--version", *flags}  # every setting has a flag, and no flag is extra
+    for flag in flags:
         assert re.search(r"\((default: .*|required)\)$", " ".join(described[flag].split())), described[flag]
 
 

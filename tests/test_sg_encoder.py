@@ -194,18 +194,6 @@ def star_index() -> GraphIndex:
     )
 
 
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any attempt to open a connection fails the test (loading a local folder must stay offline)."""
-    import socket
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-
-
 def test_diffusers_save_and_load_round_trip(tmp_path: Path, no_network: None) -> None:
     """diffusers' own save_pretrained/from_pretrained: safetensors + config.json, the same config (non-default
     pooling and residual included), bit-identical weights and outputs, and the validated pooling."""
