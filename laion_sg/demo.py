@@ -119,11 +119,11 @@ def plan(output: Path, models: dict[str, Path], photos: Path, train_steps: int =
     annotate = ["--config", str(output / "annotate_demo.yaml"), "--model", str(models["qwen2_5_vl"])]
     bench_file = output / "bench" / "compsg_bench.parquet"
     metric_models = [
-        "--judge-model", str(models["qwen2_5_vl"]), "--judge-max-new-tokens", "256", "--judge-max-objects", "3",
-        "--judge-max-relations", "3", "--judge-max-attributes", "1",
-        "--clip-model", str(models["open_clip"]), "--cmmd-clip-model", str(models["open_clip"]),
-        "--inception-weights", str(models["inception"]), "--height", "64", "--width", "64", "--steps", "2",
-        "--kid-subsets", "10",
+        "--judge.model", str(models["qwen2_5_vl"]), "--judge.max-new-tokens", "256", "--judge.max-objects", "3",
+        "--judge.max-relations", "3", "--judge.max-attributes", "1",
+        "--clip.model", str(models["open_clip"]), "--cmmd.model", str(models["open_clip"]),
+        "--inception.weights", str(models["inception"]), "--generation.height", "64", "--generation.width", "64",
+        "--generation.steps", "2", "--kid.subsets", "10",
     ]
     run_models = {"baseline": models["sdxl"], "sdxl_sg": output / "train" / "final"}
     return [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import warnings
 from dataclasses import asdict
@@ -21,7 +22,7 @@ from test_benchmark_dataset import export_rows, png, write_export
 from test_leaderboard import EVIL, check_page_in_browser, record
 
 from benchmark.dataset import build_benchmark, load_benchmark
-from benchmark.features import REFERENCE_INDEX
+from benchmark.features import REFERENCE_INDEX, FeatureSettings
 from benchmark.generate import (
     ADAPTERS,
     GenerationTask,
@@ -34,8 +35,9 @@ from benchmark.generate import (
 from benchmark.judge import JUDGEMENTS_SCHEMA, read_judgements
 from benchmark.leaderboard import load_records
 from benchmark.leaderboard import main as leaderboard_main
-from benchmark.run import RunConfig, compute_metrics, main, parse_config, run_benchmark
+from benchmark.run import PROG, BenchRunSettings, compute_metrics, main, run_benchmark
 from schemas import BenchmarkResult, SceneGraph
+from schemas.settings import parse_settings
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +73,13 @@ def models(tiny_models_dir, tmp_path_factory) -> dict[str, Path]:
 def run_args(bench: Path, models: dict[str, Path], output: Path, *extra: str) -> list[str]:
     return [
         "--bench", str(bench), "--adapter", "sdxl-sg", "--model", str(models["sdxl_sg"]), "--output", str(output),
-        "--images-per-sample", "1", "--steps", "2", "--height", "64", "--width", "64", "--seed", "7",
-        "--judge-model", str(models["judge"]), "--judge-max-new-tokens", "256", "--judge-max-objects", "4",
-        "--judge-max-relations", "4", "--judge-max-attributes", "1",
-        "--clip-model", str(models["clip"]), "--cmmd-clip-model", str(models["clip"]),
-        "--inception-weights", str(models["inception"]), "--kid-subsets", "10",
-        "--feature-batch-size", "3",  # 2 references + 2 generated images: two feature chunks, 3 + 1
+        "--generation.images-per-sample", "1", "--generation.steps", "2", "--generation.height", "64",
+        "--generation.width", "64", "--generation.seed", "7",
+        "--judge.model", str(models["judge"]), "--judge.max-new-tokens", "256", "--judge.max-objects", "4",
+        "--judge.max-relations", "4", "--judge.max-attributes", "1",
+        "--clip.model", str(models["clip"]), "--cmmd.model", str(models["clip"]),
+        "--inception.weights", str(models["inception"]), "--kid.subsets", "10",
+        "--features.batch-size", "3",  # 2 references + 2 generated images: two feature chunks, 3 + 1
         *extra,
     ]  # fmt: skip
 
@@ -99,29 +102,128 @@ def test_image_seeds_depend_only_on_seed_key_and_index():
     assert len(seeds) == 12 and all(0 <= s < 2**63 for s in seeds)
 
 
-def test_config_from_yaml_and_command_line(tmp_path):
+def parse(argv: list[str]) -> BenchRunSettings:
+    return parse_settings(BenchRunSettings, argv, prog=PROG, description="")
+
+
+def test_settings_from_yaml_and_command_line(tmp_path, capsys):
     config = tmp_path / "run.yaml"
-    config.write_text("adapter: diffusers-sg-text\nsteps: 12\njudge_restrict_vocabulary: false\nmodel: m\n")
-    parsed = parse_config(["--config", str(config), "--bench", "b", "--output", "o", "--steps", "3"])
-    assert parsed == RunConfig(
-        bench="b", adapter="diffusers-sg-text", model="m", output="o", steps=3, judge_restrict_vocabulary=False
+    config.write_text(
+        "adapter: diffusers-sg-text\nmodel: m\ngeneration:\n  steps: 12\n  seed: 3\n"
+        "judge:\n  restrict_vocabulary: false\n  model: j\n"
     )
-    named = parse_config(["--bench", "b", "--adapter", "a", "--model", "m", "--output", "o", "--display-name", "SDXL-SG (ours)"])
-    assert named.display_name == "SDXL-SG (ours)" and asdict(named)["display_name"] == "SDXL-SG (ours)"
+    parsed = parse(["--config", str(config), "--bench", "b", "--output", "o", "--generation.steps", "3"])
+    assert parsed == BenchRunSettings(
+        bench="b", adapter="diffusers-sg-text", model="m", output="o",
+        generation={"steps": 3, "seed": 3}, judge={"restrict_vocabulary": False, "model": "j"},
+    )  # fmt: skip
+    named = parse(["--bench", "b", "--adapter", "sdxl-sg", "--model", "m", "--output", "o", "--display-name", "SDXL-SG (ours)"])
+    assert named.display_name == "SDXL-SG (ours)" and named.to_record()["display_name"] == "SDXL-SG (ours)"
     assert parsed.display_name is None  # the leaderboard then names the run by its model id
-    config.write_text("stepz: 3\n")
-    with pytest.raises(SystemExit):
-        parse_config(["--config", str(config)])
-    with pytest.raises(SystemExit):
-        parse_config(["--bench", "b"])  # no adapter, model, output
+    for yaml_text, argv, message in [
+        ("steps: 3\n", [], "unknown setting 'steps'"),  # the generation settings are a group now
+        ("judge_model: j\n", [], "unknown setting 'judge_model'"),
+        ("", ["--bench", "b"], "--adapter is required"),
+        ("", ["--bench", "b", "--adapter", "sdxl", "--model", "m", "--output", "o"], "--adapter: .*unknown adapter"),
+        ("adapter: sdxl-sg\nmodel: m\nbench: b\noutput: o\n", ["--kid.subsets", "0"], "--kid.subsets: .*greater than or equal to 1"),
+        ("adapter: sdxl-sg\nmodel: m\nbench: b\noutput: o\n", ["--clip.text", "title"], "--clip.text: .*'caption' or 'sg_text'"),
+    ]:
+        config.write_text(yaml_text)
+        with pytest.raises(SystemExit) as exited:
+            parse(["--config", str(config), *argv])
+        assert exited.value.code == 2
+        assert re.search(message, capsys.readouterr().err), message
+
+
+# `provenance.config` as benchmark.run wrote it before its settings were grouped (flat keys), with the values
+# that differ from the defaults changed.
+LEGACY_CONFIG = {
+    "bench": "/data/bench.parquet", "adapter": "sdxl-sg", "model": "/models/sdxl-sg", "output": "/runs/a",
+    "images_per_sample": 2, "steps": 20, "guidance": 7.5, "height": 512, "width": 768, "seed": 7,
+    "dtype": "bfloat16", "scheduler": "EulerDiscreteScheduler", "num_actors": 4, "chunk_size": 2,
+    "judge_model": "/models/judge", "judge_restrict_vocabulary": False, "judge_max_new_tokens": 256,
+    "judge_batch_size": 2, "judge_max_objects": 5, "judge_max_relations": 6, "judge_max_attributes": 1,
+    "synonyms": "/data/synonyms.yaml", "clip_model": "/models/clip", "clip_pretrained": None,
+    "clip_t_text": "sg_text", "cmmd_clip_model": "ViT-B-16", "cmmd_clip_pretrained": "laion2b",
+    "inception_weights": "/models/pt_inception.pth", "allow_download": True, "kid_subsets": 10,
+    "kid_subset_size": 50, "feature_batch_size": 3, "display_name": "old run",
+}  # fmt: skip
+
+
+def test_records_of_flat_settings_read_as_the_same_run():
+    settings = BenchRunSettings.from_record(LEGACY_CONFIG)
+    assert settings == BenchRunSettings.from_record(settings.to_record())  # today's records read back too
+    assert settings.to_record() == {
+        "bench": "/data/bench.parquet", "adapter": "sdxl-sg", "model": "/models/sdxl-sg", "output": "/runs/a",
+        "num_actors": 4, "chunk_size": 2, "display_name": "old run",
+        "generation": {
+            "images_per_sample": 2, "steps": 20, "guidance": 7.5, "height": 512, "width": 768, "seed": 7,
+            "dtype": "bfloat16", "scheduler": "EulerDiscreteScheduler",
+        },
+        "judge": {
+            "model": "/models/judge", "restrict_vocabulary": False, "max_new_tokens": 256, "batch_size": 2,
+            "max_objects": 5, "max_relations": 6, "max_attributes": 1, "dtype": "auto",
+            "synonyms": "/data/synonyms.yaml",
+        },
+        "clip": {"model": "/models/clip", "pretrained": None, "text": "sg_text"},
+        "cmmd": {"model": "ViT-B-16", "pretrained": "laion2b"},
+        "inception": {"weights": "/models/pt_inception.pth", "allow_download": True},
+        "kid": {"subsets": 10, "subset_size": 50},
+        "features": {"batch_size": 3},
+    }  # fmt: skip
+    # what the images, judgements and features depend on is what the flat settings gave
+    assert settings.generation_settings().model_dump() == {
+        "seed": 7, "images_per_sample": 2, "num_inference_steps": 20, "guidance_scale": 7.5, "height": 512,
+        "width": 768, "scheduler": "EulerDiscreteScheduler", "dtype": "bfloat16",
+    }  # fmt: skip
+    assert asdict(settings.judge_settings()) == {
+        "model": "/models/judge", "restrict_vocabulary": False, "max_new_tokens": 256, "batch_size": 2,
+        "max_objects": 5, "max_relations": 6, "max_attributes": 1, "dtype": "auto",
+    }  # fmt: skip
+    assert settings.features_settings() == FeatureSettings(
+        inception_weights="/models/pt_inception.pth", allow_download=True, clip_model="/models/clip",
+        clip_pretrained=None, cmmd_clip_model="ViT-B-16", cmmd_clip_pretrained="laion2b", batch_size=3,
+    )  # fmt: skip
+
+
+def test_run_identity_of_the_defaults_is_unchanged():
+    """`run.json` of a run with default settings, as benchmark.run pinned it before its settings were grouped:
+    such runs still resume."""
+    settings = BenchRunSettings(bench="b", adapter="sdxl-sg", model="m", output="o", generation={"scheduler": "S"})
+    assert settings.generation_settings().model_dump() == {
+        "seed": 42, "images_per_sample": 1, "num_inference_steps": 40, "guidance_scale": 5.0, "height": 1024,
+        "width": 1024, "scheduler": "S", "dtype": "float32",
+    }  # fmt: skip
+    assert asdict(settings.judge_settings()) == {
+        "model": "Qwen/Qwen2.5-VL-7B-Instruct", "restrict_vocabulary": True, "max_new_tokens": 1024,
+        "batch_size": 1, "max_objects": 64, "max_relations": 128, "max_attributes": 8, "dtype": "auto",
+    }  # fmt: skip
+    assert settings.features_settings() == FeatureSettings(None, False, "ViT-B-32", "openai", "ViT-L-14-336", "openai", 32)
+
+
+def test_resolved_settings_make_local_paths_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sdxl").mkdir()
+    (tmp_path / "clip").mkdir()
+    settings = BenchRunSettings(
+        bench="bench.parquet", adapter="sdxl-sg", model="sdxl", output="runs/a",
+        judge={"model": "Qwen/Qwen2.5-VL-7B-Instruct", "synonyms": "syn.yaml"},
+        clip={"model": "clip"}, inception={"weights": "w.pth"},
+    ).resolved()  # fmt: skip
+    assert (settings.bench, settings.output) == (tmp_path / "bench.parquet", tmp_path / "runs" / "a")
+    assert (settings.model, settings.clip.model) == (str(tmp_path / "sdxl"), str(tmp_path / "clip"))
+    assert (settings.judge.model, settings.cmmd.model) == ("Qwen/Qwen2.5-VL-7B-Instruct", "ViT-L-14-336")  # hub ids
+    assert (settings.judge.synonyms, settings.inception.weights) == (tmp_path / "syn.yaml", tmp_path / "w.pth")
 
 
 def test_diffusers_adapter_generates_resumably(bench, tiny_models_dir, tmp_path):
     from PIL import Image
 
     samples = load_benchmark(bench).samples[:1]
-    settings = RunConfig("b", "diffusers-sg-text", str(tiny_models_dir / "sdxl"), "o", steps=2, height=32, width=32,
-                         images_per_sample=2).generation()  # fmt: skip
+    settings = BenchRunSettings(
+        bench="b", adapter="diffusers-sg-text", model=str(tiny_models_dir / "sdxl"), output="o",
+        generation={"steps": 2, "height": 32, "width": 32, "images_per_sample": 2},
+    ).generation_settings()  # fmt: skip
     assert settings.scheduler == "EulerDiscreteScheduler"  # read from model_index.json
     index = generate_images(samples, "diffusers-sg-text", str(tiny_models_dir / "sdxl"), settings, tmp_path, chunk_size=1)
     assert index.column("key").to_pylist() == [s.key for s in samples for _ in range(2)]
@@ -142,17 +244,20 @@ def test_run_directory_of_another_configuration_is_refused(bench, models, tmp_pa
     out.mkdir()
     (out / "run.json").write_text(json.dumps({"benchmark": {}, "model": {}, "generation": {}, "judge": {}}))
     with pytest.raises(ValueError, match=r"holds a run with different settings \(benchmark, generation, judge, model\)"):
-        run_benchmark(parse_config(run_args(bench, models, out)))
+        run_benchmark(parse(run_args(bench, models, out)))
 
 
 def test_verify_fails_when_images_are_missing(bench, tmp_path, capsys):
-    config = RunConfig(str(bench), "sdxl-sg", "m", str(tmp_path))
-    stub = record("m", 0.5, 20.0).model_copy(update={"benchmark": load_benchmark(bench).info()})
-    stub = stub.model_copy(update={"provenance": stub.provenance.model_copy(update={"config": asdict(config)})})
-    (tmp_path / "result.json").write_text(stub.to_json())
-    assert leaderboard_main(["verify", str(tmp_path)]) == 1
-    err = capsys.readouterr().err
-    assert "cannot recompute" in err and "2 images missing" in err
+    settings = BenchRunSettings(bench=bench, adapter="sdxl-sg", model="m", output=tmp_path)
+    legacy = {**LEGACY_CONFIG, "bench": str(bench), "output": str(tmp_path)}
+    # records of today, and records of before the settings groups (the legacy one asks for 2 images per sample)
+    for config, missing in ((settings.to_record(), 2), (legacy, 4)):
+        stub = record("m", 0.5, 20.0).model_copy(update={"benchmark": load_benchmark(bench).info()})
+        stub = stub.model_copy(update={"provenance": stub.provenance.model_copy(update={"config": config})})
+        (tmp_path / "result.json").write_text(stub.to_json())
+        assert leaderboard_main(["verify", str(tmp_path)]) == 1
+        err = capsys.readouterr().err
+        assert "cannot recompute" in err and f"{missing} images missing" in err
 
 
 # ---------------------------------------------------------------------- end to end
@@ -364,7 +469,8 @@ def test_end_to_end_on_ray_reproducible_rendered_and_verified(
     generate_images(samples, "sdxl-sg", "/nonexistent", a.generation, tmp_path / "a")
     monkeypatch.setattr("benchmark.features.ImageFeaturizer", no_model)
     monkeypatch.setattr("benchmark.judge.GraphJudge", no_model)
-    metrics, _ = compute_metrics(RunConfig(**a.provenance.config), load_benchmark(bench), tmp_path / "a", tmp_path / "a")
+    settings = BenchRunSettings.from_record(a.provenance.config)
+    metrics, _ = compute_metrics(settings, load_benchmark(bench), tmp_path / "a", tmp_path / "a")
     assert metrics == a.metrics
     assert sorted((tmp_path / "a").rglob("part-*.parquet")) == files
     assert [f.stat().st_mtime_ns for f in files] == stamps
@@ -373,7 +479,7 @@ def test_end_to_end_on_ray_reproducible_rendered_and_verified(
     for folder in ("judge", "features"):
         shutil.copytree(tmp_path / "a" / folder, doctored / folder)
     doctor_judgements(doctored, bench)
-    metrics, _ = compute_metrics(RunConfig(**a.provenance.config), load_benchmark(bench), tmp_path / "a", doctored)
+    metrics, _ = compute_metrics(settings, load_benchmark(bench), tmp_path / "a", doctored)
     ious = check_graph_ious(metrics, tmp_path / "a", doctored, bench)
     assert all(0.0 < value < 1.0 for value in ious.values())
     assert {k: v for k, v in metrics.items() if k not in ious} == {k: v for k, v in a.metrics.items() if k not in ious}

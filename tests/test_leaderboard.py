@@ -522,3 +522,111 @@ def test_links_to_result_files_and_sample_grids_are_relative(tmp_path):
     assert main(["render", str(with_images), "--output", str(tmp_path / "nogrid"), "--grid-images", "0"]) == 0
     assert not (tmp_path / "nogrid" / "samples").exists()
     assert "samples" not in (tmp_path / "nogrid" / "leaderboard.md").read_text().split("Files")[1]
+
+
+# ---------------------------------------------------------------------- the command line (schemas.settings)
+
+
+def _help_entries(text: str) -> dict[str, str]:
+    """`--help` output -> {flag or positional name: its help entry, lines joined}."""
+    entries: dict[str, str] = {}
+    name = None
+    for line in text.splitlines():
+        if entry := re.match(r"^  ((--[a-z][\w.-]*)|[A-Z]+)", line):
+            name = entry.group(1)
+            entries[name] = line
+        elif line.startswith("   ") and name is not None:
+            entries[name] += " " + line.strip()
+    return {name: " ".join(entry.split()) for name, entry in entries.items()}
+
+
+@pytest.mark.parametrize(
+    ("command", "settings_name", "positional"), [("render", "RenderSettings", "RUNS"), ("verify", "VerifySettings", "RECORD")]
+)
+def test_each_subcommand_help_shows_each_setting_with_a_default(command, settings_name, positional, capsys):
+    import benchmark.leaderboard as leaderboard
+
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert " ".join(text.split()).startswith(f"usage: python -m benchmark.leaderboard {command} ")
+    entries = _help_entries(text)
+    assert {"--config", "--version", positional} <= set(entries)
+    settings_cls = getattr(leaderboard, settings_name)
+    flags = ["--" + name.replace("_", "-") for name in settings_cls.model_fields if name not in ("runs", "record")]
+    assert flags and set(flags) <= set(entries)
+    for flag in flags:
+        assert re.search(r"\((default: .*|required)\)$", entries[flag]), entries[flag]
+
+
+def test_top_level_help_lists_the_subcommands(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.startswith("usage: python -m benchmark.leaderboard [-h] [--version] {render,verify} ...")
+    assert "render render records to DIR/leaderboard.md and DIR/index.html" in text
+    assert "verify recompute a record's metrics from its stored images" in text
+    for argv, message in [([], r"required: \{render,verify\}"), (["draw"], r"invalid choice: 'draw'")]:
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 2
+        assert re.search(message, capsys.readouterr().err), message
+
+
+@pytest.mark.parametrize(
+    ("command", "values", "argv"),
+    [
+        (
+            "render",
+            {"runs": ["run0", "run1/result.json"], "output": "site", "skip_invalid": True, "grid_images": 0},
+            ["run0", "run1/result.json", "--output", "site", "--skip-invalid", "--grid-images", "0"],
+        ),
+        (
+            "verify",
+            {"record": "run0", "run_dir": "images", "num_actors": 2, "rel_tol": 0.01, "abs_tol": 0.5},
+            ["run0", "--run-dir", "images", "--num-actors", "2", "--rel-tol", "0.01", "--abs-tol", "0.5"],
+        ),
+    ],
+)
+def test_each_subcommand_reads_a_config_file_like_its_flags(command, values, argv, tmp_path, monkeypatch):
+    import yaml
+
+    import benchmark.leaderboard as leaderboard
+
+    seen = []
+    monkeypatch.setattr(leaderboard, f"_{command}", lambda settings: seen.append(settings) or 0)
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(values))
+    assert main([command, "--config", str(tmp_path / "job.yaml")]) == 0
+    assert main([command, *argv]) == 0
+    from_file, from_flags = seen
+    assert from_file == from_flags
+    settings_cls = type(from_file)
+    required = {name for name, field in settings_cls.model_fields.items() if field.is_required()}
+    defaults = settings_cls.model_validate({name: values[name] for name in required})
+    changed = {name for name in settings_cls.model_fields if getattr(from_file, name) != getattr(defaults, name)}
+    assert changed == set(values) - required  # every value given was read, from the file as from flags
+    # a flag wins over the file, the positional records included
+    assert main([command, "--config", str(tmp_path / "job.yaml"), "other"]) == 0
+    assert seen[-1] == from_file.model_copy(update={"runs": [Path("other")]} if command == "render" else {"record": Path("other")})
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["render", "--output", "site"], r"render: error: RUNS: give at least one result.json file or run directory"),
+        (["render", "run0"], r"--output is required"),
+        (["render", "run0", "--output", "site", "--grid-images", "-1"], r"--grid-images: .*greater than or equal to 0"),
+        (["render", "run0", "--output", "site", "--grids", "2"], r"unrecognized arguments: --grids 2"),
+        (["verify"], r"verify: error: RECORD: give a result.json file or a run directory"),
+        (["verify", "run0", "run1"], r"unrecognized arguments: run1"),
+        (["verify", "run0", "--rel-tol", "tight"], r"--rel-tol: .*number.*'tight'"),
+        (["verify", "run0", "--num-actors", "-2"], r"--num-actors: .*greater than or equal to 0"),
+    ],
+)
+def test_bad_subcommand_settings_exit_2_naming_the_setting(argv, message, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert re.search(message, capsys.readouterr().err), message
