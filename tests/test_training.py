@@ -33,7 +33,7 @@ from training.step import (  # noqa: E402
     step_seed,
     train_step,
 )
-from training.train import RayContext, TrainConfig, run_worker, train_local  # noqa: E402
+from training.train import RayContext, TrainSettings, run_worker, train_local  # noqa: E402
 
 TINY_ENCODER = {"hidden_dim": 16, "mlp_hidden_dim": 32}
 RESOLUTION = 64
@@ -59,12 +59,12 @@ def train_rows(data_dir: Path) -> list[dict]:
     return [r for r in read_rows(find_splits(data_dir)["train"]) if usable(r)]
 
 
-def tiny_config(data: Path, model: Path, output: Path, **overrides) -> TrainConfig:
+def tiny_config(data: Path, model: Path, output: Path, **overrides) -> TrainSettings:
     values = {
         "batch_size": 2, "resolution": RESOLUTION, "warmup_steps": 1, "checkpoint_every": 2, "val_every": 0,
         "encoder": TINY_ENCODER,
     }  # fmt: skip
-    return TrainConfig(data=str(data), model=str(model), output=str(output), **(values | overrides))
+    return TrainSettings(data=str(data), model=str(model), output=str(output), **(values | overrides))
 
 
 def tiny_encoder(frozen: FrozenSDXL) -> SGEncoder:
@@ -128,7 +128,7 @@ def test_fixture_rows_and_usable_filter(data_dir: Path) -> None:
          {"train": ["data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet"],
           "val": ["data/validation-00000-of-00001.parquet"]}),
         (["train/a.parquet", "val/b.parquet", "test/c.parquet"], {"train": ["train/a.parquet"], "val": ["val/b.parquet"]}),
-        (["split=train/x.parquet", "split=val/y.parquet"], {"train": ["split=train/x.parquet"], "val": ["split=val/y.parquet"]}),
+        (["train.parquet", "dev.parquet", "test.parquet"], {"train": ["train.parquet"], "val": ["dev.parquet"]}),
         (["shard-0.parquet", "more/shard-1.parquet"], {"train": ["more/shard-1.parquet", "shard-0.parquet"]}),
     ],
 )  # fmt: skip
@@ -179,15 +179,93 @@ def test_flip_swaps_left_and_right_consistently(sdxl: Path, train_rows: list[dic
 
 
 def test_config_from_yaml_and_flags(tmp_path: Path) -> None:
-    from training.train import parse_config
+    from training.train import EncoderSettings, parse_config
 
     (tmp_path / "run.yaml").write_text("data: d\nmodel: m\noutput: o\nlr: 0.001\nencoder: {hidden_dim: 16}\n")
-    config = parse_config(["--config", str(tmp_path / "run.yaml"), "--lr", "0.002", "--use-gpu"])
-    assert (config.lr, config.use_gpu, config.encoder, config.weight_decay) == (0.002, True, {"hidden_dim": 16}, 0.2)
-    with pytest.raises(ValueError, match="flip off"):
-        parse_config(["--data", "d", "--model", "m", "--output", "o", "--cache", "c", "--flip"])
-    with pytest.raises(SystemExit):
+    config = parse_config(["--config", str(tmp_path / "run.yaml"), "--lr", "0.002", "--use-gpu", "--encoder.num-layers", "2"])
+    assert (config.lr, config.use_gpu, config.weight_decay) == (0.002, True, 0.2)
+    assert config.encoder == EncoderSettings(hidden_dim=16, num_layers=2)  # the file's and the flag's, merged
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--cache", "c", "--flip"], r"--flip: .*train from a cache with flip off"),
+        (["--max-steps", "0"], r"--max-steps: Input should be greater than or equal to 1 \(got '0'\)"),
+        (["--resolution", "100"], r"--resolution: Input should be a multiple of 8"),
+        (["--crop", "square"], r"--crop: Input should be 'center' or 'none'"),
+        (["--lr", "0"], r"--lr: Input should be greater than 0"),
+        (["--encoder.pooling", "max"], r"--encoder.pooling: Input should be 'avg' or 'sum'"),
+        (["--encoder.hidden-dim", "0"], r"--encoder.hidden-dim: Input should be greater than or equal to 1"),
+        (["--checkpoint-every", "0"], r"--checkpoint-every: Input should be greater than or equal to 1"),
+    ],
+)
+def test_bad_settings_exit_2_naming_the_flag(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    from training.train import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--data", "d", "--model", "m", "--output", "o", *argv])
+    assert exited.value.code == 2
+    assert re.search(message, capsys.readouterr().err), message
+
+
+def test_required_settings_and_unknown_yaml_keys_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.train import parse_config
+
+    with pytest.raises(SystemExit) as exited:
         parse_config(["--data", "d"])
+    assert exited.value.code == 2
+    assert "--model is required; --output is required" in capsys.readouterr().err
+    (tmp_path / "run.yaml").write_text("data: d\nmodel: m\noutput: o\nencoder: {hidden: 16}\n")
+    with pytest.raises(SystemExit):
+        parse_config(["--config", str(tmp_path / "run.yaml")])
+    assert "unknown setting 'encoder.hidden'" in capsys.readouterr().err
+
+
+def test_encoder_settings_are_the_sg_encoder_arguments() -> None:
+    """`--encoder.*` defaults are `SGEncoder`'s, and every setting reaches the encoder `run_worker` builds."""
+    from training.train import EncoderSettings, parse_config
+
+    widths = EncoderSettings().model_dump()
+    defaults = SGEncoder().config
+    assert widths == {name: defaults[name] for name in widths}
+    config = parse_config(["--data", "d", "--model", "m", "--output", "o", "--encoder.hidden-dim", "8",
+                           "--encoder.mlp-hidden-dim", "12", "--encoder.num-layers", "1", "--encoder.pooling", "sum",
+                           "--no-encoder.residual"])  # fmt: skip
+    built = SGEncoder(text_dim=32, **config.encoder.model_dump()).config
+    assert (built.hidden_dim, built.mlp_hidden_dim, built.num_layers, built.pooling, built.residual) == (
+        8, 12, 1, "sum", False)  # fmt: skip
+
+
+def test_settings_round_trip_to_ray_workers(data_dir: Path, sdxl: Path, tmp_path: Path, monkeypatch) -> None:
+    """`build_trainer` hands the workers plain data (`model_dump`); the per-worker function rebuilds the same
+    settings from it."""
+    import pickle
+
+    import ray.data
+    import ray.train.torch
+
+    from training import train as train_module
+
+    config = tiny_config(data_dir, sdxl, tmp_path, flip=True, crop="none", max_bad_fraction=0.5, seed=3)
+    captured = {}
+
+    class Trainer:
+        def __init__(self, loop, train_loop_config, **kwargs):
+            captured["loop"], captured["values"] = loop, train_loop_config
+
+    monkeypatch.setattr(ray.data, "read_parquet", lambda files: files)
+    monkeypatch.setattr(ray.train.torch, "TorchTrainer", Trainer)
+    monkeypatch.setattr(train_module, "RayContext", lambda settings: ("ctx", settings))
+    monkeypatch.setattr(train_module, "run_worker", lambda settings, ctx: captured.setdefault("worker", settings))
+    train_module.build_trainer(config)
+    values = pickle.loads(pickle.dumps(captured["values"]))  # as Ray ships it
+    assert values["encoder"] == TINY_ENCODER | {"num_layers": 5, "pooling": "avg", "residual": True}
+    captured["loop"](values)
+    assert captured["worker"] == config and captured["worker"] is not config
+    assert captured["worker"].image_config == config.image_config
 
 
 def test_relative_paths_reach_ray_workers_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -361,13 +439,13 @@ def _observed_ray_loop(record: Path, fail_at_step: int | None = None):
                     torch.save(weights, record / f"weights_rank{self.rank}.pt")
                 return super().report(metrics, checkpoint)
 
-        train_config = TrainConfig(**values)
+        train_config = TrainSettings.model_validate(values)
         run_worker(train_config, Observed(train_config))
 
     return loop
 
 
-def _fit_observed(config: TrainConfig, record: Path, fail_at_step: int | None = None):
+def _fit_observed(config: TrainSettings, record: Path, fail_at_step: int | None = None):
     import json
 
     from training.train import build_trainer
@@ -395,7 +473,7 @@ def test_ray_train_two_workers_fail_and_resume(ray_local, data_dir: Path, sdxl: 
     from training.tracking import plot_losses
     from training.train import export_final
 
-    def config(run: str, **overrides) -> TrainConfig:
+    def config(run: str, **overrides) -> TrainSettings:
         values = {"max_steps": 4, "num_workers": 2, "batch_size": 1} | overrides
         return tiny_config(data_dir, sdxl, tmp_path / run, **values)
 

@@ -33,7 +33,7 @@ from training.data import (
     row_problem,
 )
 from training.step import load_tokenizers
-from training.train import TrainConfig, main, parse_config, preflight, train_local
+from training.train import TrainSettings, main, parse_config, preflight, train_local
 
 TRAIN_FILE = Path("data") / "train-00000-of-00001.parquet"
 VAL_FILE = Path("data") / "validation-00000-of-00001.parquet"
@@ -101,7 +101,7 @@ def sdxl(tiny_models_dir: Path) -> Path:
     return tiny_models_dir / "sdxl"
 
 
-def tiny_config(data: Path, model: Path, output: Path, **overrides) -> TrainConfig:
+def tiny_config(data: Path, model: Path, output: Path, **overrides) -> TrainSettings:
     """`test_training`'s tiny run, without intermediate checkpoints."""
     return training_config(data, model, output, **{"checkpoint_every": 100, **overrides})
 
@@ -165,12 +165,15 @@ def test_bad_fraction_over_the_limit_fails_with_counts_and_keys(sdxl: Path, tmp_
     assert not (tmp_path / "out" / "final").exists()
 
 
-def test_flag_max_bad_fraction() -> None:
+def test_flag_max_bad_fraction(capsys: pytest.CaptureFixture[str]) -> None:
     base = ["--data", "d", "--model", "m", "--output", "o"]
     assert parse_config(base).max_bad_fraction == 0.01
     assert parse_config([*base, "--max-bad-fraction", "0.2"]).max_bad_fraction == 0.2
-    with pytest.raises(ValueError, match="between 0 and 1"):
-        parse_config([*base, "--max-bad-fraction", "1.5"])
+    for bad, bound in [("1.5", "less than or equal to 1"), ("-0.1", "greater than or equal to 0")]:
+        with pytest.raises(SystemExit) as exited:
+            parse_config([*base, "--max-bad-fraction", bad])
+        assert exited.value.code == 2
+        assert f"--max-bad-fraction: Input should be {bound} (got '{bad}')" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------- nothing usable

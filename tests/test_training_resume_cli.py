@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray.train
 import torch
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import load_file
 
 from laion_sg.offline.fixtures import write_fixture_dataset
@@ -36,7 +37,7 @@ from training import precompute
 from training.data import BadRows, TrainBatch, find_splits, rebatch
 from training.train import LocalContext, main, parse_config, run_worker
 
-RUN_NAME = "sdxl_sg"  # TrainConfig.name's default: Ray Train checkpoints land in OUTPUT/sdxl_sg/checkpoint_<step>
+RUN_NAME = "sdxl_sg"  # TrainSettings.name's default: Ray Train checkpoints land in OUTPUT/sdxl_sg/checkpoint_<step>
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # where Ray Train records the checkpoints it registered
 TRAIN_FILE = Path("data") / "train-00000-of-00001.parquet"
 
@@ -100,7 +101,7 @@ def summary_of(out: str) -> dict[str, Any]:
 
 
 def weights(directory: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(directory / "sg_encoder" / "model.safetensors"))
+    return load_file(str(directory / "sg_encoder" / SAFETENSORS_WEIGHTS_NAME))
 
 
 def assert_same_weights(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], what: str) -> None:
@@ -267,7 +268,7 @@ def test_resubmitting_the_same_command_resumes_and_ends_like_an_uninterrupted_ru
     capsys.readouterr()
     assert interrupter.killed, "the first run was never interrupted"
     assert not (output / "final").exists() and not (run_dir / "checkpoint_00000004" / "state.json").exists()
-    kept = run_dir / "checkpoint_00000002" / "sg_encoder" / "model.safetensors"
+    kept = run_dir / "checkpoint_00000002" / "sg_encoder" / SAFETENSORS_WEIGHTS_NAME
     before = kept.stat()
 
     assert main(argv) == 0  # the same command again

@@ -21,15 +21,16 @@ Size per row at 512Â² and full SDXL in float16: latents 32 KiB, token states 77Ã
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import torch
+from pydantic import Field
 
+from schemas.settings import JobSettings, parse_settings
 from training.data import (
     ANNOTATION_FAILED,
     CACHE_DTYPES,
@@ -47,7 +48,7 @@ from training.data import (
 from training.sg_encoder import SGFeatures
 from training.step import FrozenSDXL
 
-__all__ = ["CacheEncoder", "cache_meta", "cache_table", "main", "precompute"]
+__all__ = ["CacheEncoder", "PrecomputeSettings", "cache_meta", "cache_table", "main", "precompute"]
 
 log = logging.getLogger(__name__)
 
@@ -194,27 +195,35 @@ def precompute(
     return {split: tally.seen - tally.bad for split, tally in tallies.items()}
 
 
+class PrecomputeSettings(JobSettings):
+    """Settings of `python -m training.precompute` (its image settings must match the training run's)."""
+
+    data: str = Field(description="Parquet dataset (as training.train --data)")
+    model: str = Field(description="base SDXL: diffusers directory or hub id (as training.train --model)")
+    output: str = Field(description="cache directory (training.train --cache)")
+    resolution: int = Field(512, ge=8, multiple_of=8, description="square resolution in pixels (as training.train)")
+    crop: Literal["center", "none"] = Field("center", description="image crop (as training.train --crop)")
+    dtype: Literal[tuple(sorted(CACHE_DTYPES))] = Field(  # type: ignore[valid-type]
+        "float16", description="dtype of the stored latents and text features"
+    )
+    batch_size: int = Field(16, ge=1, description="rows per batch of an encoding actor")
+    num_actors: int = Field(1, ge=1, description="encoding actors (one GPU each with --use-gpu)")
+    use_gpu: bool = Field(False, description="encode on GPUs")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.precompute", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="Parquet dataset (as training.train --data)")
-    parser.add_argument("--model", required=True, help="base SDXL: diffusers directory or hub id")
-    parser.add_argument("--output", required=True, help="cache directory")
-    parser.add_argument("--resolution", type=int, default=512)
-    parser.add_argument("--crop", choices=["center", "none"], default="center")
-    parser.add_argument("--dtype", choices=sorted(CACHE_DTYPES), default="float16")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--num-actors", type=int, default=1)
-    parser.add_argument("--use-gpu", action="store_true")
-    args = parser.parse_args(argv)
+    settings = parse_settings(
+        PrecomputeSettings, argv, prog="python -m training.precompute", description=__doc__.split("\n\n")[0]
+    )
     import ray
 
     if not ray.is_initialized():
         ray.init()
     counts = precompute(
-        args.data, args.model, args.output, resolution=args.resolution, crop=args.crop, dtype=args.dtype,
-        batch_size=args.batch_size, num_actors=args.num_actors, use_gpu=args.use_gpu,
+        settings.data, settings.model, settings.output, resolution=settings.resolution, crop=settings.crop,
+        dtype=settings.dtype, batch_size=settings.batch_size, num_actors=settings.num_actors, use_gpu=settings.use_gpu,
     )  # fmt: skip
-    print(json.dumps({"cache": str(args.output), "rows": counts}))
+    print(json.dumps({"cache": settings.output, "rows": counts}))
     return 0
 
 

@@ -16,7 +16,7 @@ Pipeline (sizes at full SDXL scale; every width is an argument of `SGEncoder` or
    what a clause's tokens receive depends on the other triples too. Commas, BOS/EOS and padding receive nothing;
    phrases cut off by the 77-token limit receive nothing. With alpha = 0 the output equals plain SDXL on the SG text.
 
-Fixes over the public LAION-SG code (ANCHORS.md): one node per object for the whole graph (not per triple), so
+Fixes over the public LAION-SG code: one node per object for the whole graph (not per triple), so
 messages cross triples; attributes kept in the node phrase; isolated objects kept (as nodes and in the text);
 variable-size graphs batched with node/edge offsets. One deviation from sg2im: `GraphTripleConv` adds its input to
 its output (a residual, no parameters); sg2im's plain version maps every isolated node to the same constant
@@ -32,7 +32,6 @@ the LAION-SG paper.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,14 +40,17 @@ import torch
 import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
+from pydantic import Field
 from torch import nn
 
+from schemas.settings import JobSettings, parse_settings, settings_parser
 from training.sg_graphs import BatchIndex, GraphInputs
 
 __all__ = [
     "GraphTripleConv",
     "GraphTripleConvNet",
     "SGEncoder",
+    "SGEncoderSettings",
     "SGFeatures",
     "encode_graphs",
     "main",
@@ -239,12 +241,17 @@ class SGEncoder(ModelMixin, ConfigMixin):
         return features.token_embeds + gated.to(features.token_embeds.dtype), features.pooled
 
 
+class SGEncoderSettings(JobSettings):
+    """Settings of `python -m training.sg_encoder`."""
+
+    count_params: bool = Field(False, description="print the parameter count at full SDXL size")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.sg_encoder", description="SDXL-SG scene-graph encoder")
-    parser.add_argument("--count-params", action="store_true", help="print the parameter count at full SDXL size")
-    args = parser.parse_args(argv)
-    if not args.count_params:
-        parser.print_help()
+    prog, description = "python -m training.sg_encoder", "SDXL-SG scene-graph encoder"
+    settings = parse_settings(SGEncoderSettings, argv, prog=prog, description=description)
+    if not settings.count_params:
+        settings_parser(SGEncoderSettings, prog=prog, description=description)[0].print_help()
         return 2
     encoder = SGEncoder()
     total = encoder.num_parameters()

@@ -43,10 +43,10 @@ current epoch but may see them in another order.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import dataclasses
+import inspect
 import json
 import logging
 import shutil
@@ -54,13 +54,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from schemas.settings import JobSettings, parse_settings
 from training.data import (
     ANNOTATION_FAILED,
     BadDataError,
@@ -77,7 +79,7 @@ from training.data import (
     rebatch,
     row_problem,
 )
-from training.sg_encoder import SGEncoder
+from training.sg_encoder import POOLINGS, SGEncoder
 from training.step import (
     VALIDATION_STREAM,
     FrozenSDXL,
@@ -90,9 +92,11 @@ from training.step import (
 from training.tracking import TensorBoardLog, plot_losses
 
 __all__ = [
+    "EncoderSettings",
     "LocalContext",
     "RayContext",
     "TrainConfig",
+    "TrainSettings",
     "TrainState",
     "build_trainer",
     "export_final",
@@ -113,49 +117,89 @@ DEFAULT_MAX_BAD_FRACTION = 0.01
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class TrainConfig:
-    """Everything a run needs; `--config run.yaml` sets any field, command-line flags override it."""
+_ENCODER_ARGS = inspect.signature(SGEncoder.__init__).parameters
 
-    data: str
-    model: str
-    output: str
-    max_steps: int = 1000
-    num_workers: int = 1
-    use_gpu: bool = False
-    batch_size: int = 1
-    lr: float = 5e-4
-    weight_decay: float = 0.2
-    warmup_steps: int = 10000
-    grad_clip: float = 10.0
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    val_every: int = 500  # 0: validate only at the end
-    val_batches: int = 16  # per worker, per validation; 0 turns validation off
-    resolution: int = 512
-    crop: str = "center"
-    flip: bool = False
-    cache: str | None = None
-    gradient_checkpointing: bool = False
-    seed: int = 0
-    shuffle_buffer: int = 64  # rows in Ray Data's local shuffle buffer
-    name: str = "sdxl_sg"
-    max_failures: int = 0
-    # Fail once unusable rows (corrupt/missing images, null/empty graphs) exceed this share of the train split.
-    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION
-    encoder: dict[str, Any] = field(default_factory=dict)  # SGEncoder arguments (hidden widths, layers, pooling)
 
-    def __post_init__(self) -> None:
-        if self.cache and self.flip:
+class EncoderSettings(BaseModel):
+    """`SGEncoder`'s arguments (``--encoder.hidden-dim 16`` or ``encoder: {hidden_dim: 16}`` in a `--config`
+    YAML); `text_dim` and `sequence_length` come from the loaded text encoders."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    hidden_dim: int = Field(_ENCODER_ARGS["hidden_dim"].default, ge=1, description="node/edge width of the graph network")
+    mlp_hidden_dim: int = Field(
+        _ENCODER_ARGS["mlp_hidden_dim"].default, ge=1, description="hidden width of the MLPs of every graph convolution"
+    )
+    num_layers: int = Field(
+        _ENCODER_ARGS["num_layers"].default, ge=0, description="graph convolutions after the first one"
+    )
+    pooling: Literal[POOLINGS] = Field(  # type: ignore[valid-type]
+        _ENCODER_ARGS["pooling"].default, description="how edge messages are pooled onto their nodes"
+    )
+    residual: bool = Field(
+        _ENCODER_ARGS["residual"].default, description="add each convolution's input to its output"
+    )
+
+
+# EncoderSettings mirrors SGEncoder's arguments; an argument added there must be added here.
+if set(EncoderSettings.model_fields) != set(_ENCODER_ARGS) - {"self", "text_dim", "sequence_length"}:
+    raise TypeError("EncoderSettings and SGEncoder.__init__ have different arguments")
+
+
+class TrainSettings(JobSettings):
+    """Everything a run needs (`python -m training.train --help` lists it); a `--config` YAML sets any of it, flags
+    win. Ray Train hands it to every worker as `model_dump()`, rebuilt there with `model_validate`."""
+
+    data: str = Field(description="Parquet dataset: a pipelines.export output, train/ + val/ dirs, or rows")
+    model: str = Field(description="base SDXL: diffusers directory or hub id")
+    output: str = Field(description="storage path: checkpoints in OUTPUT/NAME, the pipeline in OUTPUT/final")
+    cache: str | None = Field(None, description="training.precompute output to read instead of raw images")
+    name: str = Field("sdxl_sg", description="run name: checkpoints and TensorBoard events in OUTPUT/NAME")
+    max_steps: int = Field(1000, ge=1, description="optimizer steps of the whole run")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (one GPU each with --use-gpu)")
+    use_gpu: bool = Field(False, description="train on GPUs (bf16 autocast)")
+    batch_size: int = Field(1, ge=1, description="rows per batch per worker")
+    lr: float = Field(5e-4, gt=0, description="peak learning rate of AdamW (warmup, then cosine decay)")
+    weight_decay: float = Field(0.2, ge=0, description="AdamW weight decay")
+    warmup_steps: int = Field(10_000, ge=0, description="linear warmup steps of the learning rate")
+    grad_clip: float = Field(10.0, gt=0, description="gradient norm clipping")
+    checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints (one is also written at the end)")
+    keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept (the latest ones)")
+    val_every: int = Field(500, ge=0, description="steps between validations (0: validate only at the end)")
+    val_batches: int = Field(16, ge=0, description="validation batches per worker (0: no validation)")
+    resolution: int = Field(512, ge=8, multiple_of=8, description="square training resolution in pixels")
+    crop: Literal["center", "none"] = Field(
+        "center", description="center: resize the shorter side and center-crop; none: squash the whole image"
+    )
+    flip: bool = Field(False, description="random horizontal flips, left/right swapped in the graph (not with --cache)")
+    gradient_checkpointing: bool = Field(False, description="gradient checkpointing in the frozen UNet (less memory)")
+    seed: int = Field(0, description="seed of the encoder's initialisation, noise, timesteps, flips and data order")
+    shuffle_buffer: int = Field(64, ge=0, description="rows in Ray Data's local shuffle buffer (0: no shuffle)")
+    max_failures: int = Field(0, ge=-1, description="worker-group restarts Ray Train allows (-1: unlimited)")
+    max_bad_fraction: float = Field(
+        DEFAULT_MAX_BAD_FRACTION,
+        ge=0,
+        le=1,
+        description="unusable rows (corrupt, truncated or missing image, null or empty scene graph, broken cache "
+        "row) are skipped, counted and logged with their keys; the run fails once they exceed this fraction of the "
+        "train split (0 fails on the first, 1 never). Rows whose annotation failed are skipped but not counted",
+    )
+    encoder: EncoderSettings = Field(default_factory=EncoderSettings, description="SG encoder widths")
+
+    @field_validator("flip")
+    @classmethod
+    def _no_flip_from_cache(cls, flip: bool, info: ValidationInfo) -> bool:
+        if flip and info.data.get("cache"):
             raise ValueError("the cache holds unflipped latents and texts: train from a cache with flip off")
-        if self.max_steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
-            raise ValueError("max_steps, batch_size and checkpoint_every must be positive")
-        if not 0.0 <= self.max_bad_fraction <= 1.0:
-            raise ValueError(f"max_bad_fraction must be between 0 and 1, got {self.max_bad_fraction}")
+        return flip
 
     @property
     def image_config(self) -> ImageConfig:
         return ImageConfig(resolution=self.resolution, crop=self.crop, flip=self.flip, seed=self.seed)
+
+
+# The name before the settings layer, used by the tests and scripts that build a run by keyword.
+TrainConfig = TrainSettings
 
 
 @dataclass
@@ -177,7 +221,7 @@ class LocalContext:
     rank = 0
     world_size = 1
 
-    def __init__(self, config: TrainConfig, stop_after: int | None = None):
+    def __init__(self, config: TrainSettings, stop_after: int | None = None):
         self.config = config
         self.device = torch.device("cuda" if config.use_gpu else "cpu")
         self.run_dir = Path(config.output)
@@ -233,7 +277,7 @@ class LocalContext:
 class RayContext:
     """Inside a Ray Train worker: dataset shards, DDP, `ray.train.report` and `ray.train.get_checkpoint`."""
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainSettings):
         import ray.train
         import ray.train.torch
 
@@ -355,7 +399,7 @@ def load_checkpoint(directory: Path, encoder: SGEncoder, optimizer: Any, lr_sche
     return TrainState(**json.loads((directory / STATE_JSON).read_text()))
 
 
-def _collators(config: TrainConfig, tokenizers: list[Any]) -> dict[str, Any]:
+def _collators(config: TrainSettings, tokenizers: list[Any]) -> dict[str, Any]:
     """One collator per split, each with its own copy of the tokenizers (see `RowCollator`)."""
     if config.cache:
         meta = check_cache_matches(config, model=False)
@@ -372,7 +416,7 @@ def validate(
     encoder: SGEncoder,
     ctx: Any,
     collate: Any,
-    config: TrainConfig,
+    config: TrainSettings,
     autocast: bool,
     tally: BadRows | None = None,
 ) -> float:
@@ -402,7 +446,7 @@ class BadRowMonitor:
     rank decides alike) and raises `BadDataError` once the unusable rows certainly exceed `max_bad_fraction` of
     the train split."""
 
-    def __init__(self, ctx: Any, config: TrainConfig):
+    def __init__(self, ctx: Any, config: TrainSettings):
         self.ctx = ctx
         self.max_fraction = config.max_bad_fraction
         self.where = config.cache or config.data
@@ -431,14 +475,14 @@ class BadRowMonitor:
         return self.total.summary()
 
 
-def run_worker(config: TrainConfig, ctx: Any) -> TrainState:
+def run_worker(config: TrainSettings, ctx: Any) -> TrainState:
     """The training loop of one worker (Ray or local). Returns the final state."""
     autocast = ctx.device.type == "cuda"
     frozen = FrozenSDXL.load(config.model, ctx.device, torch.bfloat16 if autocast else torch.float32)
     if config.gradient_checkpointing:
         frozen.unet.enable_gradient_checkpointing()
     torch.manual_seed(config.seed)  # the same initial encoder on every rank
-    encoder = SGEncoder.for_text_encoders(*frozen.text_encoders, **config.encoder).to(ctx.device)
+    encoder = SGEncoder.for_text_encoders(*frozen.text_encoders, **config.encoder.model_dump()).to(ctx.device)
     optimizer = build_optimizer(encoder, config.lr, config.weight_decay)
     lr_scheduler = build_lr_scheduler(optimizer, config.warmup_steps, config.max_steps)
     with ctx.resume_dir() as directory:
@@ -517,7 +561,7 @@ def _report(
     optimizer: Any,
     lr_scheduler: Any,
     state: TrainState,
-    config: TrainConfig,
+    config: TrainSettings,
     last: bool,
 ) -> bool:
     if not (last or state.step % config.checkpoint_every == 0):
@@ -527,7 +571,7 @@ def _report(
         return ctx.report(metrics, Path(tmp))
 
 
-def export_final(checkpoint_dir: str | Path, config: TrainConfig) -> Path:
+def export_final(checkpoint_dir: str | Path, config: TrainSettings) -> Path:
     """Write ``output/final``: the complete diffusers pipeline folder of the trained SG encoder on top of the
     base SDXL (`config.model`), loadable with `SDXLSGPipeline.from_pretrained`."""
     from training.pipeline import SDXLSGPipeline
@@ -536,13 +580,13 @@ def export_final(checkpoint_dir: str | Path, config: TrainConfig) -> Path:
     return SDXLSGPipeline.save_encoder(Path(config.output) / FINAL_DIR, encoder, base_model=config.model)
 
 
-def run_dir(config: TrainConfig) -> Path:
+def run_dir(config: TrainSettings) -> Path:
     """The directory of a Ray Train run, ``output/name`` (the trainer's storage path and run name): its
     checkpoints, TensorBoard events and loss plot."""
     return Path(config.output) / config.name
 
 
-def _missing_from_cache(config: TrainConfig) -> BadRows:
+def _missing_from_cache(config: TrainSettings) -> BadRows:
     """Rows of the train split of `--data` (failed annotations aside) whose key the cache lacks, as bad rows."""
     import pyarrow.parquet as pq
 
@@ -567,7 +611,7 @@ def _same_model(a: str, b: str) -> bool:
     return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
 
 
-def check_cache_matches(config: TrainConfig, model: bool = True) -> dict[str, Any]:
+def check_cache_matches(config: TrainSettings, model: bool = True) -> dict[str, Any]:
     """``cache.json`` of `config.cache`, refused (`BadDataError`) when it was written for other image settings or
     (with `model`) another model: its latents and text features would silently train the wrong thing. Workers
     skip the model check, done by the driver, where a relative model path resolves as the user meant it."""
@@ -583,7 +627,7 @@ def check_cache_matches(config: TrainConfig, model: bool = True) -> dict[str, An
     return meta
 
 
-def preflight(config: TrainConfig) -> dict[str, Any]:
+def preflight(config: TrainSettings) -> dict[str, Any]:
     """Checks before any worker starts: the train split has at least one row that decodes (`NoUsableRowsError`
     naming the path otherwise), and, with `--cache`, that the cache was written for this model and these image
     settings and that no more than `max_bad_fraction` of the data's rows are missing from it. Reads only until the
@@ -610,7 +654,7 @@ def preflight(config: TrainConfig) -> dict[str, Any]:
     return summary
 
 
-def train_local(config: TrainConfig, stop_after: int | None = None) -> tuple[LocalContext, TrainState]:
+def train_local(config: TrainSettings, stop_after: int | None = None) -> tuple[LocalContext, TrainState]:
     """Train in this process without Ray (resumes from ``output/checkpoints``); when done, export
     ``output/final`` and draw ``output/loss.png`` from the TensorBoard events in ``output``."""
     preflight(config)
@@ -627,15 +671,15 @@ def train_local(config: TrainConfig, stop_after: int | None = None) -> tuple[Loc
 
 
 def _train_loop_per_worker(config: dict[str, Any]) -> None:
-    train_config = TrainConfig(**config)
+    train_config = TrainSettings.model_validate(config)
     run_worker(train_config, RayContext(train_config))
 
 
-def build_trainer(config: TrainConfig, train_loop: Callable[[dict[str, Any]], None] | None = None):
+def build_trainer(config: TrainSettings, train_loop: Callable[[dict[str, Any]], None] | None = None):
     """A `TorchTrainer` over Ray Data Parquet datasets (raw rows or the cache; the workers skip unusable rows).
 
-    `train_loop` replaces the per-worker function (it receives `asdict(config)`); by default `run_worker` with a
-    `RayContext`."""
+    `train_loop` replaces the per-worker function (it receives `config.model_dump()`, which
+    `TrainSettings.model_validate` turns back into `config`); by default `run_worker` with a `RayContext`."""
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -645,7 +689,7 @@ def build_trainer(config: TrainConfig, train_loop: Callable[[dict[str, Any]], No
         datasets[split] = ray.data.read_parquet([str(f) for f in files])
     return TorchTrainer(
         train_loop or _train_loop_per_worker,
-        train_loop_config=asdict(config),
+        train_loop_config=config.model_dump(),
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu),
         run_config=RunConfig(
             name=config.name,
@@ -657,7 +701,7 @@ def build_trainer(config: TrainConfig, train_loop: Callable[[dict[str, Any]], No
     )
 
 
-def train(config: TrainConfig, *, check: bool = True):
+def train(config: TrainSettings, *, check: bool = True):
     """Fit with Ray Train (resuming when ``output/name`` has checkpoints), then export ``output/final`` and
     draw ``output/name/loss.png``.
     `preflight` runs first (unless `check` is off: the caller ran it), so data without a usable row fails before
@@ -676,54 +720,17 @@ def train(config: TrainConfig, *, check: bool = True):
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def parse_config(argv: list[str] | None) -> TrainConfig:
-    """The run configuration from the command line (and `--config` YAML, which flags override)."""
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="YAML file with TrainConfig fields; flags override it")
-    parser.add_argument("--data", help="Parquet dataset: a pipelines.export output, train/ + val/ dirs, or rows")
-    parser.add_argument("--model", help="base SDXL: diffusers directory or hub id")
-    parser.add_argument("--output", help="storage path: checkpoints in OUTPUT/NAME, the pipeline in OUTPUT/final")
-    parser.add_argument("--cache", help="training.precompute output to read instead of raw images")
-    parser.add_argument("--name")
-    parser.add_argument("--use-gpu", action="store_true", default=None)
-    parser.add_argument("--flip", action="store_true", default=None, help="random flips with left/right swapped")
-    parser.add_argument("--gradient-checkpointing", action="store_true", default=None)
-    parser.add_argument("--crop", choices=["center", "none"])
-    numbers = {
-        "max_steps": int, "num_workers": int, "batch_size": int, "lr": float, "weight_decay": float,
-        "warmup_steps": int, "grad_clip": float, "checkpoint_every": int, "keep_checkpoints": int,
-        "val_every": int, "val_batches": int, "resolution": int, "seed": int, "shuffle_buffer": int,
-        "max_failures": int,
-    }  # fmt: skip
-    parser.add_argument(
-        "--max-bad-fraction", type=float, metavar="F",
-        help="unusable rows (corrupt, truncated or missing image, null or empty scene graph, broken cache row) are "
-        "skipped, counted and logged with their keys; the run fails once they exceed this fraction of the train "
-        f"split (default {DEFAULT_MAX_BAD_FRACTION:g} = {DEFAULT_MAX_BAD_FRACTION:.0%}; 0 fails on the first, 1 never "
-        "fails). Rows whose annotation failed are skipped but not counted",
-    )  # fmt: skip
-    for name, kind in numbers.items():
-        parser.add_argument("--" + name.replace("_", "-"), type=kind)
-    args = vars(parser.parse_args(argv))
-    values: dict[str, Any] = {}
-    if config_file := args.pop("config"):
-        import yaml
-
-        values = yaml.safe_load(Path(config_file).read_text()) or {}
-        unknown = set(values) - {f.name for f in fields(TrainConfig)}
-        if unknown:
-            parser.error(f"unknown keys in --config: {sorted(unknown)}")
-    values |= {k: v for k, v in args.items() if v is not None}
-    missing = [k for k in ("data", "model", "output") if not values.get(k)]
-    if missing:
-        parser.error("missing " + ", ".join("--" + k for k in missing))
-    # Ray Train workers run in their own working directory: hand them absolute paths. A model that is not a
-    # local directory is a hub id and stays as it is.
+def parse_config(argv: list[str] | None = None) -> TrainSettings:
+    """The run's settings: defaults < the `--config` YAML < flags (bad input exits 2 naming the flag or the file).
+    Ray Train workers run in their own working directory, so local paths are made absolute; a model that is not a
+    local directory is a hub id and stays as it is."""
+    settings = parse_settings(TrainSettings, argv, prog="python -m training.train", description=__doc__.split("\n\n")[0])
+    absolute = {}
     for key in ("data", "output", "cache", "model"):
-        path = values.get(key)
-        if path and "://" not in str(path) and (key != "model" or Path(path).exists()):
-            values[key] = str(Path(path).resolve())
-    return TrainConfig(**values)
+        path = getattr(settings, key)
+        if path and "://" not in path and (key != "model" or Path(path).exists()):
+            absolute[key] = str(Path(path).resolve())
+    return settings.model_copy(update=absolute)
 
 
 def _data_error(exc: BaseException) -> BadDataError | None:
