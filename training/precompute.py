@@ -30,6 +30,7 @@ import pyarrow as pa
 import torch
 from pydantic import Field
 
+from schemas.runs import init_ray
 from schemas.settings import JobSettings, parse_settings
 from training.data import (
     ANNOTATION_FAILED,
@@ -215,10 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = parse_settings(
         PrecomputeSettings, argv, prog="python -m training.precompute", description=__doc__.split("\n\n")[0]
     )
-    import ray
-
-    if not ray.is_initialized():
-        ray.init()
+    init_ray()
     counts = precompute(
         settings.data, settings.model, settings.output, resolution=settings.resolution, crop=settings.crop,
         dtype=settings.dtype, batch_size=settings.batch_size, num_actors=settings.num_actors, use_gpu=settings.use_gpu,

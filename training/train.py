@@ -62,6 +62,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from schemas.runs import init_ray
 from schemas.settings import JobSettings, parse_settings
 from training.data import (
     ANNOTATION_FAILED,
@@ -758,10 +759,7 @@ def main(argv: list[str] | None = None) -> int:
     except (BadDataError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    import ray
-
-    if not ray.is_initialized():
-        ray.init()
+    init_ray()
     try:
         result = train(config, check=False)
     except Exception as exc:
