@@ -1,4 +1,5 @@
-"""What every job shares at run time: joining Ray, whole files only, and one run identity per output directory.
+"""What every job shares at run time: joining Ray, log lines, whole files only, and one run identity per output
+directory.
 
 `init_ray` starts or joins Ray the same way for every job. A job that can resume (annotate, benchmark run) pins
 the settings its outputs depend on in ``OUT/run.json`` (`schemas.layout.RUN_FILE`). A later run into the same
@@ -9,6 +10,7 @@ outputs of two configurations.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from collections.abc import Callable, Mapping
@@ -23,6 +25,7 @@ __all__ = [
     "RunIdentityError",
     "check_run_identity",
     "init_ray",
+    "log_progress",
     "pin_run_identity",
     "write_atomically",
 ]
@@ -44,6 +47,12 @@ def init_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
         ray.init()
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard)
+
+
+def log_progress() -> None:
+    """Show the jobs' INFO progress lines (time, level, logger) on stderr, in the driver and in Ray workers alike;
+    a no-op where logging is already configured."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 class RunIdentityError(ValueError):

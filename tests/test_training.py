@@ -410,10 +410,10 @@ def test_ray_precompute_cache_matches_raw_rows(ray_local, data_dir: Path, sdxl: 
 def _observed_ray_loop(record: Path, fail_at_step: int | None = None):
     """The real per-worker function (`run_worker` with a `RayContext`, as `training.train` runs it), observed.
 
-    Rank 0 appends every reported step's metrics to ``record/history.jsonl``; at the last step every rank
-    saves its SG-encoder weights to ``record/weights_rank<r>.pt``. With `fail_at_step`, rank 0 raises once
-    (the first time it reaches that step, before reporting it): Ray Train restarts the group (FailureConfig)
-    and the loop resumes from `ray.train.get_checkpoint()`. Everything the workers need is defined in here,
+    Rank 0 appends every step's metrics to ``record/history.jsonl``; at the last step every rank saves its
+    SG-encoder weights to ``record/weights_rank<r>.pt``. With `fail_at_step`, rank 0 raises once (the first time
+    it finishes that step, before any checkpoint of it): Ray Train restarts the group (FailureConfig) and the
+    loop resumes from `ray.train.get_checkpoint()`. Everything the workers need is defined in here,
     so that cloudpickle ships it by value (the workers cannot import this test module)."""
 
     def loop(values: dict) -> None:
@@ -424,7 +424,7 @@ def _observed_ray_loop(record: Path, fail_at_step: int | None = None):
                 self.encoder = model  # DDP wraps it and shares its parameters
                 return super().prepare(model)
 
-            def report(self, metrics, checkpoint):
+            def log_step(self, metrics):
                 marker = record / "failed_once"
                 if self.rank == 0 and metrics["step"] == fail_at_step and not marker.exists():
                     marker.touch()
@@ -437,7 +437,7 @@ def _observed_ray_loop(record: Path, fail_at_step: int | None = None):
                 if metrics["step"] == self.config.max_steps:
                     weights = {k: v.detach().cpu().clone() for k, v in self.encoder.state_dict().items()}
                     torch.save(weights, record / f"weights_rank{self.rank}.pt")
-                return super().report(metrics, checkpoint)
+                return super().log_step(metrics)
 
         train_config = TrainSettings.model_validate(values)
         run_worker(train_config, Observed(train_config))

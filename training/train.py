@@ -8,8 +8,9 @@
 rows (then all are training rows and there is no validation); `--cache` points at a `training.precompute` output
 instead. Every worker runs
 `run_worker`: the frozen SDXL in eval mode without gradients (not wrapped), the SG encoder under DDP
-(`ray.train.torch.prepare_model`), AdamW + warmup + cosine, bf16 autocast on GPU, gradient clipping, metrics
-reported every step and a checkpoint every `--checkpoint-every` steps and at the end.
+(`ray.train.torch.prepare_model`), AdamW + warmup + cosine, bf16 autocast on GPU, gradient clipping, and a
+checkpoint with its metrics reported to Ray Train (`ray.train.report`) every `--checkpoint-every` steps and at the
+end.
 
 Checkpoints (``RUNS/<name>/checkpoint_*``): ``sg_encoder/`` (safetensors), ``trainer_state.pt`` (optimizer and LR
 scheduler, loaded with ``weights_only=True``), ``state.json`` (step, epoch, batch within the epoch) and
@@ -18,18 +19,20 @@ latest checkpoint. The final pipeline lands in ``RUNS/final``: a complete diffus
 SDXL given by `--model` plus the trained SG encoder, `model_index.json` naming both) that
 `SDXLSGPipeline.from_pretrained(RUNS/final)` loads.
 
-Metrics: every step's metrics go to `ray.train.report`; rank 0 also writes loss, learning rate, gradient norm,
-samples/s, alpha and validation loss as TensorBoard events into the run directory ``RUNS/<name>``
-(`tensorboard --logdir RUNS`), and the end of training draws ``RUNS/<name>/loss.png`` from them
-(`training.tracking`). A local run (`train_local`) writes both into ``RUNS`` itself.
+Metrics: rank 0 writes every step's loss, learning rate, gradient norm, samples/s, alpha and validation loss as
+TensorBoard events into the run directory ``RUNS/<name>`` (`tensorboard --logdir RUNS`) and logs a progress line
+every `--log-every` steps; the end of training draws ``RUNS/<name>/loss.png`` from the events
+(`training.tracking`). A local run (`train_local`) writes both into ``RUNS`` itself. Only checkpoint steps go to
+`ray.train.report`: in Ray 2.60 a report waits until the Ray Train controller took the previous one (polled every
+2 s), so reporting every step would cap a run at about 0.5 steps/s whatever the hardware.
 
 Unusable rows (a corrupt, truncated or missing image, a null or empty scene graph, a cache row precompute could
 not encode or whose bytes are broken) are skipped where they are decoded, and batches are refilled to full size
 (`training.data.rebatch`). Every step sums the workers' counts; the run fails with `BadDataError` (count,
 fraction and the first keys with reasons) once the unusable rows certainly exceed `--max-bad-fraction` of the
-train split, whose size comes from the Parquet metadata. The counts and the first keys are in every step's
-metrics (``bad_rows``, ``bad_fraction``, ``bad_row_examples``, ...), logged as they appear, and in the summary
-`main` prints. Rows whose annotation failed are skipped as before and counted apart, not as faults. Before Ray
+train split, whose size comes from the Parquet metadata. The counts and the first keys are in the metrics of
+every step (``bad_rows``, ``bad_fraction``, ``bad_row_examples``, ...; reported with each checkpoint), logged as
+they appear, and in the summary `main` prints. Rows whose annotation failed are skipped as before and counted apart, not as faults. Before Ray
 Train starts, `preflight` reads the train split until one row decodes: when none does, `main` exits with code
 2 and one line naming the data path; with `--cache`, rows of `--data` missing from the cache count as unusable.
 
@@ -62,7 +65,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from schemas.runs import init_ray
+from schemas.runs import init_ray, log_progress
 from schemas.settings import JobSettings, parse_settings
 from training.data import (
     ANNOTATION_FAILED,
@@ -164,7 +167,10 @@ class TrainSettings(JobSettings):
     weight_decay: float = Field(0.2, ge=0, description="AdamW weight decay")
     warmup_steps: int = Field(10_000, ge=0, description="linear warmup steps of the learning rate")
     grad_clip: float = Field(10.0, gt=0, description="gradient norm clipping")
-    checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints (one is also written at the end)")
+    checkpoint_every: int = Field(
+        500, ge=1, description="steps between checkpoints, each reported to Ray Train (one is also written at the end)"
+    )
+    log_every: int = Field(50, ge=1, description="steps between rank 0's progress lines (TensorBoard gets every step)")
     keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept (the latest ones)")
     val_every: int = Field(500, ge=0, description="steps between validations (0: validate only at the end)")
     val_batches: int = Field(16, ge=0, description="validation batches per worker (0: no validation)")
@@ -227,7 +233,7 @@ class LocalContext:
         self.device = torch.device("cuda" if config.use_gpu else "cpu")
         self.run_dir = Path(config.output)
         self.checkpoints = self.run_dir / "checkpoints"
-        self.history: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = []  # every step's metrics
         self.stop_after = stop_after  # simulate an interruption after this many steps of this process
         source = config.cache or config.data
         # Unusable rows stay in: `batches` skips and counts them where they are decoded, as under Ray.
@@ -264,15 +270,17 @@ class LocalContext:
     def all_gather(self, value: Any) -> list[Any]:
         return [value]
 
-    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> bool:
-        """Record metrics (and copy the checkpoint); False asks the loop to stop (`stop_after`)."""
+    def log_step(self, metrics: dict[str, Any]) -> bool:
+        """Record a step's metrics in `history`; False asks the loop to stop (`stop_after`)."""
         self.history.append(metrics)
-        if checkpoint is not None:
-            target = self.checkpoints / f"step_{metrics['step']:08d}"
-            shutil.copytree(checkpoint, target, dirs_exist_ok=True)
-            for old in sorted(self.checkpoints.glob("step_*"))[: -self.config.keep_checkpoints]:
-                shutil.rmtree(old)
         return self.stop_after is None or len(self.history) < self.stop_after
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path) -> None:
+        """Copy a checkpoint to ``output/checkpoints/step_<step>``, keeping the latest `keep_checkpoints`."""
+        target = self.checkpoints / f"step_{metrics['step']:08d}"
+        shutil.copytree(checkpoint, target, dirs_exist_ok=True)
+        for old in sorted(self.checkpoints.glob("step_*"))[: -self.config.keep_checkpoints]:
+            shutil.rmtree(old)
 
 
 class RayContext:
@@ -355,15 +363,16 @@ class RayContext:
         torch.distributed.all_gather_object(gathered, value)
         return gathered
 
-    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> bool:
+    def log_step(self, metrics: dict[str, Any]) -> bool:
+        """Nothing beyond the TensorBoard events and progress lines `run_worker` writes; never stops the loop."""
+        return True
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path) -> None:
         import ray.train
 
-        ray.train.report(
-            metrics,
-            checkpoint=None if checkpoint is None else ray.train.Checkpoint.from_directory(checkpoint),
-            checkpoint_dir_name=None if checkpoint is None else f"checkpoint_{metrics['step']:08d}",
-        )
-        return True
+        checkpoint_dir_name = f"checkpoint_{metrics['step']:08d}"
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint),
+                         checkpoint_dir_name=checkpoint_dir_name)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -537,8 +546,13 @@ def run_worker(config: TrainSettings, ctx: Any) -> TrainState:
                     metrics["val_loss"] = validate(frozen, encoder, ctx, val, config, autocast, val_tally)
                 if tensorboard is not None:
                     tensorboard.add(metrics)
-                keep_going = _report(ctx, metrics, encoder, optimizer, lr_scheduler, state, config, last)
-                if last or not keep_going:
+                    if last or state.step % config.log_every == 0:
+                        log.info("%s", _progress_line(metrics, config.max_steps))
+                if not ctx.log_step(metrics):
+                    return state
+                if last or state.step % config.checkpoint_every == 0:
+                    _checkpoint(ctx, metrics, encoder, optimizer, lr_scheduler, state)
+                if last:
                     return state
                 started = time.perf_counter()
             seen, bad = monitor.local.seen - epoch_start[0], monitor.local.bad - epoch_start[1]
@@ -555,21 +569,20 @@ def run_worker(config: TrainSettings, ctx: Any) -> TrainState:
         return state
 
 
-def _report(
-    ctx: Any,
-    metrics: dict[str, Any],
-    encoder: SGEncoder,
-    optimizer: Any,
-    lr_scheduler: Any,
-    state: TrainState,
-    config: TrainSettings,
-    last: bool,
-) -> bool:
-    if not (last or state.step % config.checkpoint_every == 0):
-        return ctx.report(metrics, None)
+def _progress_line(metrics: dict[str, Any], max_steps: int) -> str:
+    line = f"step {metrics['step']}/{max_steps}: loss {metrics['loss']:.4g}, {metrics['samples_per_s']:.3g} samples/s"
+    if "val_loss" in metrics:
+        line += f", val loss {metrics['val_loss']:.4g}"
+    return line + (f", {metrics['bad_rows']} unusable rows skipped" if metrics.get("bad_rows") else "")
+
+
+def _checkpoint(
+    ctx: Any, metrics: dict[str, Any], encoder: SGEncoder, optimizer: Any, lr_scheduler: Any, state: TrainState
+) -> None:
+    """Save a checkpoint of every rank's state and report it with the step's metrics (`ctx.report`)."""
     with tempfile.TemporaryDirectory(prefix="sdxl_sg_ckpt_") as tmp:
         save_checkpoint(Path(tmp), encoder, optimizer, lr_scheduler, state, ctx.rank)
-        return ctx.report(metrics, Path(tmp))
+        ctx.report(metrics, Path(tmp))
 
 
 def export_final(checkpoint_dir: str | Path, config: TrainSettings) -> Path:
@@ -672,6 +685,7 @@ def train_local(config: TrainSettings, stop_after: int | None = None) -> tuple[L
 
 
 def _train_loop_per_worker(config: dict[str, Any]) -> None:
+    log_progress()
     train_config = TrainSettings.model_validate(config)
     run_worker(train_config, RayContext(train_config))
 
@@ -753,6 +767,7 @@ def _data_error(exc: BaseException) -> BadDataError | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit code 2 with one line on stderr when the data is unusable (no usable row: before Ray starts)."""
+    log_progress()
     config = parse_config(argv)
     try:
         checks = preflight(config)

@@ -41,6 +41,7 @@ from schemas.runs import (
     RunIdentityError,
     check_run_identity,
     init_ray,
+    log_progress,
     pin_run_identity,
 )
 
@@ -242,7 +243,7 @@ def _annotate(
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; 0 when every shard was written, 1 when some failed, 2 on a configuration error."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_progress()
     try:
         config = load_config(argv)
         summary = run(config)
