@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -11,12 +12,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import urllib.error
 import urllib.request
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -506,3 +509,94 @@ def test_run_logs_progress_and_text_tasks_report_rows_per_second(
     text = summary.text()
     assert " rows/s, " in text and "images/s" not in text
     assert all("images/s" not in line for line in lines)
+
+
+# ------------------------------------------------------------------------------------------------- --limit
+
+_BALL = json.dumps({"objects": [{"id": 0, "name": "ball", "attributes": ["red"]}], "relations": []})
+
+
+def _limit_tars(directory: Path, sizes: tuple[int, ...]) -> list[str]:
+    """Tars ``a.tar``, ``b.tar``, ... holding `sizes` samples (caption, JSON with a URL, bytes that are never
+    decoded); the keys of all samples in input order: sha1 of each URL."""
+    directory.mkdir()
+    urls = []
+    for index, size in enumerate(sizes):
+        with tarfile.open(directory / f"{'abcdefg'[index]}.tar", "w") as tar:
+            for _ in range(size):
+                n = len(urls)
+                urls.append(f"https://img.example/{n}.jpg")
+                for extension, payload in (
+                    ("jpg", f"never decoded {n}".encode()),
+                    ("json", json.dumps({"url": urls[-1]}).encode()),
+                    ("txt", f"a red ball number {n}".encode()),
+                ):
+                    info = tarfile.TarInfo(f"s{n:03d}.{extension}")
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+    return [hashlib.sha1(url.encode()).hexdigest() for url in urls]
+
+
+def _data_files(output: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in sorted((output / "data").glob("*.parquet"))}
+
+
+def test_limit_counts_input_rows_and_a_run_without_it_completes_the_rest(ray_local, tmp_path: Path) -> None:
+    """``--limit N`` annotates the first N input rows, also where a shard's row count is only known once read
+    (tars of 3, 2 and 2 samples): within one shard, across shards, and a run without it does only the rest."""
+    keys = _limit_tars(tmp_path / "tars", (3, 2, 2))
+    engine = FixedAnswerEngine(get_task("text_to_graph"), [_BALL])
+
+    def limited(output: Path, *limit: str) -> AnnotateSettings:
+        argv = ["--input", str(tmp_path / "tars"), "--output", str(output), "--model", "unused"]
+        return load_config([*argv, "--task", "text_to_graph", "--progress-seconds", "0", *limit])
+
+    within = run(limited(tmp_path / "within", "--limit", "2"), engine)  # smaller than the first tar
+    assert [r["key"] for r in _rows(tmp_path / "within")] == keys[:2]
+    assert (within.shards_total, within.rows_in, within.rows_annotated) == (1, 2, 2)
+    assert json.loads((tmp_path / "within" / "shards" / "a.json").read_text())["filters"]["rows_in"] == 2
+
+    output = tmp_path / "across"
+    first = run(limited(output, "--limit", "6"), engine)  # a and b whole, 1 of c's 2 samples
+    assert [r["key"] for r in _rows(output)] == keys[:6]
+    assert (first.shards_total, first.shards_done, first.rows_in, first.rows_annotated) == (3, 3, 6, 6)
+    files = _data_files(output)
+    again = run(limited(output, "--limit", "6"), engine)
+    assert (again.shards_done, again.shards_skipped, again.rows_in) == (0, 3, 0)
+    assert again.output.rows_annotated == 6
+    assert _data_files(output) == files
+
+    rest = run(limited(output), engine)  # c again, whole this time; a and b kept
+    assert (rest.shards_done, rest.shards_skipped, rest.rows_in, rest.rows_annotated) == (1, 2, 2, 2)
+    assert sorted(r["key"] for r in _rows(output)) == sorted(keys) and len(set(keys)) == 7
+    assert rest.output.rows_in == rest.output.rows_annotated == 7
+    assert {name: files[name] for name in ("a.parquet", "b.parquet")} == {
+        name: mtime for name, mtime in _data_files(output).items() if name != "c.parquet"
+    }
+    files = _data_files(output)
+    after = run(limited(output, "--limit", "6"), engine)  # the whole of c holds its capped rows too
+    assert (after.shards_done, after.shards_skipped) == (0, 3) and _data_files(output) == files
+
+
+def test_limit_counts_rows_before_the_filters(ray_local, tmp_path: Path) -> None:
+    """Parquet row ranges of 2 rows: ``--limit 3`` reads rows 0-2, of which the filter drops row 1; the run
+    without the limit then reads rows 2-4 (the capped range again) and the output holds rows 0, 2, 3, 4 once."""
+    source = tmp_path / "laion"
+    source.mkdir()
+    urls = [f"https://img.example/{i}.jpg" for i in range(5)]
+    table = {"URL": urls, "TEXT": [f"a red ball number {i}" for i in range(5)]}
+    table["AESTHETIC_SCORE"] = [6.0, 4.0, 6.0, 6.0, 6.0]
+    pq.write_table(pa.table(table), source / "part.parquet")
+    argv = ["--input", str(source), "--output", str(tmp_path / "out"), "--model", "unused", "--task"]
+    argv += ["text_to_graph", "--rows-per-shard", "2", "--filters.min-aesthetic-score", "5"]
+    engine = FixedAnswerEngine(get_task("text_to_graph"), [_BALL])
+
+    limited = run(load_config([*argv, "--limit", "3"]), engine)
+    key = [hashlib.sha1(url.encode()).hexdigest() for url in urls]
+    assert [r["key"] for r in _rows(tmp_path / "out")] == [key[0], key[2]]
+    assert (limited.shards_total, limited.rows_in, limited.rows_annotated) == (2, 3, 2)
+    assert limited.rows_filtered == {"aesthetic_score<5": 1}
+    rest = run(load_config(argv), engine)
+    assert (rest.shards_done, rest.shards_skipped, rest.rows_in, rest.rows_annotated) == (2, 1, 3, 3)
+    assert sorted(r["key"] for r in _rows(tmp_path / "out")) == sorted([key[0], key[2], key[3], key[4]])
+    assert (rest.output.rows_in, rest.output.rows_annotated) == (5, 4)

@@ -13,6 +13,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,15 @@ from pipelines.annotate.writing import (
     write_shard,
 )
 from pipelines.engines import Engine, build_engine
-from pipelines.ingest import IMAGE_COLUMNS, METADATA_ONLY_FORMATS, Shard, detect_format, list_shards
+from pipelines.ingest import (
+    IMAGE_COLUMNS,
+    METADATA_ONLY_FORMATS,
+    Shard,
+    detect_format,
+    list_shards,
+    plan_dedupe,
+)
+from pipelines.ingest.planning import limit_rows
 from pipelines.tasks import Task, get_task
 from schemas.layout import DATA_DIR, SUMMARY_FILE
 from schemas.runs import (
@@ -123,6 +132,14 @@ def _set_aside_superseded(output: Path, planned: set[str], records: dict[str, Sh
     return gone
 
 
+def _is_done(shard: Shard, record: ShardResult | None) -> bool:
+    """Whether `record` is the output of `shard` as planned now; for a shard capped by ``--limit``, an output of
+    the whole shard (an earlier run without the cap) holds its rows too and is kept."""
+    if record is None:
+        return False
+    return record.fingerprint in {shard.fingerprint, replace(shard, row_limit=None).fingerprint}
+
+
 def run(config: AnnotateSettings, engine: Engine | None = None) -> RunSummary:
     """Annotate every pending shard of `config.input` and return the run summary (also in ``summary.json``).
 
@@ -141,10 +158,20 @@ def run(config: AnnotateSettings, engine: Engine | None = None) -> RunSummary:
         check_run_identity(output, manifest)
     except RunIdentityError as exc:
         raise ConfigError(str(exc)) from None
+    filters = config.ingest_filters()
     try:
-        shards = list_shards(
-            config.input, input_format, config.files_per_shard, config.rows_per_shard, config.ingest_filters()
+        # Every shard's name (for `_set_aside_superseded`), then the shards of this run: those holding the first
+        # `--limit` input rows, the last one capped (`limit_rows`); de-duplication is planned for these only.
+        listed = list_shards(
+            config.input,
+            input_format,
+            config.files_per_shard,
+            config.rows_per_shard,
+            replace(filters, dedupe_urls=False),
         )
+        shards = listed if config.limit is None else limit_rows(listed, input_format, config.limit)
+        if filters.dedupe_urls:
+            shards = plan_dedupe(shards, input_format, filters)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if engine is None:
@@ -154,10 +181,8 @@ def run(config: AnnotateSettings, engine: Engine | None = None) -> RunSummary:
         for stale in (output / directory).glob(f"{TMP_PREFIX}*{TMP_MARK}*"):
             stale.unlink()
     records = read_shard_records(output)
-    superseded = _set_aside_superseded(output, {s.name for s in shards}, records)
-    if config.limit is not None:
-        shards = shards[: config.limit]
-    pending = [s for s in shards if getattr(records.get(s.name), "fingerprint", None) != s.fingerprint]
+    superseded = _set_aside_superseded(output, {s.name for s in listed}, records)
+    pending = [s for s in shards if not _is_done(s, records.get(s.name))]
     summary = RunSummary(
         task=task.name,
         prompt_version=task.prompt_version,

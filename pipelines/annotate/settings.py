@@ -104,7 +104,12 @@ class AnnotateSettings(JobSettings):
         None, description=f"one of {', '.join(INPUT_FORMATS)} (unset: detected from the input)"
     )
     images: bool = Field(True, description="store the original image bytes in the output rows")
-    limit: int | None = Field(None, ge=1, description="annotate only the first N input shards (smoke tests)")
+    limit: int | None = Field(
+        None,
+        ge=1,
+        description="annotate only the first N input rows, in input order, counted before the ingest filters "
+        "(smoke tests; a later run without it annotates the rest)",
+    )
     files_per_shard: int = Field(256, ge=1, description="images per shard of a folder input")
     rows_per_shard: int = Field(10_000, ge=1, description="rows per shard of a Parquet or URL-list input")
     max_side: int = Field(MAX_SIDE, ge=1, description="longest side in pixels of the image the model sees")

@@ -124,13 +124,16 @@ def list_shards(
 def plan_dedupe(shards: Sequence[Shard], input_format: str, filters: IngestFilters) -> list[Shard]:
     """Fill each shard's `drop_keys`: keys of rows passing `filters` whose first such row is in an earlier shard.
 
-    A pre-pass without image decoding; rows that the other filters remove never take a key.
+    A pre-pass without image decoding; rows that the other filters remove never take a key. A shard's keys
+    depend only on the shards before it, and a capped shard (`limit_rows`) gets those of the whole shard, so
+    that a shard's plan does not depend on where a ``--limit`` fell.
     """
     owner: dict[str, int] = {}
     drops: list[set[str]] = [set() for _ in shards]
     without_dedupe = replace(filters, dedupe_urls=False)
     for index, shard in enumerate(shards):
-        kept, _ = _apply_filters(_read_raw(shard, input_format, images=False), without_dedupe, frozenset())
+        raw = _read_raw(replace(shard, row_limit=None), input_format, images=False)
+        kept, _ = _apply_filters(raw, without_dedupe, frozenset())
         for key in kept.column("key").to_pylist():
             if owner.setdefault(key, index) != index:
                 drops[index].add(key)
@@ -140,3 +143,26 @@ def plan_dedupe(shards: Sequence[Shard], input_format: str, filters: IngestFilte
     ]
 
 
+def limit_rows(shards: Sequence[Shard], input_format: str, limit: int) -> list[Shard]:
+    """The shards that hold the input's first `limit` rows, in input order, counted before the filters: whole
+    shards while their rows fit, then the shard where the limit falls with a `Shard.row_limit`; none after it.
+
+    A row range's size is known; a tar's or a folder chunk's is counted by reading it without images, at most
+    one row past what is left of the limit. A shard that cannot be read is capped at what is left (its read
+    error is reported when it is written), so that a run never holds more than `limit` input rows.
+    """
+    kept: list[Shard] = []
+    left = limit
+    for shard in shards:
+        if left <= 0:
+            break
+        if input_format not in ("folder", "webdataset") and shard.row_stop is not None:
+            size = shard.row_stop - shard.row_start
+        else:
+            try:
+                size = _read_raw(replace(shard, row_limit=left + 1), input_format, images=False).num_rows
+            except (OSError, ValueError):
+                size = left + 1
+        kept.append(shard if size <= left else replace(shard, row_limit=left))
+        left -= size
+    return kept

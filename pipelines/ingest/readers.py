@@ -15,6 +15,7 @@ import json
 import math
 import tarfile
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -197,6 +198,8 @@ def _read_webdataset(shard: Shard, images: bool) -> pa.Table:
     records, image_data, has_image, sources = [], [], [], []
     try:
         for key, members, tar in _tar_samples(shard.path):
+            if shard.row_limit is not None and len(records) >= shard.row_limit:
+                break  # the rest is past the shard's cap (`_read_raw` cuts the failed downloads after it)
             record: dict[str, Any] = {}
             if "json" in members:
                 metadata = tar.extractfile(members["json"]).read()
@@ -317,16 +320,28 @@ def _read_url_list_rows(shard: Shard) -> pa.Table:
 def _read_raw(shard: Shard, input_format: str, images: bool) -> pa.Table:
     """Normalised columns before filtering: key, url, caption, aesthetic_score, width, height, pwatermark,
     punsafe, image_bytes, downloaded, source. With `images=False` (the de-duplication pre-pass) captions and
-    image bytes may be missing."""
+    image bytes may be missing.
+
+    A shard's `row_limit` keeps its first rows in input order (a tar's samples, a folder's files, then their
+    failed downloads; a row range's rows); the readers stop early where they can, and the cut is made here."""
+    if input_format not in INPUT_FORMATS:
+        raise ValueError(f"unknown input format {input_format!r}; expected one of {INPUT_FORMATS}")
+    limit = shard.row_limit
+    # The files, or the rows of a row range, past the cap are not read.
+    if limit is not None and input_format == "folder":
+        shard = replace(shard, files=shard.files[:limit])
+    elif limit is not None and input_format != "webdataset":
+        stop = shard.row_start + limit
+        shard = replace(shard, row_stop=stop if shard.row_stop is None else min(stop, shard.row_stop))
     if input_format in ("laion_parquet", "img2dataset_parquet"):
-        return _read_parquet(shard, images)
-    if input_format == "webdataset":
-        return _read_webdataset(shard, images)
-    if input_format == "folder":
-        return _read_folder(shard, images)
-    if input_format == "url_list":
-        return _read_url_list_rows(shard)
-    raise ValueError(f"unknown input format {input_format!r}; expected one of {INPUT_FORMATS}")
+        raw = _read_parquet(shard, images)
+    elif input_format == "webdataset":
+        raw = _read_webdataset(shard, images)
+    elif input_format == "folder":
+        raw = _read_folder(shard, images)
+    else:
+        raw = _read_url_list_rows(shard)
+    return raw if limit is None else raw.slice(0, limit)
 
 
 def read_shard(

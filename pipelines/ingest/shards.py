@@ -22,6 +22,11 @@ class Shard:
     with (both filled by `plan_dedupe`). `content_id` identifies what the shard reads (file names and sizes,
     row range); `fingerprint` adds `drop_keys`, so that an output written for an earlier version of the shard
     (files added to a folder chunk, a tar rewritten, a key now owned by another shard) is recognised as stale.
+
+    `row_limit` (set by `pipelines.ingest.planning.limit_rows` on the shard where an annotate ``--limit`` falls)
+    caps the shard at its first `row_limit` rows, in input order, counted before the filters; the readers apply
+    it for every format. It keeps the shard's name, so a later run without the cap rewrites the same output, and
+    it is part of the `fingerprint` (the capped shard's output is stale for a run without the cap).
     """
 
     path: str
@@ -32,10 +37,13 @@ class Shard:
     drop_keys: frozenset[str] = frozenset()
     planned_with: IngestFilters | None = None
     content_id: str = ""
+    row_limit: int | None = None
 
     @property
     def fingerprint(self) -> str:
         digest = hashlib.sha1(self.content_id.encode())
         for key in sorted(self.drop_keys):
             digest.update(key.encode())
+        if self.row_limit is not None:  # an uncapped shard keeps the fingerprint it had before caps existed
+            digest.update(f"\0row_limit={self.row_limit}".encode())
         return digest.hexdigest()
