@@ -31,7 +31,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from pydantic import Field
 
@@ -155,6 +154,8 @@ def split_files(source: str | Path, split: str) -> list[str]:
 def _eligible(files: Sequence[str], min_relations: int) -> tuple[list[str], dict[str, int]]:
     """Keys of rows with enough relations and a usable annotation, plus counts of what was excluded (and
     ``max_relations``, the most relations of any row read, or None when no row was read)."""
+    import pyarrow.dataset as pads  # imports pandas (~0.4 s): only where a set is built, not in the actors
+
     dataset = pads.dataset(list(files), format="parquet")
     columns = ["key", "scene_graph"] + (["annotation"] if "annotation" in dataset.schema.names else [])
     table = dataset.to_table(columns=columns)
@@ -199,6 +200,8 @@ def build_benchmark(
     """Select, freeze and hash a benchmark set; write the Parquet file and its manifest; return the manifest.
 
     Raises `BenchmarkSelectionError` when the input cannot give a benchmark set."""
+    import pyarrow.dataset as pads  # imports pandas (~0.4 s): only where a set is built, not in the actors
+
     if subset is not None and subset < 1:
         raise BenchmarkSelectionError(f"the subset size must be at least 1, got {subset}")
     files = split_files(source, split)

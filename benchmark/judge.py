@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from benchmark.chunks import chunk_name, iter_chunks, map_chunks, write_chunk
 from benchmark.dataset import BenchmarkSample
-from benchmark.metrics.graph_iou import IOU_KEYS, GraphIoU
+from benchmark.metrics.graph_match import IOU_KEYS
 from schemas import DEFAULT_LIMITS, SCENE_GRAPH_TYPE, Limits, SceneGraph, Vocabulary, scene_graph_from_arrow
 
 __all__ = ["JUDGEMENTS_SCHEMA", "GraphJudge", "JudgeItem", "JudgeSettings", "judge_images", "read_judgements", "score_judgements"]
@@ -196,6 +196,9 @@ def score_judgements(
     ``sg_iou_std``, ``entity_iou_std`` and ``relation_iou_std`` (population std over the judgements),
     ``judge_status`` (count per status), ``n_failed`` and ``failed`` (``"key:image_index"`` -> error, for every
     failed item)."""
+    # GraphIoU imports torchmetrics (~10 s): only here, in the driver, never in the judge's actors
+    from benchmark.metrics.graph_iou import GraphIoU
+
     targets = {s.key: s.scene_graph for s in samples}
     metric = GraphIoU(synonyms=synonyms)
     statuses: Counter[str] = Counter()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,27 @@ def test_the_checker_sees_lazy_imports(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from laion_sg.offline import make_tiny_models\n    import benchmark.run\n")
     assert project_imports(module) == {"laion_sg", "benchmark"}
+
+
+# What the Ray actors of `benchmark.chunks.map_chunks` import (and the light half of the metrics): torchmetrics
+# costs ~10 s per import (it imports all its domains), so it must come only with a metric class, in the driver.
+WORKER_MODULES = (
+    "benchmark.judge",
+    "benchmark.generate",
+    "benchmark.features",
+    "benchmark.dataset",
+    "benchmark.chunks",
+    "benchmark.metrics",
+    "benchmark.metrics.graph_match",
+)
+
+
+def test_worker_modules_do_not_import_torchmetrics() -> None:
+    check = (
+        "import importlib, sys\n"
+        f"for name in {WORKER_MODULES!r}:\n"
+        "    importlib.import_module(name)\n"
+        "    assert 'torchmetrics' not in sys.modules, f'importing {name} imports torchmetrics'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -532,6 +532,23 @@ def test_metric_classes_are_torchmetrics_metrics_naming_their_record_keys() -> N
         assert cls.is_differentiable is False and cls.full_state_update is False
 
 
+def test_metrics_package_names_are_their_definitions() -> None:
+    """`benchmark.metrics` imports its names on first use; each is the object its module defines, and `cmmd` and
+    `graph_iou` stay the functions although submodules of the same names are imported."""
+    import benchmark.metrics as package
+
+    assert set(package._LAZY) | {"RECORD_METRICS"} == set(package.__all__)
+    assert set(package._RECORD_METRICS) <= set(package._LAZY)
+    for name, module in package._LAZY.items():
+        assert getattr(package, name) is getattr(importlib.import_module(module), name), name
+    for name in ("cmmd", "graph_iou"):
+        importlib.import_module(f"benchmark.metrics.{name}")  # on a first import, Python sets package.<name> to it
+    from benchmark.metrics import cmmd, graph_iou
+    from benchmark.metrics.graph_match import graph_iou as functional_graph_iou
+
+    assert cmmd is cmmd_module.cmmd and graph_iou is functional_graph_iou
+
+
 @pytest.mark.parametrize("case", cases(), ids=lambda case: case.name)
 def test_metric_class_equals_its_functional_form_whole_in_parts_and_merged(case) -> None:
     whole = case.make()

@@ -3,37 +3,50 @@
 
 `RECORD_METRICS` lists the classes whose values a result record holds, in leaderboard order; each names its record
 keys and labels (`labels`), its `metric_details` group (`details_key`) and its better direction
-(`higher_is_better`). torch and torchmetrics are imported here; open_clip and the Inception network only when a
-model is built.
+(`higher_is_better`).
+
+Every name here is imported on first use (PEP 562), from the module named in `_LAZY`, so that importing one
+metric module, or `benchmark.metrics.graph_match` (the pure-python graph IoUs the judge's actors use), does not
+import the others nor torchmetrics (about ten seconds: it imports all its domains). The metric classes import
+torch and torchmetrics; open_clip and the Inception network are imported only when a model is built.
 """
 
-from benchmark.metrics.base import BenchmarkMetric
-from benchmark.metrics.clip_score import (
-    CLIPEmbedder,
-    CLIPImageScore,
-    CLIPScore,
-    clip_provenance,
-    clip_t_scores,
-    cosine_scores,
-)
-from benchmark.metrics.cmmd import CMMD, cmmd
-from benchmark.metrics.fid import FID, KID, kernel_inception_distance
-from benchmark.metrics.frechet import (
-    covariance_factor,
-    feature_stats,
-    frechet_distance,
-    sample_factor,
-    trace_sqrt_product,
-)
-from benchmark.metrics.graph_iou import GraphIoU, graph_iou
-from benchmark.metrics.inception import (
-    InceptionFeatureExtractor,
-    inception_provenance,
-    load_inception,
-)
-from benchmark.metrics.precomputed import Precomputed
+from __future__ import annotations
 
-RECORD_METRICS: tuple[type[BenchmarkMetric], ...] = (GraphIoU, FID, KID, CLIPScore, CLIPImageScore, CMMD)
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from benchmark.metrics.base import BenchmarkMetric
+    from benchmark.metrics.clip_score import (
+        CLIPEmbedder,
+        CLIPImageScore,
+        CLIPScore,
+        clip_provenance,
+        clip_t_scores,
+        cosine_scores,
+    )
+    from benchmark.metrics.cmmd import CMMD, cmmd
+    from benchmark.metrics.fid import FID, KID, kernel_inception_distance
+    from benchmark.metrics.frechet import (
+        covariance_factor,
+        feature_stats,
+        frechet_distance,
+        sample_factor,
+        trace_sqrt_product,
+    )
+    from benchmark.metrics.graph_iou import GraphIoU
+    from benchmark.metrics.graph_match import graph_iou
+    from benchmark.metrics.inception import (
+        InceptionFeatureExtractor,
+        inception_provenance,
+        load_inception,
+    )
+    from benchmark.metrics.precomputed import Precomputed
+
+    RECORD_METRICS: tuple[type[BenchmarkMetric], ...]
 
 __all__ = [
     "RECORD_METRICS",
@@ -61,3 +74,62 @@ __all__ = [
     "sample_factor",
     "trace_sqrt_product",
 ]
+
+# public name -> the module that defines it
+_LAZY = {
+    "BenchmarkMetric": "benchmark.metrics.base",
+    "CLIPEmbedder": "benchmark.metrics.clip_score",
+    "CLIPImageScore": "benchmark.metrics.clip_score",
+    "CLIPScore": "benchmark.metrics.clip_score",
+    "clip_provenance": "benchmark.metrics.clip_score",
+    "clip_t_scores": "benchmark.metrics.clip_score",
+    "cosine_scores": "benchmark.metrics.clip_score",
+    "CMMD": "benchmark.metrics.cmmd",
+    "cmmd": "benchmark.metrics.cmmd",
+    "FID": "benchmark.metrics.fid",
+    "KID": "benchmark.metrics.fid",
+    "kernel_inception_distance": "benchmark.metrics.fid",
+    "covariance_factor": "benchmark.metrics.frechet",
+    "feature_stats": "benchmark.metrics.frechet",
+    "frechet_distance": "benchmark.metrics.frechet",
+    "sample_factor": "benchmark.metrics.frechet",
+    "trace_sqrt_product": "benchmark.metrics.frechet",
+    "GraphIoU": "benchmark.metrics.graph_iou",
+    "graph_iou": "benchmark.metrics.graph_match",
+    "InceptionFeatureExtractor": "benchmark.metrics.inception",
+    "inception_provenance": "benchmark.metrics.inception",
+    "load_inception": "benchmark.metrics.inception",
+    "Precomputed": "benchmark.metrics.precomputed",
+}
+
+# the classes of RECORD_METRICS, in leaderboard order
+_RECORD_METRICS = ("GraphIoU", "FID", "KID", "CLIPScore", "CLIPImageScore", "CMMD")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RECORD_METRICS":
+        value: Any = tuple(__getattr__(class_name) for class_name in _RECORD_METRICS)
+    elif name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # cached: later lookups do not come back here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """Keeps the public names `cmmd` and `graph_iou` the functions. Importing the submodule of the same name
+    (`benchmark.metrics.cmmd`, `benchmark.metrics.graph_iou`) makes Python set the package attribute to that
+    module; the eager package bound the functions over them after its imports, and so it stays here."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

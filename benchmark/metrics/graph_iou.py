@@ -18,128 +18,34 @@ Text is normalised before comparison: `schemas.normalize_text` (case, whitespace
 of an object name is singularised (`singular`), then the optional `synonyms` map (applied to object names and
 predicates; its keys and values are normalised the same way as the term they replace) replaces a term by its canonical form. Predicates are
 not singularised ("sits on" stays a verb form).
+
+The functional form (`graph_iou`, `singular`, `normalize_name`, `set_iou`, `IOU_KEYS`) lives in
+`benchmark.metrics.graph_match`, which imports neither torch nor torchmetrics (the judge's actors use it); it is
+re-exported here.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from benchmark.metrics.base import BenchmarkMetric, state_array
-from schemas import SceneGraph, normalize_text
+from benchmark.metrics.graph_match import (
+    IOU_KEYS,
+    _iou,
+    _Synonyms,
+    graph_iou,
+    normalize_name,
+    set_iou,
+    singular,
+)
+from schemas import SceneGraph
 
 __all__ = ["IOU_KEYS", "GraphIoU", "graph_iou", "normalize_name", "set_iou", "singular"]
-
-IOU_KEYS = ("sg_iou", "entity_iou", "relation_iou")
-
-# Irregular plurals, and regular-looking ones the suffix rules below would get wrong.
-_IRREGULAR = {
-    "people": "person",
-    "men": "man",
-    "women": "woman",
-    "children": "child",
-    "feet": "foot",
-    "teeth": "tooth",
-    "mice": "mouse",
-    "geese": "goose",
-    "oxen": "ox",
-    "buses": "bus",
-    "leaves": "leaf",
-    "knives": "knife",
-    "wives": "wife",
-    "shelves": "shelf",
-    "wolves": "wolf",
-    "halves": "half",
-    "loaves": "loaf",
-}
-
-
-def singular(word: str) -> str:
-    """The singular of an English noun by a small rule set (first matching rule wins).
-
-    1. irregulars: people→person, men→man, women→woman, children→child, feet→foot, teeth→tooth, mice→mouse,
-       geese→goose, oxen→ox, buses→bus, and a few "-ves" nouns (leaves→leaf, knives→knife, shelves→shelf, ...);
-    2. "-ies" → "-y" for words longer than four letters (puppies→puppy; "ties" falls through to rule 4);
-    3. "-sses", "-xes", "-ches", "-shes", "-zzes" → drop "es" (glasses→glass, boxes→box, benches→bench);
-    4. a trailing "s" is dropped unless the word ends in "ss", "us" or "is", or has three letters or fewer
-       (cats→cat, horses→horse; glass, bus, tennis, gas unchanged).
-    """
-    if word in _IRREGULAR:
-        return _IRREGULAR[word]
-    if word.endswith("ies") and len(word) > 4:
-        return word[:-3] + "y"
-    if word.endswith(("sses", "xes", "ches", "shes", "zzes")):
-        return word[:-2]
-    if word.endswith("s") and not word.endswith(("ss", "us", "is")) and len(word) > 3:
-        return word[:-1]
-    return word
-
-
-def normalize_name(name: str) -> str:
-    """`normalize_text`, then the last word singularised ("Young  Men" → "young man")."""
-    words = normalize_text(name).split(" ")
-    return " ".join([*words[:-1], singular(words[-1])])
-
-
-def set_iou(a: set, b: set) -> float:
-    """|a ∩ b| / |a ∪ b|; 1.0 when both are empty, 0.0 when exactly one is."""
-    union = a | b
-    return len(a & b) / len(union) if union else 1.0
-
-
-@dataclass(frozen=True)
-class _Synonyms:
-    """The synonyms map in the two normalised forms: for object names and for predicates."""
-
-    names: dict[str, str]
-    predicates: dict[str, str]
-
-    @classmethod
-    def of(cls, synonyms: Mapping[str, str] | None) -> _Synonyms:
-        pairs = (synonyms or {}).items()
-        return cls(
-            names={normalize_name(k): normalize_name(v) for k, v in pairs},
-            predicates={normalize_text(k): normalize_text(v) for k, v in pairs},
-        )
-
-
-def _sets(graph: SceneGraph, synonyms: _Synonyms) -> tuple[set, set, set]:
-    def name(text: str) -> str:
-        term = normalize_name(text)
-        return synonyms.names.get(term, term)
-
-    def predicate(text: str) -> str:
-        term = normalize_text(text)
-        return synonyms.predicates.get(term, term)
-
-    names = {o.id: name(o.name) for o in graph.objects}
-    triples = {
-        (names[r.subject], predicate(r.predicate), names[r.object])
-        for r in graph.relations
-        if r.subject in names and r.object in names
-    }
-    return triples, set(names.values()), {predicate(r.predicate) for r in graph.relations}
-
-
-def _iou(predicted: SceneGraph, target: SceneGraph, synonyms: _Synonyms) -> dict[str, float]:
-    pred_sets = _sets(predicted, synonyms)
-    target_sets = _sets(target, synonyms)
-    return {key: set_iou(p, t) for key, p, t in zip(IOU_KEYS, pred_sets, target_sets, strict=True)}
-
-
-def graph_iou(
-    predicted: SceneGraph, target: SceneGraph, synonyms: Mapping[str, str] | None = None
-) -> dict[str, float]:
-    """``{"sg_iou", "entity_iou", "relation_iou"}`` of one predicted graph against the intended one.
-
-    Relations whose endpoints are not objects of their graph are ignored (they name nothing).
-    """
-    return _iou(predicted, target, _Synonyms.of(synonyms))
 
 
 class GraphIoU(BenchmarkMetric):
