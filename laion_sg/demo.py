@@ -134,7 +134,7 @@ def plan(output: Path, models: dict[str, Path], photos: Path, train_steps: int =
         Stage("export", "pipelines.export", [
             "--input", str(output / "annotated"), "--output", str(output / "dataset"), "--split-proportions", "6,2,2"]),
         Stage("train SDXL-SG", "training.train", [
-            "--data", str(output / "dataset"), "--model", str(models["sdxl"]), "--output", str(output / "train"),
+            "--input", str(output / "dataset"), "--model", str(models["sdxl"]), "--output", str(output / "train"),
             "--max-steps", str(train_steps), "--num-workers", "1", "--resolution", "64", "--warmup-steps", "1",
             "--checkpoint-every", "2", "--val-every", "0", "--lr", "0.02"]),  # a visible change in a few steps
         # The random annotator rarely writes more than 4 relations: the demo keeps every test row.

@@ -1,5 +1,6 @@
 """The data contract shared by every part of the package (no heavy dependencies: dataclasses, pydantic, pyarrow)."""
 
+from schemas.converters import GraphLike, as_scene_graph
 from schemas.results import (
     BenchmarkInfo,
     BenchmarkResult,
@@ -32,6 +33,7 @@ from schemas.scene_graph import (
     SGObject,
     SGRelation,
     Vocabulary,
+    flip_graph,
     normalize_text,
 )
 
@@ -45,6 +47,7 @@ __all__ = [
     "BenchmarkInfo",
     "BenchmarkResult",
     "GenerationSettings",
+    "GraphLike",
     "Limits",
     "ModelInfo",
     "Provenance",
@@ -56,6 +59,8 @@ __all__ = [
     "Status",
     "Vocabulary",
     "annotation_record",
+    "as_scene_graph",
+    "flip_graph",
     "hf_features",
     "json_kind",
     "normalize_text",

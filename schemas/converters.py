@@ -14,6 +14,9 @@ rule, a relation to an id that is not there) are repaired with `SceneGraph.repai
 fix. A graph that is valid as read is returned unchanged (ids included). Pass a list as ``changes`` to receive the
 repair notes (empty when nothing was changed); a record whose objects are all dropped raises. The `to_*`
 functions write what they are given.
+
+`as_scene_graph` takes any `GraphLike` (a `SceneGraph`, our JSON as text or mapping, a LAION-SG record, sg2im JSON)
+and tells the format by its keys.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from schemas.scene_graph import (
 )
 
 __all__ = [
+    "GraphLike",
+    "as_scene_graph",
     "from_laion_sg",
     "from_sg2im",
     "from_visual_genome",
@@ -305,3 +310,29 @@ def to_vlm_raw(graph: SceneGraph) -> dict[str, Any]:
         "attributes": [[o.id, *o.attributes] for o in graph.objects if o.attributes],
         "relations": [[r.subject, r.predicate, r.object] for r in graph.relations],
     }
+
+
+# ---------------------------------------------------------------------- any of the above, told by its keys
+
+GraphLike = SceneGraph | str | bytes | Mapping[str, Any]
+
+
+def as_scene_graph(value: GraphLike) -> SceneGraph:
+    """A validated `SceneGraph` from a graph, our JSON, a LAION-SG record or sg2im JSON.
+
+    A mapping (or JSON text of one) with ``items`` is a LAION-SG record, one with ``relationships`` is sg2im JSON,
+    anything else is our JSON (`SceneGraph.from_json`). Raises `json.JSONDecodeError` for text that is not JSON,
+    `TypeError` for a value that is not a mapping, and `RecordError` or `SceneGraphError` for an invalid graph."""
+    if isinstance(value, SceneGraph):
+        graph = value
+    else:
+        data = json.loads(value) if isinstance(value, str | bytes) else value
+        if not isinstance(data, Mapping):
+            raise TypeError(f"a scene graph must be a SceneGraph, JSON object or mapping, got {type(data).__name__}")
+        if "items" in data:
+            graph = from_laion_sg(data)
+        elif "relationships" in data:
+            graph = from_sg2im(data)
+        else:
+            graph = SceneGraph.from_json(data)
+    return graph.validate()

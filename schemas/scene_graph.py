@@ -4,7 +4,8 @@
 is cheap to build per row; parsing from untrusted JSON goes through `from_json`, which reports the exact field
 that is wrong. Invariants are checked by `validate()`, among them the character rule of graph text (text is data,
 not markup: see `TEXT_PUNCTUATION`); `repair()` turns a near-miss (model output, old data) into a valid graph and
-lists the changes it made (a bounded list), without ever inventing content.
+lists the changes it made (a bounded list), without ever inventing content. `flip_graph` gives the graph of the
+mirrored image.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "SceneGraphError",
     "TEXT_PUNCTUATION",
     "Vocabulary",
+    "flip_graph",
     "normalize_text",
     "text_rule_problem",
 ]
@@ -565,6 +567,23 @@ class SceneGraph:
         from schemas import converters
 
         return converters.to_vlm_raw(self)
+
+
+# ---------------------------------------------------------------------- graph operations
+
+_LEFT_RIGHT = re.compile(r"\b(left|right)\b")
+
+
+def _swap_left_right(text: str) -> str:
+    return _LEFT_RIGHT.sub(lambda m: "right" if m.group(1) == "left" else "left", text)
+
+
+def flip_graph(graph: SceneGraph) -> SceneGraph:
+    """The graph of the mirrored image: "left" and "right" swapped as whole words everywhere."""
+    return SceneGraph(
+        [SGObject(o.id, _swap_left_right(o.name), [_swap_left_right(a) for a in o.attributes]) for o in graph.objects],
+        [SGRelation(r.subject, _swap_left_right(r.predicate), r.object) for r in graph.relations],
+    )
 
 
 # ---------------------------------------------------------------------- typed field access with precise errors

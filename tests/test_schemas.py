@@ -17,7 +17,9 @@ from schemas import (
     SGObject,
     SGRelation,
     Vocabulary,
+    as_scene_graph,
     converters,
+    flip_graph,
 )
 
 
@@ -251,6 +253,57 @@ def test_all_converters_round_trip_valid_graphs(graph: SceneGraph):
     assert SceneGraph.from_vlm_raw(graph.to_vlm_raw()) == graph
     without_attributes = SceneGraph([SGObject(o.id, o.name) for o in graph.objects], graph.relations)
     assert SceneGraph.from_sg2im(graph.to_sg2im()) == without_attributes
+
+
+
+# ---------------------------------------------------------------------- as_scene_graph: the format told by its keys
+
+
+def test_as_scene_graph_reads_every_shape():
+    graph = person_book()
+    assert as_scene_graph(graph) is graph  # a valid graph is returned as it is
+    laion = graph.to_laion_sg(img_id="1")
+    sg2im = {"objects": ["sky", "sheep"], "relationships": [[1, "under", 0]]}
+    for value in (graph.to_json(), graph.to_json().encode(), graph.to_dict(), laion, json.dumps(laion)):
+        assert as_scene_graph(value) == graph
+    for value in (sg2im, json.dumps(sg2im)):
+        assert as_scene_graph(value) == SceneGraph([SGObject(0, "sky"), SGObject(1, "sheep")], [SGRelation(1, "under", 0)])
+
+
+def test_as_scene_graph_refuses_what_is_not_a_valid_graph():
+    ours = person_book().to_dict()
+    for value in ("[1, 2]", b'"text"', 7, [ours]):
+        with pytest.raises(TypeError, match="a scene graph must be a SceneGraph, JSON object or mapping"):
+            as_scene_graph(value)
+    with pytest.raises(json.JSONDecodeError):
+        as_scene_graph("{not json")
+    with pytest.raises(SceneGraphError):  # our JSON and SceneGraph objects are validated, not repaired
+        as_scene_graph({**ours, "relations": [{"subject": 0, "predicate": "holding", "object": 9}]})
+    with pytest.raises(SceneGraphError):
+        as_scene_graph(SceneGraph([SGObject(0, "Person")]))
+    with pytest.raises(RecordError):  # the converters name the broken field
+        as_scene_graph({"items": [{"item_id": 0}]})
+    with pytest.raises(RecordError):
+        as_scene_graph({"objects": ["a"], "relationships": [[0, "on", 3]]})
+
+
+# ---------------------------------------------------------------------- flip_graph
+
+
+def test_flip_graph_swaps_left_and_right_as_whole_words():
+    graph = SceneGraph(
+        [SGObject(0, "cup", ["left", "leftover"]), SGObject(1, "right hand", ["upright"]), SGObject(5, "plate")],
+        [SGRelation(0, "to the left of", 1), SGRelation(1, "right of", 5), SGRelation(5, "near", 0)],
+    )
+    before = graph.to_json()
+    flipped = flip_graph(graph)
+    assert flipped == SceneGraph(
+        [SGObject(0, "cup", ["right", "leftover"]), SGObject(1, "left hand", ["upright"]), SGObject(5, "plate")],
+        [SGRelation(0, "to the right of", 1), SGRelation(1, "left of", 5), SGRelation(5, "near", 0)],
+    )
+    assert graph.to_json() == before  # the input is not changed
+    assert flip_graph(flipped) == graph
+    assert flip_graph(SceneGraph()) == SceneGraph()
 
 
 # ---------------------------------------------------------------------- converters: malformed input

@@ -171,7 +171,7 @@ JOB_SETTINGS = {
     "training.train": (
         "TrainSettings",
         {
-            "data": "dataset",
+            "input": "dataset",
             "model": "sdxl",
             "output": "runs",
             "cache": "cache",
@@ -186,7 +186,7 @@ JOB_SETTINGS = {
     "training.precompute": (
         "PrecomputeSettings",
         {
-            "data": "dataset",
+            "input": "dataset",
             "model": "sdxl",
             "output": "cache",
             "resolution": 64,

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from schemas import SceneGraph
-from training.sg_encoder import SGEncoder, SGFeatures, encode_graphs, main  # noqa: E402
+from training.sg_encoder import SGEncoder, main  # noqa: E402
+from training.sg_features import SGFeatures, encode_graphs  # noqa: E402
 from training.sg_graphs import BatchIndex, GraphIndex, prepare_graphs, text_spans  # noqa: E402
 from training.step import load_tokenizers  # noqa: E402
 

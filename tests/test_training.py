@@ -11,18 +11,19 @@ import pytest
 import torch
 
 from laion_sg.offline.fixtures import write_fixture_dataset  # noqa: E402
-from schemas import SceneGraph
+from training.contexts import RayContext  # noqa: E402
 from training.data import (  # noqa: E402
     CacheCollator,
     ImageConfig,
     RowCollator,
     find_splits,
-    flip_graph,
     is_flipped,
     read_rows,
     transform_image,
     usable,
 )
+from training.loop import run_worker  # noqa: E402
+from training.settings import TrainSettings  # noqa: E402
 from training.sg_encoder import SGEncoder  # noqa: E402
 from training.step import (  # noqa: E402
     FrozenSDXL,
@@ -33,7 +34,7 @@ from training.step import (  # noqa: E402
     step_seed,
     train_step,
 )
-from training.train import RayContext, TrainSettings, run_worker, train_local  # noqa: E402
+from training.train import train_local  # noqa: E402
 
 TINY_ENCODER = {"hidden_dim": 16, "mlp_hidden_dim": 32}
 RESOLUTION = 64
@@ -64,7 +65,7 @@ def tiny_config(data: Path, model: Path, output: Path, **overrides) -> TrainSett
         "batch_size": 2, "resolution": RESOLUTION, "warmup_steps": 1, "checkpoint_every": 2, "val_every": 0,
         "encoder": TINY_ENCODER,
     }  # fmt: skip
-    return TrainSettings(data=str(data), model=str(model), output=str(output), **(values | overrides))
+    return TrainSettings(input=str(data), model=str(model), output=str(output), **(values | overrides))
 
 
 def tiny_encoder(frozen: FrozenSDXL) -> SGEncoder:
@@ -154,14 +155,8 @@ def test_center_crop_and_micro_conditioning() -> None:
 
 
 def test_flip_swaps_left_and_right_consistently(sdxl: Path, train_rows: list[dict]) -> None:
-    graph = SceneGraph.from_json(
-        {
-            "objects": [{"id": 0, "name": "cup", "attributes": ["left"]}, {"id": 1, "name": "plate", "attributes": []}],
-            "relations": [{"subject": 0, "predicate": "to the left of", "object": 1}],
-        }
-    )
-    assert flip_graph(graph).to_text() == "right cup to the right of plate"
-    assert flip_graph(flip_graph(graph)).to_text() == graph.to_text()
+    """A flipped row's image is mirrored and its graph text has left and right swapped (`schemas.flip_graph`,
+    tested on its own in test_schemas.py); the flip decision is per row and repeatable."""
     keys = [r["key"] for r in train_rows]
     decisions = [is_flipped(0, 1, k) for k in keys]
     assert decisions == [is_flipped(0, 1, k) for k in keys] and 0 < sum(decisions) < len(keys)
@@ -179,9 +174,10 @@ def test_flip_swaps_left_and_right_consistently(sdxl: Path, train_rows: list[dic
 
 
 def test_config_from_yaml_and_flags(tmp_path: Path) -> None:
-    from training.train import EncoderSettings, parse_config
+    from training.settings import EncoderSettings
+    from training.train import parse_config
 
-    (tmp_path / "run.yaml").write_text("data: d\nmodel: m\noutput: o\nlr: 0.001\nencoder: {hidden_dim: 16}\n")
+    (tmp_path / "run.yaml").write_text("input: d\nmodel: m\noutput: o\nlr: 0.001\nencoder: {hidden_dim: 16}\n")
     config = parse_config(["--config", str(tmp_path / "run.yaml"), "--lr", "0.002", "--use-gpu", "--encoder.num-layers", "2"])
     assert (config.lr, config.use_gpu, config.weight_decay) == (0.002, True, 0.2)
     assert config.encoder == EncoderSettings(hidden_dim=16, num_layers=2)  # the file's and the flag's, merged
@@ -206,7 +202,7 @@ def test_bad_settings_exit_2_naming_the_flag(argv: list[str], message: str, caps
     from training.train import main
 
     with pytest.raises(SystemExit) as exited:
-        main(["--data", "d", "--model", "m", "--output", "o", *argv])
+        main(["--input", "d", "--model", "m", "--output", "o", *argv])
     assert exited.value.code == 2
     assert re.search(message, capsys.readouterr().err), message
 
@@ -215,10 +211,10 @@ def test_required_settings_and_unknown_yaml_keys_exit_2(tmp_path: Path, capsys: 
     from training.train import parse_config
 
     with pytest.raises(SystemExit) as exited:
-        parse_config(["--data", "d"])
+        parse_config(["--input", "d"])
     assert exited.value.code == 2
     assert "--model is required; --output is required" in capsys.readouterr().err
-    (tmp_path / "run.yaml").write_text("data: d\nmodel: m\noutput: o\nencoder: {hidden: 16}\n")
+    (tmp_path / "run.yaml").write_text("input: d\nmodel: m\noutput: o\nencoder: {hidden: 16}\n")
     with pytest.raises(SystemExit):
         parse_config(["--config", str(tmp_path / "run.yaml")])
     assert "unknown setting 'encoder.hidden'" in capsys.readouterr().err
@@ -226,12 +222,13 @@ def test_required_settings_and_unknown_yaml_keys_exit_2(tmp_path: Path, capsys: 
 
 def test_encoder_settings_are_the_sg_encoder_arguments() -> None:
     """`--encoder.*` defaults are `SGEncoder`'s, and every setting reaches the encoder `run_worker` builds."""
-    from training.train import EncoderSettings, parse_config
+    from training.settings import EncoderSettings
+    from training.train import parse_config
 
     widths = EncoderSettings().model_dump()
     defaults = SGEncoder().config
     assert widths == {name: defaults[name] for name in widths}
-    config = parse_config(["--data", "d", "--model", "m", "--output", "o", "--encoder.hidden-dim", "8",
+    config = parse_config(["--input", "d", "--model", "m", "--output", "o", "--encoder.hidden-dim", "8",
                            "--encoder.mlp-hidden-dim", "12", "--encoder.num-layers", "1", "--encoder.pooling", "sum",
                            "--no-encoder.residual"])  # fmt: skip
     built = SGEncoder(text_dim=32, **config.encoder.model_dump()).config
@@ -274,10 +271,10 @@ def test_relative_paths_reach_ray_workers_absolute(tmp_path: Path, monkeypatch: 
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "sdxl").mkdir()
-    config = parse_config(["--data", "dataset", "--model", "sdxl", "--output", "runs"])
-    assert (config.data, config.model, config.output) == (
+    config = parse_config(["--input", "dataset", "--model", "sdxl", "--output", "runs"])
+    assert (config.input, config.model, config.output) == (
         str(tmp_path / "dataset"), str(tmp_path / "sdxl"), str(tmp_path / "runs"))
-    hub = parse_config(["--data", "d", "--model", "stabilityai/stable-diffusion-xl-base-1.0", "--output", "o"])
+    hub = parse_config(["--input", "d", "--model", "stabilityai/stable-diffusion-xl-base-1.0", "--output", "o"])
     assert hub.model == "stabilityai/stable-diffusion-xl-base-1.0"
 
 
@@ -469,9 +466,9 @@ def test_ray_train_two_workers_fail_and_resume(ray_local, data_dir: Path, sdxl: 
     The train split is one Parquet block, so the streaming split and the seeded shuffle hand each rank the
     same rows in the same order in both runs. Batch 1: 4 batches per worker per epoch, so the resumed group
     skips the 2 batches already used in epoch 0."""
+    from training.checkpoints import export_final
     from training.pipeline import SDXLSGPipeline
     from training.tracking import plot_losses
-    from training.train import export_final
 
     def config(run: str, **overrides) -> TrainSettings:
         values = {"max_steps": 4, "num_workers": 2, "batch_size": 1} | overrides

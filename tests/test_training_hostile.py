@@ -32,8 +32,9 @@ from training.data import (
     read_rows,
     row_problem,
 )
+from training.settings import TrainSettings
 from training.step import load_tokenizers
-from training.train import TrainSettings, main, parse_config, preflight, train_local
+from training.train import main, parse_config, preflight, train_local
 
 TRAIN_FILE = Path("data") / "train-00000-of-00001.parquet"
 VAL_FILE = Path("data") / "validation-00000-of-00001.parquet"
@@ -166,7 +167,7 @@ def test_bad_fraction_over_the_limit_fails_with_counts_and_keys(sdxl: Path, tmp_
 
 
 def test_flag_max_bad_fraction(capsys: pytest.CaptureFixture[str]) -> None:
-    base = ["--data", "d", "--model", "m", "--output", "o"]
+    base = ["--input", "d", "--model", "m", "--output", "o"]
     assert parse_config(base).max_bad_fraction == 0.01
     assert parse_config([*base, "--max-bad-fraction", "0.2"]).max_bad_fraction == 0.2
     for bad, bound in [("1.5", "less than or equal to 1"), ("-0.1", "greater than or equal to 0")]:
@@ -191,7 +192,7 @@ def test_no_usable_row_exits_2_before_ray_starts(
     monkeypatch.setattr(ray, "init", no_ray)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     data, keys = dataset(tmp_path, dict.fromkeys(range(8), FAULTS[fault][0]))
-    code = main(["--data", str(data), "--model", str(sdxl), "--output", str(tmp_path / "out"), "--resolution", "64"])
+    code = main(["--input", str(data), "--model", str(sdxl), "--output", str(tmp_path / "out"), "--resolution", "64"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "Traceback" not in err
     assert err.startswith(f"error: no usable training row in {data}: 8 of 9 rows unusable (88.89%)"), err
@@ -209,7 +210,7 @@ def test_train_local_refuses_data_without_a_usable_row(sdxl: Path, tmp_path: Pat
 
 def test_cache_skips_rows_that_failed_or_broke_like_raw_rows(sdxl: Path, tmp_path: Path) -> None:
     """precompute keeps a row it cannot encode as a ``problem`` row with the raw collator's reason; training from
-    the cache skips it, and a cache row with broken bytes, the same way; a row of --data missing from the cache
+    the cache skips it, and a cache row with broken bytes, the same way; a row of --input missing from the cache
     counts as unusable before training starts; too many of them fail like raw rows."""
     import json
 
@@ -267,7 +268,7 @@ def test_ray_train_fails_over_the_limit_with_one_line(ray_local, sdxl: Path, tmp
     the count, the fraction and a corrupt key."""
     data, bad_keys = dataset(tmp_path, {0: garbage_bytes, 3: truncated_png})
     code = main([
-        "--data", str(data), "--model", str(sdxl), "--output", str(tmp_path / "out"), "--resolution", "64",
+        "--input", str(data), "--model", str(sdxl), "--output", str(tmp_path / "out"), "--resolution", "64",
         "--batch-size", "2", "--max-steps", "6", "--warmup-steps", "1", "--val-batches", "0",
         "--config", _encoder_yaml(tmp_path),
     ])  # fmt: skip

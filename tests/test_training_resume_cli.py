@@ -34,8 +34,10 @@ from safetensors.torch import load_file
 from laion_sg.offline.fixtures import write_fixture_dataset
 from laion_sg.offline.tiny_sdxl import build_tiny_sdxl
 from training import precompute
+from training.contexts import LocalContext
 from training.data import BadRows, TrainBatch, find_splits, rebatch
-from training.train import LocalContext, main, parse_config, run_worker
+from training.loop import run_worker
+from training.train import main, parse_config
 
 RUN_NAME = "sdxl_sg"  # TrainSettings.name's default: Ray Train checkpoints land in OUTPUT/sdxl_sg/checkpoint_<step>
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # where Ray Train records the checkpoints it registered
@@ -66,7 +68,7 @@ def run_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def cache(ray_local, sdxl: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """README step 3: `python -m training.precompute` over the fixture data at 64 px."""
     out = tmp_path_factory.mktemp("cli_cache") / "cache"
-    argv = ["--data", str(data_dir), "--model", str(sdxl), "--output", str(out), "--resolution", "64",
+    argv = ["--input", str(data_dir), "--model", str(sdxl), "--output", str(out), "--resolution", "64",
             "--dtype", "float32", "--batch-size", "16"]  # fmt: skip
     assert precompute.main(argv) == 0
     return out
@@ -75,7 +77,7 @@ def cache(ray_local, sdxl: Path, data_dir: Path, tmp_path_factory: pytest.TempPa
 def train_argv(data: Path, model: Path, output: Path, config: Path, *extra: str) -> list[str]:
     """The tiny run: batch 2 over 8 rows (4 batches an epoch), 4 steps, a checkpoint every 2 steps."""
     return [
-        "--data", str(data), "--model", str(model), "--output", str(output), "--config", str(config),
+        "--input", str(data), "--model", str(model), "--output", str(output), "--config", str(config),
         "--resolution", "64", "--batch-size", "2", "--max-steps", "4", "--checkpoint-every", "2",
         "--warmup-steps", "1", "--val-batches", "0", *extra,
     ]  # fmt: skip
@@ -134,7 +136,7 @@ def test_precompute_cli_caches_every_usable_row_once(cache: Path, sdxl: Path, da
 def test_cache_of_other_data_is_refused_before_ray_starts(
     cache: Path, sdxl: Path, run_yaml: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """--data at 128 px has other image bytes, hence other keys: none of its 8 usable train rows is in the
+    """--input at 128 px has other image bytes, hence other keys: none of its 8 usable train rows is in the
     cache (built from the 64 px data), which is over --max-bad-fraction: exit 2 and one line, before Ray."""
     import ray
 
@@ -232,8 +234,8 @@ class Interrupter(threading.Thread):
 def test_resubmitting_the_same_command_resumes_and_ends_like_an_uninterrupted_run(
     cache: Path, sdxl: Path, data_dir: Path, run_yaml: Path, tmp_path: Path, capsys
 ) -> None:
-    """README step 4 (train with --data and --cache; "checkpoints every 500 steps; re-submitting the same command
-    resumes"). The train images are removed from --data, so only the cache can train (without it the command
+    """README step 4 (train with --input and --cache; "checkpoints every 500 steps; re-submitting the same command
+    resumes"). The train images are removed from --input, so only the cache can train (without it the command
     exits 2). The command is killed after its step-2 checkpoint; the same command again finds that checkpoint in
     --output, trains steps 3 and 4 only (the step-2 checkpoint stays as it was, the reported step goes on from
     2) and ends where an uninterrupted run of 4 steps on the same cache rows in the same order ends: the same

@@ -51,9 +51,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from schemas import SceneGraph, SGObject, SGRelation, scene_graph_from_arrow
+from schemas import SceneGraph, flip_graph, scene_graph_from_arrow
 from schemas.layout import find_split_files
-from training.sg_encoder import SGFeatures
+from training.sg_features import SGFeatures
 from training.sg_graphs import GraphIndex, GraphInputs, prepare_graphs
 
 __all__ = [
@@ -72,7 +72,6 @@ __all__ = [
     "TrainBatch",
     "bytes_to_tensor",
     "find_splits",
-    "flip_graph",
     "first_usable_row",
     "is_flipped",
     "load_image",
@@ -370,21 +369,6 @@ def transform_image(image, config: ImageConfig, flip: bool) -> tuple[torch.Tenso
         left = new_w - size - left
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
     return pixels, [float(height), float(width), float(top), float(left), float(size), float(size)]
-
-
-_LEFT_RIGHT = re.compile(r"\b(left|right)\b")
-
-
-def _swap_left_right(text: str) -> str:
-    return _LEFT_RIGHT.sub(lambda m: "right" if m.group(1) == "left" else "left", text)
-
-
-def flip_graph(graph: SceneGraph) -> SceneGraph:
-    """The graph of the mirrored image: "left" and "right" swapped as whole words everywhere."""
-    return SceneGraph(
-        [SGObject(o.id, _swap_left_right(o.name), [_swap_left_right(a) for a in o.attributes]) for o in graph.objects],
-        [SGRelation(r.subject, _swap_left_right(r.predicate), r.object) for r in graph.relations],
-    )
 
 
 def is_flipped(seed: int, epoch: int, key: str) -> bool:

@@ -26,42 +26,22 @@ and `StableDiffusionXLPipeline.from_pretrained(DIR)` gives plain SDXL (the `sg_e
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import StableDiffusionXLPipeline
 
-from schemas import SceneGraph
-from training.sg_encoder import SGEncoder, encode_graphs
+from schemas import GraphLike, SceneGraph, as_scene_graph
+from training.sg_encoder import SGEncoder
+from training.sg_features import encode_graphs
 from training.sg_graphs import prepare_graphs
 
-__all__ = ["SDXLSGPipeline", "as_scene_graph"]
+__all__ = ["SDXLSGPipeline"]
 
 HUB_FILES = ["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"]  # what from_pretrained reads
 HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "proxies", "force_download")
-
-GraphLike = SceneGraph | str | bytes | Mapping[str, Any]
-
-
-def as_scene_graph(value: GraphLike) -> SceneGraph:
-    """A validated `SceneGraph` from a graph, our JSON, a LAION-SG record or sg2im JSON."""
-    if isinstance(value, SceneGraph):
-        graph = value
-    else:
-        data = json.loads(value) if isinstance(value, str | bytes) else value
-        if not isinstance(data, Mapping):
-            raise TypeError(f"a scene graph must be a SceneGraph, JSON object or mapping, got {type(data).__name__}")
-        if "items" in data:
-            graph = SceneGraph.from_laion_sg(data)
-        elif "relationships" in data:
-            graph = SceneGraph.from_sg2im(data)
-        else:
-            graph = SceneGraph.from_json(data)
-    return graph.validate()
-
 
 def _as_graph_list(value: GraphLike | Sequence[GraphLike]) -> list[SceneGraph]:
     if isinstance(value, list | tuple):

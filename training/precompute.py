@@ -1,6 +1,6 @@
 """`python -m training.precompute`: encode the frozen parts of SDXL-SG once (Ray Data), so training skips them.
 
-    python -m training.precompute --data DATA --model SDXL --output CACHE [--resolution 512] [--crop center]
+    python -m training.precompute --input DATA --model SDXL --output CACHE [--resolution 512] [--crop center]
         [--dtype float16] [--num-actors N] [--use-gpu] [--batch-size 16]
 
 For every row of the train and validation splits (`training.data.find_splits`; the test split and rows whose
@@ -46,7 +46,7 @@ from training.data import (
     row_problem,
     tensor_to_bytes,
 )
-from training.sg_encoder import SGFeatures
+from training.sg_features import SGFeatures
 from training.step import FrozenSDXL
 
 __all__ = ["CacheEncoder", "PrecomputeSettings", "cache_meta", "cache_table", "main", "precompute"]
@@ -199,7 +199,7 @@ def precompute(
 class PrecomputeSettings(JobSettings):
     """Settings of `python -m training.precompute` (its image settings must match the training run's)."""
 
-    data: str = Field(description="Parquet dataset (as training.train --data)")
+    input: str = Field(description="Parquet dataset (as training.train --input)")
     model: str = Field(description="base SDXL: diffusers directory or hub id (as training.train --model)")
     output: str = Field(description="cache directory (training.train --cache)")
     resolution: int = Field(512, ge=8, multiple_of=8, description="square resolution in pixels (as training.train)")
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     init_ray()
     counts = precompute(
-        settings.data, settings.model, settings.output, resolution=settings.resolution, crop=settings.crop,
+        settings.input, settings.model, settings.output, resolution=settings.resolution, crop=settings.crop,
         dtype=settings.dtype, batch_size=settings.batch_size, num_actors=settings.num_actors, use_gpu=settings.use_gpu,
     )  # fmt: skip
     print(json.dumps({"cache": settings.output, "rows": counts}))

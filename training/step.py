@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.data import TrainBatch
-from training.sg_encoder import SGEncoder, SGFeatures, encode_graphs
+from training.sg_encoder import SGEncoder
+from training.sg_features import SGFeatures, encode_graphs
 
 __all__ = [
     "VALIDATION_STREAM",
