@@ -63,7 +63,11 @@ WORKER_MODULES = (
     "benchmark.chunks",
     "benchmark.metrics",
     "benchmark.metrics.graph_match",
+    "benchmark.metrics.clip_embedding",
+    "benchmark.metrics.inception",
 )
+# What the feature actors and the driver's provenance take from the package
+WORKER_NAMES = ("CLIPEmbedder", "InceptionFeatureExtractor", "clip_provenance", "inception_provenance", "graph_iou")
 
 
 def test_worker_modules_do_not_import_torchmetrics() -> None:
@@ -72,6 +76,9 @@ def test_worker_modules_do_not_import_torchmetrics() -> None:
         f"for name in {WORKER_MODULES!r}:\n"
         "    importlib.import_module(name)\n"
         "    assert 'torchmetrics' not in sys.modules, f'importing {name} imports torchmetrics'\n"
+        f"for name in {WORKER_NAMES!r}:\n"
+        "    getattr(sys.modules['benchmark.metrics'], name)\n"
+        "    assert 'torchmetrics' not in sys.modules, f'benchmark.metrics.{name} imports torchmetrics'\n"
     )
     result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -20,14 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from benchmark.metrics.base import BenchmarkMetric
-    from benchmark.metrics.clip_score import (
-        CLIPEmbedder,
-        CLIPImageScore,
-        CLIPScore,
-        clip_provenance,
-        clip_t_scores,
-        cosine_scores,
-    )
+    from benchmark.metrics.clip_embedding import CLIPEmbedder, clip_provenance, clip_t_scores, cosine_scores
+    from benchmark.metrics.clip_score import CLIPImageScore, CLIPScore
     from benchmark.metrics.cmmd import CMMD, cmmd
     from benchmark.metrics.fid import FID, KID, kernel_inception_distance
     from benchmark.metrics.frechet import (
@@ -78,12 +72,12 @@ __all__ = [
 # public name -> the module that defines it
 _LAZY = {
     "BenchmarkMetric": "benchmark.metrics.base",
-    "CLIPEmbedder": "benchmark.metrics.clip_score",
+    "CLIPEmbedder": "benchmark.metrics.clip_embedding",
     "CLIPImageScore": "benchmark.metrics.clip_score",
     "CLIPScore": "benchmark.metrics.clip_score",
-    "clip_provenance": "benchmark.metrics.clip_score",
-    "clip_t_scores": "benchmark.metrics.clip_score",
-    "cosine_scores": "benchmark.metrics.clip_score",
+    "clip_provenance": "benchmark.metrics.clip_embedding",
+    "clip_t_scores": "benchmark.metrics.clip_embedding",
+    "cosine_scores": "benchmark.metrics.clip_embedding",
     "CMMD": "benchmark.metrics.cmmd",
     "cmmd": "benchmark.metrics.cmmd",
     "FID": "benchmark.metrics.fid",

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from benchmark.metrics.base import BenchmarkMetric, split_metric_kwargs, state_array, to_state
-from benchmark.metrics.clip_score import CLIPEmbedder
+from benchmark.metrics.clip_embedding import CLIPEmbedder
 from benchmark.metrics.precomputed import Precomputed
 from benchmark.metrics.validation import require_finite
 
