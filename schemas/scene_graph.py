@@ -17,6 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pydantic
+from pydantic import ConfigDict, Field
+
 __all__ = [
     "Limits",
     "RecordError",
@@ -49,18 +52,23 @@ _MAX_ID = 2**31 - 1  # ids are stored as int32
 _INT_TEXT = re.compile(r"-?[0-9]{1,18}")  # an id written as text: ASCII digits, short enough for int()
 
 
-@dataclass(frozen=True)
+@pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class Limits:
-    """Size bounds of a graph: generous next to LAION-SG's average of 6.4 objects per image."""
+    """Size bounds of a graph: generous next to LAION-SG's average of 6.4 objects per image.
 
-    max_objects: int = 64
-    max_relations: int = 128
-    max_attributes: int = 8
-    max_text_length: int = 64
+    A validated dataclass: the annotate job's ``--limits.*`` flags are these fields, with these checks."""
+
+    max_objects: int = Field(64, ge=1, description="objects per graph at most")
+    max_relations: int = Field(128, ge=0, description="relations per graph at most")
+    max_attributes: int = Field(8, ge=0, description="attributes per object at most")
+    max_text_length: int = Field(64, ge=1, description="characters per name, predicate or attribute at most")
     # The pattern handed to constrained decoding for names, predicates and attributes. Without it a random
     # or weak model emits control characters inside strings (measured with xgrammar 0.2.8). It must only admit
     # text that keeps the character rule of `validate()` (`TEXT_PUNCTUATION`); it is not checked on parse.
-    text_pattern: str = r"^[a-z][a-z -]{0,23}$"
+    text_pattern: str = Field(
+        r"^[a-z][a-z -]{0,23}$",
+        description="regular expression of names, predicates and attributes for constrained decoding",
+    )
 
 
 DEFAULT_LIMITS = Limits()

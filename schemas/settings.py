@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.dataclasses import is_pydantic_dataclass
+from pydantic.fields import FieldInfo
 
 __all__ = ["JobSettings", "SettingsError", "package_version", "parse_settings", "settings_parser"]
 
@@ -49,14 +51,24 @@ def _flag(loc: Sequence[Any]) -> str:
     return "--" + ".".join(str(part).replace("_", "-") for part in loc if not isinstance(part, int))
 
 
+def _group_fields(annotation: Any) -> dict[str, FieldInfo] | None:
+    """The fields of a nested settings group (a pydantic model or a pydantic dataclass: dotted flags), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation.model_fields
+    return annotation.__pydantic_fields__ if is_pydantic_dataclass(annotation) else None
+
+
 def _check_documented(model: type[BaseModel], prefix: str = "") -> None:
     """Every setting has a help line (a `Field(description=...)`); raised at parse time so that tests catch it."""
-    for name, info in model.model_fields.items():
+    _check_fields(model.__name__, model.model_fields, prefix)
+
+
+def _check_fields(owner: str, fields: Mapping[str, FieldInfo], prefix: str) -> None:
+    for name, info in fields.items():
         if not info.description:
-            raise TypeError(f"{model.__name__}.{prefix}{name} has no description (its --help line)")
-        annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            _check_documented(annotation, prefix=f"{prefix}{name}.")
+            raise TypeError(f"{owner}.{prefix}{name} has no description (its --help line)")
+        if (group := _group_fields(info.annotation)) is not None:
+            _check_fields(owner, group, prefix=f"{prefix}{name}.")
 
 
 def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -88,7 +100,7 @@ def _describe(exc: ValidationError, config_path: str | None) -> str:
     lines = []
     for error in exc.errors():
         flag = _flag(error["loc"])
-        if error["type"] == "extra_forbidden":
+        if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):  # a model's, a dataclass's
             key = ".".join(str(part) for part in error["loc"])
             lines.append(f"unknown setting {key!r}{f' in {config_path}' if config_path else ''}")
         elif error["type"] == "missing" and not any(isinstance(part, int) for part in error["loc"]):

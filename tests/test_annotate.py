@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -32,8 +33,6 @@ from test_tasks import MALFORMED
 from pipelines.annotate import (
     AnnotateSettings,
     ConfigError,
-    FilterSettings,
-    LimitSettings,
     load_config,
     main,
     run,
@@ -372,10 +371,10 @@ def test_yaml_config_with_nested_groups_equals_the_same_flags(tmp_path: Path) ->
     ]  # fmt: skip
     from_file, from_flags = load_config(["--config", str(config)]), load_config(flags)
     assert from_file == from_flags == AnnotateSettings.model_validate(nested)
-    assert from_file.ingest_filters() == IngestFilters(
+    assert from_file.filters == IngestFilters(
         min_aesthetic_score=6.5, min_width=256, max_punsafe=0.1, dedupe_urls=False
     )
-    assert from_file.graph_limits() == Limits(max_objects=5, max_relations=0, text_pattern="^[a-z]+$")
+    assert from_file.limits == Limits(max_objects=5, max_relations=0, text_pattern="^[a-z]+$")
     # flags win over the file, one nested key at a time
     merged = load_config(["--config", str(config), "--limits.max-objects", "9", "--engine-options.qps", "5"])
     assert (merged.limits.max_objects, merged.limits.text_pattern) == (9, "^[a-z]+$")
@@ -429,15 +428,19 @@ def test_resume_manifest_keeps_its_content() -> None:
         "max_side": 1024,
         "max_pixels": 802_816,
     }  # fmt: skip
-    assert FilterSettings().to_filters() == IngestFilters() and LimitSettings().to_limits() == DEFAULT_LIMITS
+    assert AnnotateSettings(input="i", output="o", model="m").limits == DEFAULT_LIMITS
 
 
 def test_programmatic_settings_are_checked_too() -> None:
     """`run(AnnotateSettings(...))` from a script gets the same range checks as the command line."""
     with pytest.raises(ValidationError, match="batch_size"):
         AnnotateSettings(input="i", output="o", model="m", engine_options=EngineOptions(batch_size=0))
-    settings = AnnotateSettings(input="i", output="o", model="m")
     with pytest.raises(ValidationError, match="max_objects"):
+        AnnotateSettings(input="i", output="o", model="m", limits=Limits(max_objects=0))
+    with pytest.raises(ValidationError, match="max_punsafe"):
+        AnnotateSettings(input="i", output="o", model="m", filters={"max_punsafe": 1.5})
+    settings = AnnotateSettings(input="i", output="o", model="m")
+    with pytest.raises(dataclasses.FrozenInstanceError):  # the groups are frozen: a check cannot be bypassed
         settings.limits.max_objects = 0
 
 

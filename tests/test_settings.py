@@ -6,10 +6,12 @@ import importlib
 import re
 from importlib.metadata import version
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+from pydantic.dataclasses import is_pydantic_dataclass
 
 from schemas.settings import JobSettings, parse_settings
 
@@ -122,6 +124,17 @@ def test_a_setting_without_a_help_line_is_a_programming_error() -> None:
     with pytest.raises(TypeError, match=r"Undocumented.steps has no description"):
         parse_settings(Undocumented, [], prog="x", description="x")
 
+    @pydantic_dataclass(frozen=True)
+    class Bounds:  # a group that is a validated dataclass, as `schemas.Limits`
+        low: int = Field(0, description="documented")
+        high: int = 9
+
+    class UndocumentedGroup(JobSettings):
+        bounds: Bounds = Field(default_factory=Bounds, description="the bounds")
+
+    with pytest.raises(TypeError, match=r"UndocumentedGroup.bounds.high has no description"):
+        parse_settings(UndocumentedGroup, [], prog="x", description="x")
+
 
 def test_settings_record_is_json_ready() -> None:
     record = parse(["--input", "x"]).to_record()
@@ -200,12 +213,15 @@ JOB_SETTINGS = {
 JOBS = [(module, name) for module, (name, _) in JOB_SETTINGS.items()]
 
 
-def _flags(model: type[BaseModel], prefix: str = "--") -> list[str]:
+def _flags(model: Any, prefix: str = "--") -> list[str]:
+    """The flags of a settings model; a nested model or pydantic dataclass (`schemas.Limits`) gives dotted flags."""
     flags = []
-    for name, info in model.model_fields.items():
+    fields = model.__pydantic_fields__ if is_pydantic_dataclass(model) else model.model_fields
+    for name, info in fields.items():
         flag = prefix + name.replace("_", "-")
-        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
-            flags += _flags(info.annotation, flag + ".")
+        annotation = info.annotation
+        if is_pydantic_dataclass(annotation) or (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            flags += _flags(annotation, flag + ".")
         else:
             flags.append(flag)
     return flags

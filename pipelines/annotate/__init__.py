@@ -33,8 +33,6 @@ from pipelines.annotate.settings import (
     AnnotateConfig,
     AnnotateSettings,
     ConfigError,
-    FilterSettings,
-    LimitSettings,
     load_config,
 )
 from pipelines.annotate.stages import ShardDatasource, build_dataset
@@ -52,8 +50,6 @@ __all__ = [
     "AnnotateConfig",
     "AnnotateSettings",
     "ConfigError",
-    "FilterSettings",
-    "LimitSettings",
     "OutputTotals",
     "Progress",
     "RunSummary",

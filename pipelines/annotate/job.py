@@ -150,7 +150,7 @@ def run(config: AnnotateSettings, engine: Engine | None = None) -> RunSummary:
         input_format = config.input_format or detect_format(config.input)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    task = engine.task if engine is not None else get_task(config.task, config.graph_limits())
+    task = engine.task if engine is not None else get_task(config.task, config.limits)
     check_before_start(config, task, input_format, None if engine is not None else config.engine)
     output = Path(config.output)
     manifest = config.manifest(task, input_format)
@@ -158,7 +158,7 @@ def run(config: AnnotateSettings, engine: Engine | None = None) -> RunSummary:
         check_run_identity(output, manifest)
     except RunIdentityError as exc:
         raise ConfigError(str(exc)) from None
-    filters = config.ingest_filters()
+    filters = config.filters
     try:
         # Every shard's name (for `_set_aside_superseded`), then the shards of this run: those holding the first
         # `--limit` input rows, the last one capped (`limit_rows`); de-duplication is planned for these only.

@@ -2,23 +2,24 @@
 and `--help`.
 
 Nested groups become dotted flags and YAML mappings: ``--filters.max-punsafe 0.1`` is ``filters: {max_punsafe:
-0.1}``, likewise ``limits`` (graph size bounds) and ``engine_options`` (`pipelines.engines.EngineOptions`).
+0.1}``, likewise ``limits`` (graph size bounds) and ``engine_options``. The groups are the validated classes the
+job uses (`pipelines.ingest.IngestFilters`, `schemas.Limits`, `pipelines.engines.EngineOptions`), not copies.
 Range checks are constraints of the model, so a bad value is refused with the flag's name before anything runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from pipelines.engines import ENGINES, EngineOptions
 from pipelines.images import MAX_PIXELS, MAX_SIDE
 from pipelines.ingest import INPUT_FORMATS, IngestFilters
 from pipelines.tasks import Task, task_names
-from schemas import DEFAULT_LIMITS, Limits
+from schemas import Limits
 from schemas.settings import JobSettings, parse_settings
 
 __all__ = [
@@ -26,68 +27,16 @@ __all__ = [
     "AnnotateConfig",
     "AnnotateSettings",
     "ConfigError",
-    "FilterSettings",
-    "LimitSettings",
     "load_config",
 ]
 
 PROG = "python -m pipelines.annotate"
 DESCRIPTION = "Annotate images with scene graphs (or another task) and write Parquet shards."
 
-_FILTER_DEFAULTS = IngestFilters()
-
 
 class ConfigError(ValueError):
     """The settings do not fit the input or the output (a metadata-only input for an image task, an output
     that is not writable, an output of an earlier run with different settings); `main` exits 2."""
-
-
-class _Group(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class FilterSettings(_Group):
-    """The ingest filters (`pipelines.ingest.IngestFilters`); a bound left unset is off."""
-
-    min_aesthetic_score: float | None = Field(
-        _FILTER_DEFAULTS.min_aesthetic_score, description="keep rows with at least this aesthetic score"
-    )
-    min_width: int | None = Field(_FILTER_DEFAULTS.min_width, ge=0, description="keep images at least this wide")
-    min_height: int | None = Field(_FILTER_DEFAULTS.min_height, ge=0, description="keep images at least this high")
-    max_pwatermark: float | None = Field(
-        _FILTER_DEFAULTS.max_pwatermark, ge=0, le=1, description="keep rows with at most this watermark probability"
-    )
-    max_punsafe: float | None = Field(
-        _FILTER_DEFAULTS.max_punsafe, ge=0, le=1, description="keep rows with at most this NSFW probability"
-    )
-    dedupe_urls: bool = Field(_FILTER_DEFAULTS.dedupe_urls, description="keep only the first row of each URL")
-
-    def to_filters(self) -> IngestFilters:
-        return IngestFilters(**self.model_dump())
-
-
-class LimitSettings(_Group):
-    """Size bounds of a graph (`schemas.Limits`): the output schema handed to the model, and validation."""
-
-    max_objects: int = Field(DEFAULT_LIMITS.max_objects, ge=1, description="objects per graph at most")
-    max_relations: int = Field(DEFAULT_LIMITS.max_relations, ge=0, description="relations per graph at most")
-    max_attributes: int = Field(DEFAULT_LIMITS.max_attributes, ge=0, description="attributes per object at most")
-    max_text_length: int = Field(
-        DEFAULT_LIMITS.max_text_length, ge=1, description="characters per name, predicate or attribute at most"
-    )
-    text_pattern: str = Field(
-        DEFAULT_LIMITS.text_pattern,
-        description="regular expression of names, predicates and attributes for constrained decoding",
-    )
-
-    def to_limits(self) -> Limits:
-        return Limits(**self.model_dump())
-
-
-# The groups mirror dataclasses of `pipelines.ingest` and `schemas`; a field added there must be added here.
-for _group, _dataclass in ((FilterSettings, IngestFilters), (LimitSettings, Limits)):
-    if set(_group.model_fields) != {f.name for f in fields(_dataclass)}:
-        raise TypeError(f"{_group.__name__} and {_dataclass.__name__} have different fields")
 
 
 class AnnotateSettings(JobSettings):
@@ -119,8 +68,8 @@ class AnnotateSettings(JobSettings):
     progress_seconds: float = Field(
         10.0, ge=0, description="seconds between progress lines: rows done, rate, ETA, failures (0: none)"
     )
-    filters: FilterSettings = Field(default_factory=FilterSettings, description="ingest filters")
-    limits: LimitSettings = Field(default_factory=LimitSettings, description="graph size bounds")
+    filters: IngestFilters = Field(default_factory=IngestFilters, description="ingest filters")
+    limits: Limits = Field(default_factory=Limits, description="graph size bounds")
     engine_options: EngineOptions = Field(default_factory=EngineOptions, description="engine settings")
 
     @field_validator("task")
@@ -130,12 +79,6 @@ class AnnotateSettings(JobSettings):
             raise ValueError(f"unknown task; choose one of {', '.join(task_names())}")
         return value
 
-    def ingest_filters(self) -> IngestFilters:
-        return self.filters.to_filters()
-
-    def graph_limits(self) -> Limits:
-        return self.limits.to_limits()
-
     def manifest(self, task: Task, input_format: str) -> dict[str, Any]:
         """The settings that decide what an output row contains (``OUT/run.json``, compared on resume)."""
         return {
@@ -143,10 +86,10 @@ class AnnotateSettings(JobSettings):
             "input_format": input_format,
             "files_per_shard": self.files_per_shard,
             "rows_per_shard": self.rows_per_shard,
-            "filters": asdict(self.ingest_filters()),
+            "filters": asdict(self.filters),
             "task": task.name,
             "prompt_version": task.prompt_version,
-            "limits": asdict(self.graph_limits()),
+            "limits": asdict(self.limits),
             "model": self.model,
             "images": self.images,
             "max_side": self.max_side,

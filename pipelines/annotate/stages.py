@@ -91,7 +91,7 @@ class ShardDatasource(Datasource):
 
     def __init__(self, shards: list[Shard], input_format: str, config: AnnotateSettings, task: Task):
         self.shards = shards
-        self.read_args = (input_format, config.ingest_filters(), task, config.max_side, config.max_pixels)
+        self.read_args = (input_format, config.filters, task, config.max_side, config.max_pixels)
 
     def get_name(self) -> str:
         return "AnnotationShards"

@@ -143,7 +143,7 @@ def write_shard(
     data file in place. `before_publish` runs once before anything appears (it pins the run's settings).
     """
     try:
-        source, counts = read_shard(shard, input_format, config.ingest_filters())
+        source, counts = read_shard(shard, input_format, config.filters)
     except Exception as exc:
         message = mask_secrets(f"{type(exc).__name__}: {exc}")[:_SHARD_ERROR_CHARS]
         raise ShardError(f"shard {shard.name} could not be read ({shard.path}): {message}") from exc

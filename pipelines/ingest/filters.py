@@ -13,20 +13,26 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pydantic
+from pydantic import ConfigDict, Field
 
 from pipelines.ingest.formats import INGEST_SCHEMA
 
 
-@dataclass(frozen=True)
+@pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class IngestFilters:
-    """Row filters. A bound of None is off. A row whose value is unknown fails a bound that is on."""
+    """Row filters. A bound of None is off. A row whose value is unknown fails a bound that is on.
 
-    min_aesthetic_score: float | None = None
-    min_width: int | None = None
-    min_height: int | None = None
-    max_pwatermark: float | None = None
-    max_punsafe: float | None = None
-    dedupe_urls: bool = True
+    A validated dataclass: the annotate job's ``--filters.*`` flags are these fields, with these checks."""
+
+    min_aesthetic_score: float | None = Field(None, description="keep rows with at least this aesthetic score")
+    min_width: int | None = Field(None, ge=0, description="keep images at least this wide")
+    min_height: int | None = Field(None, ge=0, description="keep images at least this high")
+    max_pwatermark: float | None = Field(
+        None, ge=0, le=1, description="keep rows with at most this watermark probability"
+    )
+    max_punsafe: float | None = Field(None, ge=0, le=1, description="keep rows with at most this NSFW probability")
+    dedupe_urls: bool = Field(True, description="keep only the first row of each URL")
 
 
 # The default of every `filters` argument: no bound, de-duplication on (a frozen instance, shared safely).
