@@ -467,11 +467,14 @@ def test_progress_line_on_a_hand_made_case() -> None:
         "_shard": ["a", "a"], "_shard_rows": pa.array([2, 2], pa.int64()),
         "annotation": pa.array([{"status": "ok"}, {"status": "failed"}], pa.struct([("status", pa.string())])),
     })  # fmt: skip
-    progress.add(batch)
+    assert progress.add(batch.slice(0, 1)) == []  # 1 of a's 2 rows
+    assert progress.add(batch.slice(1, 1)) == ["a"]  # its last row: the job writes shard a now
     now[0] = 14.0
     assert progress.line() == (
         "progress: 2 of ~6 rows (33%), 0.50 rows/s, ETA 8s, 1 failed so far, 1 of 3 shards complete, 4s elapsed"
     )
+    capped = Progress([Shard("dir", "d", files=("1.jpg", "2.jpg", "3.jpg"), row_limit=2)], "rows", interval=0)
+    assert capped.expected_rows() == 2  # the shard where an annotate --limit 2 falls
 
 
 def test_run_logs_progress_and_text_tasks_report_rows_per_second(

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
@@ -227,7 +227,6 @@ def _annotate(
     """Run the pipeline and write each shard as soon as all its rows are annotated."""
     by_name = {shard.name: shard for shard in shards}
     parts: dict[str, list[pa.Table]] = defaultdict(list)
-    arrived: Counter[str] = Counter()
     futures: dict[str, Future[ShardResult]] = {}
     unit = "images" if engine.task.needs_image else "rows"
     progress = Progress(shards, unit, config.progress_seconds, start=start)
@@ -249,13 +248,11 @@ def _annotate(
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             if summary.startup_seconds is None:
                 summary.startup_seconds = round(time.perf_counter() - start, 3)
-            progress.add(batch)
+            complete = progress.add(batch)
             for name in pc.unique(batch.column("_shard")).to_pylist():
-                part = batch.filter(pc.equal(batch.column("_shard"), name))
-                parts[name].append(part)
-                arrived[name] += part.num_rows
-                if arrived[name] == part.column("_shard_rows")[0].as_py():
-                    submit(name)
+                parts[name].append(batch.filter(pc.equal(batch.column("_shard"), name)))
+            for name in complete:  # every row of the shard has arrived
+                submit(name)
         for name in by_name.keys() - futures.keys():
             submit(name)  # shards with no rows (all filtered, or unreadable) and any incomplete ones
         for name, future in sorted(futures.items()):

@@ -137,14 +137,18 @@ class Progress:
 
     @staticmethod
     def _planned_rows(shard: Shard) -> int | None:
+        planned = None
         if shard.files:
-            return len(shard.files)
-        if shard.row_stop is not None:
-            return shard.row_stop - shard.row_start
-        return None
+            planned = len(shard.files)
+        elif shard.row_stop is not None:
+            planned = shard.row_stop - shard.row_start
+        if shard.row_limit is not None:  # the shard where an annotate --limit falls
+            planned = shard.row_limit if planned is None else min(planned, shard.row_limit)
+        return planned
 
-    def add(self, batch: pa.Table) -> None:
-        """Count one batch of postprocessed rows (with ``_shard``, ``_shard_rows`` and ``annotation``)."""
+    def add(self, batch: pa.Table) -> list[str]:
+        """Count one batch of postprocessed rows (with ``_shard``, ``_shard_rows`` and ``annotation``); return
+        the shards whose last row this batch brought."""
         status = pc.struct_field(batch.column("annotation"), "status")
         failed = pc.sum(pc.equal(status, "failed")).as_py() or 0
         names = batch.column("_shard").to_pylist()
@@ -155,6 +159,7 @@ class Progress:
             for name, size in zip(names, sizes, strict=True):
                 self.arrived[name] += 1
                 self.shard_rows[name] = size
+            return sorted({name for name in names if self.arrived[name] == self.shard_rows[name]})
 
     def expected_rows(self) -> int | None:
         """The expected number of rows of the run (None while nothing tells)."""
