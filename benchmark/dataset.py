@@ -177,7 +177,8 @@ def _eligible(files: Sequence[str], min_relations: int) -> tuple[list[str], dict
     return keys, counts
 
 
-def _image_bytes(cell: dict[str, Any] | None, base: Path) -> bytes | None:
+def _cell_bytes(cell: dict[str, Any] | None, base: Path) -> bytes | None:
+    """The bytes of a `datasets` Image cell (``{"bytes", "path"}``): its bytes, else its file (relative to `base`)."""
     if not cell:
         return None
     if cell.get("bytes"):
@@ -226,7 +227,7 @@ def build_benchmark(
     base = Path(source) if Path(source).is_dir() else Path(source).parent
     rows = []
     for row in table.to_pylist():
-        image = _image_bytes(row["image"], base)
+        image = _cell_bytes(row["image"], base)
         if image is None:
             continue
         graph = scene_graph_from_arrow(row["scene_graph"])

@@ -153,7 +153,7 @@ FIXTURE_GRAPHS: dict[str, tuple[str, str, dict]] = {
 FAILED_IMAGE = "horse"
 
 
-def _image_bytes(name: str, max_side: int) -> tuple[bytes, int, int]:
+def _sample_jpeg(name: str, max_side: int) -> tuple[bytes, int, int]:
     import numpy as np
     import skimage.data
     from PIL import Image
@@ -181,7 +181,7 @@ def write_fixture_dataset(out_dir: str | Path, max_side: int = 128) -> Path:
     entries = [(name, *spec) for name, spec in FIXTURE_GRAPHS.items()]
     entries.append((FAILED_IMAGE, "train", "a horse silhouette", None))
     for name, split, caption, graph_json in entries:
-        data, width, height = _image_bytes(name, max_side)
+        data, width, height = _sample_jpeg(name, max_side)
         graph = None if graph_json is None else SceneGraph.from_json(graph_json).validate()
         status = "ok" if graph else "failed"
         rows[split].append(

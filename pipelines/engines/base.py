@@ -150,7 +150,7 @@ def output_table(batch: pa.Table, generations: Mapping[int, Generation]) -> pa.T
     return pa.Table.from_arrays(columns, schema=ENGINE_OUTPUT_SCHEMA)
 
 
-def _image_bytes(image: Any) -> tuple[bytes, str]:
+def _encoded_with_mime(image: Any) -> tuple[bytes, str]:
     """Encoded bytes and MIME type of `image` (JPEG/PNG bytes pass through; a PIL image is encoded as PNG)."""
     if isinstance(image, bytes | bytearray | memoryview):
         data = bytes(image)
@@ -168,7 +168,7 @@ def _image_bytes(image: Any) -> tuple[bytes, str]:
 
 def image_data_url(image: Any) -> str:
     """A ``data:`` URL (base64) of an image, as OpenAI-compatible servers accept in ``image_url`` parts."""
-    data, mime = _image_bytes(image)
+    data, mime = _encoded_with_mime(image)
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
