@@ -296,6 +296,8 @@ class Task:
     to_columns: Callable[[Any], dict[str, Any]]
     output_columns: dict[str, pa.DataType]
     variables: dict[str, Any] = field(default_factory=dict)
+    # A valid answer, for dry runs without a model (``--engine fixed --model builtin``)
+    example_answer: str | None = None
 
     @property
     def prompt_version(self) -> str:
@@ -349,6 +351,7 @@ def _scene_graph_task(name: str, limits: Limits, vocabulary: Vocabulary | None =
         to_columns=_scene_graph_columns,
         output_columns=SCENE_GRAPH_COLUMNS,
         variables=variables,
+        example_answer='{"objects": [{"id": 0, "name": "object", "attributes": []}], "relations": []}',
     )
 
 
@@ -371,6 +374,7 @@ def _spatial_caption_task(limits: Limits) -> Task:
         to_columns=lambda caption: {"spatial_caption": caption},
         output_columns={"spatial_caption": pa.string()},
         variables={"max_words": max_words},
+        example_answer='{"spatial_caption": "an object in the center"}',
     )
 
 

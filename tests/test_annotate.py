@@ -606,3 +606,48 @@ def test_limit_counts_rows_before_the_filters(ray_local, tmp_path: Path) -> None
     assert (rest.shards_done, rest.shards_skipped, rest.rows_in, rest.rows_annotated) == (2, 1, 3, 3)
     assert sorted(r["key"] for r in _rows(tmp_path / "out")) == sorted([key[0], key[2], key[3], key[4]])
     assert (rest.output.rows_in, rest.output.rows_annotated) == (5, 4)
+
+
+# ------------------------------------------------------------------------------------------------- --engine fixed
+
+
+def test_cli_dry_run_with_the_fixed_engine(ray_local, photos: Path, tmp_path: Path, capsys) -> None:
+    """`--engine fixed` on the CLI: `--model builtin` answers every photo with the task's example graph; an answer
+    file (JSON Lines: a graph object, then a JSON string holding broken JSON) answers rows in turn, so rows 0, 2,
+    ... are ok and 1, 3, ... failed; the rows name the answers they came from. A bad answer file exits 2 before
+    anything runs, naming the file and line."""
+    base = ["--input", str(photos), "--engine", "fixed", "--no-images", "--files-per-shard", "100"]
+    assert main([*base, "--output", str(tmp_path / "builtin"), "--model", "builtin"]) == 0
+    rows = _rows(tmp_path / "builtin")
+    assert len(rows) == len(PHOTOS)
+    expected = {"objects": [{"id": 0, "name": "object", "attributes": []}], "relations": []}
+    for row in rows:
+        assert (row["annotation"]["engine"], row["annotation"]["model"]) == ("fixed", "fixed:builtin")
+        assert row["annotation"]["status"] == "ok"
+        assert json.loads(scene_graph_from_arrow(row["scene_graph"]).to_json()) == expected
+
+    answers = tmp_path / "answers.jsonl"
+    graph = {"objects": [{"id": 0, "name": "cat", "attributes": ["grey"]}], "relations": []}
+    answers.write_text(json.dumps(graph) + "\n\n" + json.dumps('{"objects": [') + "\n")
+    assert main([*base, "--output", str(tmp_path / "file"), "--model", str(answers)]) == 0
+    label = f"fixed:answers.jsonl@sha256:{hashlib.sha256(answers.read_bytes()).hexdigest()[:16]}"
+    by_index = {}
+    for path in sorted((tmp_path / "file" / "data").glob("*.parquet")):
+        for index, row in enumerate(pq.read_table(path).to_pylist()):
+            by_index[index] = row
+    assert len(by_index) == len(PHOTOS)
+    for index, row in by_index.items():
+        assert row["annotation"]["model"] == label
+        if index % 2 == 0:
+            assert row["annotation"]["status"] == "ok"
+            assert json.loads(scene_graph_from_arrow(row["scene_graph"]).to_json()) == graph
+        else:
+            assert row["annotation"]["status"] == "failed" and row["annotation"]["raw_output"] == '{"objects": ['
+    capsys.readouterr()
+
+    answers.write_text(json.dumps(graph) + "\n{not json\n")
+    assert main([*base, "--output", str(tmp_path / "bad"), "--model", str(answers)]) == 2
+    assert f"--model {answers}, line 2: not JSON" in capsys.readouterr().err
+    assert main([*base, "--output", str(tmp_path / "bad"), "--model", str(tmp_path / "missing.jsonl")]) == 2
+    assert "no such answer file" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "data").exists()

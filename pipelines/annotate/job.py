@@ -33,6 +33,7 @@ from pipelines.annotate.writing import (
     write_shard,
 )
 from pipelines.engines import Engine, build_engine
+from pipelines.engines.fixed import answers_from
 from pipelines.ingest import (
     IMAGE_COLUMNS,
     METADATA_ONLY_FORMATS,
@@ -108,6 +109,11 @@ def check_before_start(config: AnnotateSettings, task: Task, input_format: str, 
     model = config.model
     if engine_name in ("hf", "vllm") and _looks_like_local_path(model) and not Path(model).expanduser().is_dir():
         raise ConfigError(f"--model {model}: no such directory (and not a hub id of the form org/name)")
+    if engine_name == "fixed":
+        try:
+            answers_from(model, task)
+        except ValueError as exc:
+            raise ConfigError(f"--model {exc}") from None
     if engine_name == "openai":
         env = config.engine_options.api_key_env
         if env and not os.environ.get(env):

@@ -44,10 +44,13 @@ class AnnotateSettings(JobSettings):
 
     input: str = Field(description="folder of images, webdataset tars, img2dataset or LAION Parquet, URL list")
     output: str = Field(description="output directory (data/*.parquet, shards/, run.json, summary.json)")
-    model: str = Field(description="hub id or local directory (hf, vllm); model name sent to the endpoint (openai)")
+    model: str = Field(
+        description="hub id or local directory (hf, vllm); model name sent to the endpoint (openai); answer file "
+        "(JSON Lines) or 'builtin' (fixed)"
+    )
     task: str = Field("scene_graph", description=f"annotation task: {', '.join(task_names())}")
     engine: Literal[tuple(sorted(ENGINES))] = Field(  # type: ignore[valid-type]
-        "hf", description="hf (transformers), vllm (ray.data.llm) or openai (HTTP)"
+        "hf", description="hf (transformers), vllm (ray.data.llm), openai (HTTP) or fixed (no model: a dry run)"
     )
     input_format: Literal[INPUT_FORMATS] | None = Field(  # type: ignore[valid-type]
         None, description=f"one of {', '.join(INPUT_FORMATS)} (unset: detected from the input)"

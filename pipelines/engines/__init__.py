@@ -16,6 +16,7 @@ __all__ = ["ENGINES", "Engine", "EngineOptions", "Generation", "build_engine"]
 
 # name -> "module:class"
 ENGINES: dict[str, str] = {
+    "fixed": "pipelines.engines.fixed:fixed_engine",
     "hf": "pipelines.engines.hf:HFEngine",
     "openai": "pipelines.engines.openai:OpenAIEngine",
     "vllm": "pipelines.engines.vllm:VLLMEngine",

@@ -1,12 +1,18 @@
 """`FixedAnswerEngine`: answers every row with a given text, without any model.
 
-For parser and pipeline tests (malformed answers, awkward images) and for measuring the pipeline's own overhead
-(`bench/annotate_overhead.py`). It is not offered by the CLI: a dataset annotated by it says nothing about images.
+For dry runs (``python -m pipelines.annotate --engine fixed --model ANSWERS.jsonl`` or ``--model builtin``): ingest,
+filters, image decoding and the output are exercised on a full input before any GPU hour is spent; for parser and
+pipeline tests (malformed answers, awkward images) and for measuring the pipeline's own overhead
+(`bench/annotate_overhead.py`). Its rows carry engine ``fixed`` and a model naming the answers (``fixed:builtin``
+or ``fixed:FILE@sha256:...``): a dataset annotated by it says nothing about its images.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -17,7 +23,9 @@ from pipelines.tasks import Task
 if TYPE_CHECKING:
     import ray.data
 
-__all__ = ["FixedAnswerEngine"]
+__all__ = ["BUILTIN_ANSWERS", "FixedAnswerEngine", "answers_from", "fixed_engine"]
+
+BUILTIN_ANSWERS = "builtin"  # --model value: the task's own example answer
 
 
 def _answer_batch(batch: pa.Table, task: Task, answers: Sequence[str]) -> pa.Table:
@@ -34,10 +42,12 @@ class FixedAnswerEngine(Engine):
 
     name = "fixed"
 
-    def __init__(self, task: Task, answers: Sequence[str], options: EngineOptions | None = None):
+    def __init__(
+        self, task: Task, answers: Sequence[str], options: EngineOptions | None = None, model: str = "fixed-answers"
+    ):
         if not answers:
             raise ValueError("FixedAnswerEngine needs at least one answer")
-        super().__init__(task, "fixed-answers", options)
+        super().__init__(task, model, options)
         self.answers = list(answers)
 
     def run(self, ds: ray.data.Dataset) -> ray.data.Dataset:
@@ -45,3 +55,37 @@ class FixedAnswerEngine(Engine):
         return ds.map_batches(
             _answer_batch, fn_kwargs={"task": self.task, "answers": self.answers}, batch_format="pyarrow"
         )
+
+
+def answers_from(source: str, task: Task) -> tuple[list[str], str]:
+    """The answers named by `source` and the model label the rows carry.
+
+    ``builtin`` is the task's example answer. Otherwise `source` is a JSON Lines file: a line holding a JSON string
+    is that answer's text, any other JSON value is answered as its JSON text (so a file of graphs works); blank
+    lines are skipped. Raises ValueError naming the file and line."""
+    if source == BUILTIN_ANSWERS:
+        if task.example_answer is None:
+            raise ValueError(f"{source}: task {task.name} has no built-in example answer; give an answer file")
+        return [task.example_answer], f"fixed:{BUILTIN_ANSWERS}"
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise ValueError(f"{source}: no such answer file (JSON Lines, or {BUILTIN_ANSWERS!r})")
+    data = path.read_bytes()
+    answers = []
+    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{source}, line {number}: not JSON ({exc.msg})") from None
+        answers.append(value if isinstance(value, str) else json.dumps(value))
+    if not answers:
+        raise ValueError(f"{source}: no answer in the file")
+    return answers, f"fixed:{path.name}@sha256:{hashlib.sha256(data).hexdigest()[:16]}"
+
+
+def fixed_engine(task: Task, model: str, options: EngineOptions | None = None) -> FixedAnswerEngine:
+    """The engine ``--engine fixed`` builds: `model` names the answers (`answers_from`)."""
+    answers, label = answers_from(model, task)
+    return FixedAnswerEngine(task, answers, options, model=label)
