@@ -20,6 +20,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import annotate_overhead  # noqa: E402
 import frechet  # noqa: E402
+import http_engine  # noqa: E402
 import metrics_throughput  # noqa: E402
 
 NUMBER = r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?"
@@ -120,3 +121,28 @@ def test_annotate_overhead_rates_and_ratios(ray_local, capsys) -> None:
     assert_consistent(steady.group(1), quotient(images, after_first), "steady images/s")
     for rate, ratio in (end_to_end.groups(), steady.groups()):
         assert_consistent(ratio, quotient(interval(rate), interval(plain.group(1))), f"ratio of {rate} images/s")
+
+
+def test_http_engine_rates_and_ratios(ray_local, capsys) -> None:
+    """24 captions through the real text_to_graph job with the openai engine, against the script's 50 ms server
+    at 4 requests in flight (on the session's Ray): the end-to-end rate is the rows over the wall time, the steady
+    rate the rows over the server's window, the ideal C / latency, the ratio steady over ideal, and the server never
+    held more requests than the bound."""
+    assert http_engine.main(["--concurrency", "4", "--rows", "24", "--latency", "0.05"]) == 0
+    out = capsys.readouterr().out
+    assert ray_local.is_initialized()
+    assert out.startswith("openai engine, text_to_graph, server latency 50 ms, 1 HTTP worker, batch size 8")
+    row = re.search(
+        rf"^\s+4\s+24\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})\s+(\d+)$",
+        out,
+        re.MULTILINE,
+    )
+    assert row, out
+    wall, end_to_end, window, steady, ideal, ratio, peak = row.groups()
+    assert_positive(wall, end_to_end, window, steady, ideal, ratio)
+    rows = (24.0, 24.0)
+    assert_consistent(end_to_end, quotient(rows, interval(wall)), "end-to-end rows/s")
+    assert_consistent(steady, quotient(rows, interval(window)), "steady rows/s")
+    assert_consistent(ideal, quotient((4.0, 4.0), (0.05, 0.05)), "ideal rows/s")
+    assert_consistent(ratio, quotient(interval(steady), interval(ideal)), "ratio")
+    assert 1 <= int(peak) <= 4

@@ -73,8 +73,10 @@ class EngineOptions(BaseModel):
     `batch_size` rows per model call (hf) or per Ray Data batch (vllm, openai); `num_actors` model replicas
     (hf actors, vLLM engines) or concurrent HTTP workers; `max_new_tokens` bounds every answer. The openai engine
     retries a failed request `max_retries` times (waiting ``retry_wait * 2**n`` seconds, or the server's
-    ``Retry-After``) and gives up on one after `request_timeout` seconds. Its API key is read from the environment
-    variable named `api_key_env` (empty: send no key), never from a config value.
+    ``Retry-After``) and gives up on one after `request_timeout` seconds; each of its workers keeps at most
+    `max_concurrency` requests in flight (`pipelines.engines.openai.OpenAIEngine` gives the effective bound). Its
+    API key is read from the environment variable named `api_key_env` (empty: send no key), never from a config
+    value.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -96,6 +98,12 @@ class EngineOptions(BaseModel):
     retry_wait: float = Field(1.0, ge=0, description="openai: first wait between tries in seconds, doubling")
     request_timeout: float = Field(120.0, gt=0, description="openai: seconds before a request is given up")
     qps: int | None = Field(None, gt=0, description="openai: requests per second per worker (unset: unbounded)")
+    max_concurrency: int | None = Field(
+        None,
+        ge=1,
+        description="openai: requests in flight per HTTP worker (unset: 4 x batch size, as Ray's HTTP stage "
+        "runs 4 batches at once); batches grow to at least half of it",
+    )
     max_model_len: int = Field(8192, ge=1, description="vllm: context length")
     accelerator_type: str | None = Field(None, description="vllm: Ray accelerator type of the engines, e.g. H100")
     engine_kwargs: dict[str, Any] = Field(

@@ -11,8 +11,10 @@ is none. One shape for every row also keeps Ray Data's Arrow blocks unifiable, w
 JSON objects are not. Ray's own retry loop is thereby unused (the stage never sees a retryable status); retries live
 here, where ``Retry-After`` is honoured and the request timeout is a setting.
 
-``post`` starts the request at once as an asyncio task (bounded by `max_concurrency` in flight per session), so
-the requests of a batch run concurrently, whereas the stage awaits them one after the other.
+``post`` starts the request at once as an asyncio task, so the requests of a batch run concurrently, whereas the
+stage awaits them one after the other. The stage opens one session per batch and a worker runs up to 4 batches
+at once (Ray Data's ``RAY_DATA_DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY``), all on one event loop; `max_concurrency`
+bounds the requests in flight of all the sessions one factory opens on that loop, i.e. of one HTTP worker.
 
 ``qps`` bounds the tries per second of all the sessions one factory opens, i.e. of one HTTP worker. The stage's own
 ``qps`` paces each batch from its own start, and a worker runs several batches at once, so it bounds nothing per
@@ -135,6 +137,24 @@ class _RateLimit:
             await asyncio.sleep(start - now)
 
 
+class _Slots:
+    """One ``asyncio.Semaphore`` of `size` per event loop, shared by every session that shares this object."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._by_loop: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+        self._lock = threading.Lock()
+
+    def semaphore(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            for other in [known for known in self._by_loop if known.is_closed()]:
+                del self._by_loop[other]
+            if loop not in self._by_loop:
+                self._by_loop[loop] = asyncio.Semaphore(self.size)
+            return self._by_loop[loop]
+
+
 def _error(message: str) -> dict[str, Any]:
     return {"body": None, "content_type": None, "error": message}
 
@@ -143,7 +163,8 @@ class ResilientSession:
     """Session factory and session in one: ``ResilientSession(...)()`` opens the aiohttp session.
 
     `headers` (e.g. ``Authorization``) go with every request and never appear in errors or in ``repr``. `qps`
-    (None: unbounded) bounds the tries per second of all the sessions this factory opens in one process.
+    (None: unbounded) bounds the tries per second of all the sessions this factory opens in one process, and
+    `max_concurrency` the requests in flight of all the sessions it opens on one event loop.
     """
 
     def __init__(
@@ -153,12 +174,14 @@ class ResilientSession:
         max_concurrency: int = 64,
         qps: float | None = None,
         _rate: _RateLimit | None = None,
+        _slots: _Slots | None = None,
     ):
         self._headers = dict(headers or {})
         self.policy = policy
         self.max_concurrency = max_concurrency
         self.qps = qps
         self._rate = _rate
+        self._slots = _slots
         self._session: Any = None
         self._semaphore: asyncio.Semaphore | None = None
 
@@ -166,12 +189,16 @@ class ResilientSession:
         return f"ResilientSession(policy={self.policy!r}, headers={sorted(self._headers)})"
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_session": None, "_semaphore": None, "_rate": None}
+        return {**self.__dict__, "_session": None, "_semaphore": None, "_rate": None, "_slots": None}
 
     def __call__(self) -> ResilientSession:
         if self.qps and self._rate is None:
             self._rate = _RateLimit(self.qps)  # one per process, shared by the sessions opened here
-        return ResilientSession(self._headers, self.policy, self.max_concurrency, self.qps, self._rate)
+        if self._slots is None:
+            self._slots = _Slots(self.max_concurrency)  # likewise: one in-flight bound per worker
+        return ResilientSession(
+            self._headers, self.policy, self.max_concurrency, self.qps, self._rate, self._slots
+        )
 
     @property
     def _secrets(self) -> tuple[str, ...]:
@@ -189,7 +216,7 @@ class ResilientSession:
         self._session = aiohttp.ClientSession(
             headers=self._headers, timeout=aiohttp.ClientTimeout(total=self.policy.timeout)
         )
-        self._semaphore = asyncio.Semaphore(self.max_concurrency)
+        self._semaphore = self._slots.semaphore() if self._slots else asyncio.Semaphore(self.max_concurrency)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -32,6 +32,8 @@ __all__ = [
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _ERROR_CHARS = 300
+# Batches one HTTP worker runs at once: Ray Data's RAY_DATA_DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY (Ray 2.60).
+BATCHES_AT_ONCE = 4
 
 
 def chat_completions_url(base_url: str | None) -> str:
@@ -95,14 +97,33 @@ def read_completion_object(response: Any) -> Generation:
 
 
 class OpenAIEngine(ProcessorEngine):
-    """Chat completions with structured outputs against an OpenAI-compatible server."""
+    """Chat completions with structured outputs against an OpenAI-compatible server.
+
+    Concurrency: `EngineOptions.num_actors` HTTP workers, each with at most ``max_concurrency`` (unset:
+    4 × batch size, what the stage runs anyway) requests in flight. Ray's HTTP stage (Ray 2.60) runs one Ray task
+    at a time per worker, and inside it up to 4 batches at once (``RAY_DATA_DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY``), each sent through its own
+    session; so a worker has at most 4 × batch requests to send, and the shared bound of `ResilientSession` is
+    reached only if batches are at least a quarter of it. The stage's batch is therefore
+    ``max(batch_size, ceil(max_concurrency / 2))`` (twice what is needed, so that the next batch's requests wait
+    on the bound while one batch finishes). Effective bound per worker:
+    ``min(max_concurrency, 4 × stage batch, rows of the task's input bundle)``; the last is small only for inputs
+    smaller than a few batches.
+    """
 
     name = "openai"
+
+    def concurrency(self) -> tuple[int, int]:
+        """(requests in flight per worker, rows per batch of the HTTP stage)."""
+        options = self.options
+        if options.max_concurrency is None:  # what the stage runs anyway: 4 batches at once
+            return BATCHES_AT_ONCE * options.batch_size, options.batch_size
+        return options.max_concurrency, max(options.batch_size, -(-options.max_concurrency // 2))
 
     def processor_config(self) -> HttpRequestProcessorConfig:
         from ray.data.llm import HttpRequestProcessorConfig
 
         options = self.options
+        in_flight, batch_size = self.concurrency()
         policy = RetryPolicy(
             max_retries=options.max_retries, base_wait=options.retry_wait, timeout=options.request_timeout
         )
@@ -111,12 +132,12 @@ class OpenAIEngine(ProcessorEngine):
             session_factory=ResilientSession(
                 api_key_headers(options.api_key_env),
                 policy,
-                max_concurrency=options.batch_size,
+                max_concurrency=in_flight,
                 qps=options.qps,
             ),
             qps=None,  # the session bounds the rate per worker; the stage's bound is per batch
             max_retries=0,  # retries happen in the session, which honours Retry-After
-            batch_size=options.batch_size,
+            batch_size=batch_size,
             concurrency=options.num_actors,
         )
 
