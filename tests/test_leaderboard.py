@@ -593,10 +593,10 @@ def test_top_level_help_lists_the_subcommands(capsys):
 def test_each_subcommand_reads_a_config_file_like_its_flags(command, values, argv, tmp_path, monkeypatch):
     import yaml
 
-    import benchmark.leaderboard as leaderboard
+    import benchmark.leaderboard.cli as leaderboard_cli
 
     seen = []
-    monkeypatch.setattr(leaderboard, f"_{command}", lambda settings: seen.append(settings) or 0)
+    monkeypatch.setattr(leaderboard_cli, f"_{command}", lambda settings: seen.append(settings) or 0)
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(values))
     assert main([command, "--config", str(tmp_path / "job.yaml")]) == 0
     assert main([command, *argv]) == 0
