@@ -359,6 +359,30 @@ def test_inception_weights_are_never_silently_replaced(
     assert resolve_inception_weights() == inception_weights
 
 
+def test_clip_embedding_helpers_on_hand_made_cases(tiny_models_dir: Path) -> None:
+    """The provenance of hub names, hub schemas and local folders; unit rows (a lone 1-d vector too); paired
+    shapes; RGBA, grey and array images all reach the model as RGB."""
+    from benchmark.metrics.clip_embedding import _as_pil, clip_provenance, cosine_scores, l2_normalize
+
+    assert clip_provenance("ViT-L-14", "openai") == {
+        "clip_model": "ViT-L-14", "clip_pretrained": "openai", "clip_weights_sha256": None,
+    }  # fmt: skip
+    assert clip_provenance("hf-hub:org/clip", "openai")["clip_pretrained"] is None  # the schema names the weights
+    local = clip_provenance(tiny_models_dir / "open_clip", "openai")
+    assert local["clip_model"] == f"local-dir:{tiny_models_dir / 'open_clip'}" and local["clip_pretrained"] is None
+    assert len(local["clip_weights_sha256"]) == 64
+    np.testing.assert_allclose(l2_normalize(np.array([3.0, 4.0])), [0.6, 0.8])
+    np.testing.assert_allclose(l2_normalize(np.array([[3.0, 4.0], [0.0, 2.0]])), [[0.6, 0.8], [0.0, 1.0]])
+    with pytest.raises(ValueError, match=r"paired embeddings differ in shape: \(2, 2\) vs \(1, 2\)"):
+        cosine_scores(np.ones((2, 2)), np.ones((1, 2)))
+    images = [Image.new("RGBA", (4, 4), (10, 20, 30, 0)), Image.new("L", (4, 4), 7), np.zeros((4, 4, 3), np.uint8)]
+    assert [im.mode for im in _as_pil(images)] == ["RGB", "RGB", "RGB"]
+    assert _as_pil(images)[0].getpixel((0, 0)) == (10, 20, 30)
+    embedder = CLIPEmbedder(tiny_models_dir / "open_clip", device="cpu")
+    with pytest.raises(ValueError, match="nothing to embed"):
+        embedder.embed_texts([])
+
+
 def test_clip_metrics_with_tiny_open_clip(tiny_models_dir: Path) -> None:
     embedder = CLIPEmbedder(tiny_models_dir / "open_clip", device="cpu")
     assert embedder.provenance["clip_model"].startswith("local-dir:")
