@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import re
 from pathlib import Path
@@ -379,8 +380,14 @@ def test_clip_embedding_helpers_on_hand_made_cases(tiny_models_dir: Path) -> Non
     assert [im.mode for im in _as_pil(images)] == ["RGB", "RGB", "RGB"]
     assert _as_pil(images)[0].getpixel((0, 0)) == (10, 20, 30)
     embedder = CLIPEmbedder(tiny_models_dir / "open_clip", device="cpu")
-    with pytest.raises(ValueError, match="nothing to embed"):
+    with pytest.raises(ValueError, match="^nothing to embed$"):
         embedder.embed_texts([])
+    assert not any(p.requires_grad for p in embedder.model.parameters())  # frozen
+    defaults = inspect.signature(CLIPEmbedder).parameters  # LAION-SG's CLIP: ViT-L/14, OpenAI weights
+    assert (defaults["model"].default, defaults["pretrained"].default) == ("ViT-L-14", "openai")
+    assert defaults["batch_size"].default == 32
+    if not torch.cuda.is_available():  # no device given: CUDA when there is one, else the CPU
+        assert CLIPEmbedder(tiny_models_dir / "open_clip").device == torch.device("cpu")
 
 
 def test_clip_metrics_with_tiny_open_clip(tiny_models_dir: Path) -> None:
