@@ -58,17 +58,13 @@ def _group_fields(annotation: Any) -> dict[str, FieldInfo] | None:
     return annotation.__pydantic_fields__ if is_pydantic_dataclass(annotation) else None
 
 
-def _check_documented(model: type[BaseModel], prefix: str = "") -> None:
+def _check_documented(owner: str, fields: Mapping[str, FieldInfo], prefix: str = "") -> None:
     """Every setting has a help line (a `Field(description=...)`); raised at parse time so that tests catch it."""
-    _check_fields(model.__name__, model.model_fields, prefix)
-
-
-def _check_fields(owner: str, fields: Mapping[str, FieldInfo], prefix: str) -> None:
     for name, info in fields.items():
         if not info.description:
             raise TypeError(f"{owner}.{prefix}{name} has no description (its --help line)")
         if (group := _group_fields(info.annotation)) is not None:
-            _check_fields(owner, group, prefix=f"{prefix}{name}.")
+            _check_documented(owner, group, prefix=f"{prefix}{name}.")
 
 
 def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -118,7 +114,7 @@ def settings_parser(
     """The job's argparse parser (for `--help`) and the pydantic-settings source that fills it."""
     from pydantic_settings import CliSettingsSource
 
-    _check_documented(settings_cls)
+    _check_documented(settings_cls.__name__, settings_cls.model_fields)
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument(
         "--config", metavar="FILE.yaml", help="YAML file with any of the settings below; flags win"
