@@ -23,7 +23,6 @@ from awkward_images import PHOTOS, skimage_photo_bytes, write_awkward_images
 from faulty_server import FaultyServer, completion
 from openai_server import TINY_QWEN_LIMITS, TINY_QWEN_MAX_NEW_TOKENS
 from test_annotate import _rows
-from test_hostile_annotate import no_ray  # noqa: F401 - a fixture, requested by name below
 from test_ingest import _write_img2dataset
 
 import pipelines.annotate.job as annotate_job
@@ -230,10 +229,15 @@ def test_an_unreadable_shard_fails_alone_and_is_retried_once_repaired(
     )
 
 
-@pytest.mark.usefixtures("no_ray")
-def test_a_tar_unreadable_at_planning_is_refused_with_its_path(tmp_path: Path, capsys) -> None:
-    """A truncated tar beside a good one: the shard plan reads every shard, so the run stops before Ray starts
-    with exit 2 and one line naming the file (docs/reliability.md, known gaps), never a traceback."""
+def _refuse_model_load(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the job loaded a model before refusing its input")
+
+
+def test_a_tar_unreadable_at_planning_is_refused_with_its_path(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A truncated tar beside a good one: the shard plan reads every shard (as Ray tasks), so the run stops before
+    a model loads with exit 2 and one line naming the file (docs/reliability.md, known gaps), never a traceback."""
     source = tmp_path / "webdataset"
     _write_img2dataset(source, "webdataset")
     bad = source / "00001.tar"
@@ -242,6 +246,7 @@ def test_a_tar_unreadable_at_planning_is_refused_with_its_path(tmp_path: Path, c
     argv = [
         "--input", str(source), "--output", str(output), "--model", str(tmp_path), "--task", "text_to_graph",
     ]  # fmt: skip
+    monkeypatch.setattr(annotate_job, "build_engine", _refuse_model_load)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert str(bad) in err and len(err.splitlines()) == 1 and "Traceback" not in err, err

@@ -415,3 +415,34 @@ def test_read_dataset_matches_per_shard_reading(tmp_path: Path, ray_local: None)
     assert [r["key"] for r in rows] == sorted(expected.column("key").to_pylist())
     assert {r["image_bytes"] for r in rows} == {_jpeg("astronaut"), _jpeg("chelsea")}
     assert collector.counts() == counts and counts.removed == {"duplicate": 4, "not downloaded": 3}
+
+
+@pytest.mark.parametrize("with_ray", [False, True], ids=["in-process", "ray-tasks"])
+def test_dedupe_plan_matches_a_brute_force_oracle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, with_ray: bool
+) -> None:
+    """The map-reduce plan (several buckets, in-process or as Ray tasks) gives each shard exactly the keys whose
+    first passing row is in an earlier shard, as a plain first-owner dictionary over all rows says."""
+    import random
+
+    from pipelines.ingest import planning
+
+    if with_ray:
+        request.getfixturevalue("ray_local")
+    monkeypatch.setattr(planning, "_KEYS_PER_BUCKET", 1_000)  # 7 shards of 10,000 planned rows: 70 buckets
+    rng = random.Random(7)
+    files = []
+    for part in range(7):
+        urls = [f"https://d.example/{rng.randrange(300)}.jpg" for _ in range(rng.randrange(40, 90))]
+        scores = [rng.choice([5.0, 7.0, 7.0]) for _ in urls]
+        pq.write_table(pa.table({"URL": urls, "AESTHETIC_SCORE": scores}), tmp_path / f"part-{part}.parquet")
+        files.append((urls, scores))
+    owner: dict[str, int] = {}
+    expected: list[set[str]] = [set() for _ in files]
+    for index, (urls, scores) in enumerate(files):
+        for url, score in zip(urls, scores, strict=True):
+            if score >= 6.5 and owner.setdefault(_sha1(url), index) != index:
+                expected[index].add(_sha1(url))
+    assert sum(map(len, expected)) > 50  # the input has many cross-shard duplicates
+    shards = list_shards(tmp_path, filters=IngestFilters(min_aesthetic_score=6.5))
+    assert [set(shard.drop_keys) for shard in shards] == expected

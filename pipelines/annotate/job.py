@@ -177,9 +177,12 @@ def run(config: AnnotateSettings, engine: Engine | None = None) -> RunSummary:
         )
         shards = listed if config.limit is None else limit_rows(listed, input_format, config.limit)
         if filters.dedupe_urls:
+            if len(shards) > 1:  # the de-duplication pre-pass runs as Ray tasks (`plan_dedupe`)
+                init_ray(config.num_cpus, config.dashboard)
             shards = plan_dedupe(shards, input_format, filters)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    planning_seconds = round(time.perf_counter() - start, 3)
     if engine is None:
         engine = build_engine(config.engine, task, config.model, config.engine_options)
     for directory in (DATA_DIR, SHARDS_DIR):
@@ -200,6 +203,7 @@ def run(config: AnnotateSettings, engine: Engine | None = None) -> RunSummary:
         shards_total=len(shards),
         shards_skipped=len(shards) - len(pending),
         shards_superseded=superseded,
+        planning_seconds=planning_seconds,
         images=task.needs_image,
     )
     if pending:

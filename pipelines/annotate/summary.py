@@ -72,6 +72,7 @@ class RunSummary(OutputTotals):
     shards_superseded: list[str] = field(default_factory=list)
     shards_failed: dict[str, str] = field(default_factory=dict)
     wall_seconds: float = 0.0
+    planning_seconds: float = 0.0
     startup_seconds: float | None = None
     rows_per_second: float = 0.0
     images: bool = True
@@ -94,7 +95,10 @@ class RunSummary(OutputTotals):
         startup = (
             "" if self.startup_seconds is None else f" ({self.startup_seconds:.1f} s until the first result)"
         )
-        lines.append(f"  {self.rows_per_second:.2f} {unit}, {self.wall_seconds:.1f} s wall{startup}")
+        lines.append(
+            f"  {self.rows_per_second:.2f} {unit}, {self.wall_seconds:.1f} s wall "
+            f"({self.planning_seconds:.1f} s planning){startup}"
+        )
         return "\n".join(lines)
 
 

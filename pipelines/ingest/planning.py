@@ -2,11 +2,13 @@
 across them (`plan_dedupe`).
 
 De-duplication is by `key` (sha1 of the URL, or of the image bytes when a row has no URL) across the whole
-input, and keeps the first row, in shard order, among the rows that pass the other filters. `list_shards` makes
-a cheap pre-pass over all shards for it (for Parquet only the URL, status and numeric filter columns are read;
-no image is decoded) and gives each shard the keys already taken by an earlier shard (`Shard.drop_keys`);
-within a shard the first occurrence wins. The pre-pass holds every key once in memory on the driver (about
-100 bytes per row: 60 MB for the 625k rows of LAION-Aesthetics 6.5+).
+input, and keeps the first row, in shard order, among the rows that pass the other filters. `plan_dedupe` is a
+map-reduce over the shards, without image decoding: each shard's kept keys are read (for Parquet only the URL,
+status and numeric filter columns) and split into buckets by a hash of the key; each bucket then finds its keys
+that an earlier shard already holds. Each shard gets those keys (`Shard.drop_keys`); within a shard the first
+occurrence wins. When Ray is running, the reads and the buckets are Ray tasks and the driver receives only the
+duplicate keys, so that its memory does not grow with the input; otherwise both run in-process, holding every
+key once as Arrow strings (about 50 bytes per row).
 """
 
 from __future__ import annotations
@@ -14,10 +16,17 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import sys
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.ingest.filters import _DEFAULT_FILTERS, IngestFilters, _apply_filters
 from pipelines.ingest.formats import (
@@ -121,22 +130,73 @@ def list_shards(
     return plan_dedupe(shards, input_format, filters) if filters.dedupe_urls else shards
 
 
+# Keys per de-duplication bucket, at most: the size of one reduce step.
+_KEYS_PER_BUCKET = 1_000_000
+
+
+def _bucket_count(shards: int, rows_per_shard: int = 10_000) -> int:
+    """Buckets for `shards` shards: one per `_KEYS_PER_BUCKET` keys of the expected input, 2 to 256 (a Ray task
+    with two or more return values returns them as separate objects)."""
+    return max(2, min(256, math.ceil(shards * rows_per_shard / _KEYS_PER_BUCKET)))
+
+
+def shard_key_buckets(shard: Shard, input_format: str, filters: IngestFilters, buckets: int) -> list[pa.Array]:
+    """The map step: the distinct keys of `shard`'s rows that pass `filters` (de-duplication aside), split into
+    `buckets` arrays by the key's crc32. The whole shard counts, not only its first `row_limit` rows, so that a
+    shard's plan does not depend on where a ``--limit`` fell."""
+    raw = _read_raw(replace(shard, row_limit=None), input_format, images=False)
+    kept, _ = _apply_filters(raw, replace(filters, dedupe_urls=False), frozenset())
+    keys = pc.unique(kept.column("key").combine_chunks())
+    bucket = np.fromiter((zlib.crc32(key.encode()) % buckets for key in keys.to_pylist()), np.int64, len(keys))
+    return [keys.filter(pa.array(bucket == b)) for b in range(buckets)]
+
+
+def bucket_duplicates(*shard_keys: pa.Array) -> pa.Table:
+    """The reduce step over one bucket, given each shard's keys in shard order: (`shard`, `key`) for every key
+    that an earlier shard holds too."""
+    table = pa.table(
+        {
+            "key": pa.concat_arrays([keys.cast(pa.string()) for keys in shard_keys]),
+            "shard": np.repeat(np.arange(len(shard_keys), dtype=np.int32), [len(keys) for keys in shard_keys]),
+        }
+    ).sort_by([("key", "ascending"), ("shard", "ascending")])
+    key = table.column("key").combine_chunks()
+    if len(key) < 2:
+        return table.slice(0, 0)
+    repeated = np.concatenate([[False], pc.equal(key.slice(1), key.slice(0, len(key) - 1)).to_numpy(zero_copy_only=False)])
+    return table.filter(pa.array(repeated))
+
+
+def _ray_if_running() -> Any:
+    """The `ray` module when this process has started or joined Ray, else None (without importing Ray)."""
+    ray = sys.modules.get("ray")
+    return ray if ray is not None and ray.is_initialized() else None
+
+
 def plan_dedupe(shards: Sequence[Shard], input_format: str, filters: IngestFilters) -> list[Shard]:
     """Fill each shard's `drop_keys`: keys of rows passing `filters` whose first such row is in an earlier shard.
 
-    A pre-pass without image decoding; rows that the other filters remove never take a key. A shard's keys
-    depend only on the shards before it, and a capped shard (`limit_rows`) gets those of the whole shard, so
-    that a shard's plan does not depend on where a ``--limit`` fell.
+    A map-reduce without image decoding (`shard_key_buckets`, `bucket_duplicates`), as Ray tasks when Ray is
+    running. Rows that the other filters remove never take a key. A shard's keys depend only on the shards
+    before it.
     """
-    owner: dict[str, int] = {}
+    buckets = _bucket_count(len(shards))
+    ray = _ray_if_running()
+    if ray is None:
+        mapped = [shard_key_buckets(shard, input_format, filters, buckets) for shard in shards]
+        duplicates = [bucket_duplicates(*(keys[b] for keys in mapped)) for b in range(buckets)]
+    else:
+        read = ray.remote(num_returns=buckets)(shard_key_buckets)
+        mapped = [read.remote(shard, input_format, filters, buckets) for shard in shards]
+        reduce = ray.remote(bucket_duplicates)
+        try:
+            duplicates = ray.get([reduce.remote(*(keys[b] for keys in mapped)) for b in range(buckets)])
+        except ray.exceptions.RayTaskError as exc:  # an unreadable shard: its own error, not Ray's traceback
+            raise exc.cause from None
     drops: list[set[str]] = [set() for _ in shards]
-    without_dedupe = replace(filters, dedupe_urls=False)
-    for index, shard in enumerate(shards):
-        raw = _read_raw(replace(shard, row_limit=None), input_format, images=False)
-        kept, _ = _apply_filters(raw, without_dedupe, frozenset())
-        for key in kept.column("key").to_pylist():
-            if owner.setdefault(key, index) != index:
-                drops[index].add(key)
+    for table in duplicates:
+        for key, index in zip(table.column("key").to_pylist(), table.column("shard").to_pylist(), strict=True):
+            drops[index].add(key)
     return [
         replace(shard, drop_keys=frozenset(keys), planned_with=filters)
         for shard, keys in zip(shards, drops, strict=True)
