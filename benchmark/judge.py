@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,17 @@ from benchmark.dataset import BenchmarkSample
 from benchmark.metrics.graph_match import IOU_KEYS
 from schemas import DEFAULT_LIMITS, SCENE_GRAPH_TYPE, Limits, SceneGraph, Vocabulary, scene_graph_from_arrow
 
-__all__ = ["JUDGEMENTS_SCHEMA", "GraphJudge", "JudgeItem", "JudgeSettings", "judge_images", "read_judgements", "score_judgements"]
+__all__ = [
+    "FLAT_LIMITS",
+    "JUDGEMENTS_SCHEMA",
+    "GraphJudge",
+    "JudgeItem",
+    "JudgeSettings",
+    "judge_images",
+    "nest_limits",
+    "read_judgements",
+    "score_judgements",
+]
 
 JUDGEMENTS_SCHEMA = pa.schema(
     [
@@ -52,19 +62,25 @@ class JudgeSettings:
     restrict_vocabulary: bool = True
     max_new_tokens: int = 1024
     batch_size: int = 1
-    max_objects: int = DEFAULT_LIMITS.max_objects
-    max_relations: int = DEFAULT_LIMITS.max_relations
-    max_attributes: int = DEFAULT_LIMITS.max_attributes
+    limits: Limits = DEFAULT_LIMITS  # the bounds of the judged graphs (the task's JSON schema and prompt)
     dtype: str = "auto"
 
-    @property
-    def limits(self) -> Limits:
-        return replace(
-            DEFAULT_LIMITS,
-            max_objects=self.max_objects,
-            max_relations=self.max_relations,
-            max_attributes=self.max_attributes,
-        )
+
+# The graph bounds judge settings held as flat keys before they became a nested `Limits`.
+FLAT_LIMITS = ("max_objects", "max_relations", "max_attributes")
+
+
+def nest_limits(judge: Mapping[str, Any]) -> dict[str, Any]:
+    """Judge settings (`JudgeSettings` or its options, as a mapping) in today's layout.
+
+    Those written before the graph bounds were nested (``run.json`` and ``provenance.config`` of older runs)
+    hold them as flat ``max_objects``, ``max_relations``, ``max_attributes``; they move into ``limits``, whose
+    other bounds are `DEFAULT_LIMITS`' (what the judge used then). Any other mapping is returned as it is."""
+    values = dict(judge)
+    if "limits" in values or not values.keys() & set(FLAT_LIMITS):
+        return values
+    flat = {name: values.pop(name) for name in FLAT_LIMITS if name in values}
+    return values | {"limits": asdict(DEFAULT_LIMITS) | flat}
 
 
 @dataclass(frozen=True)

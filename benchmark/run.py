@@ -1,18 +1,19 @@
 """Run CompSG-Bench for one model: generate → judge → metrics → one `schemas.BenchmarkResult` in RUN_DIR/result.json.
 
-    python -m benchmark.run --bench bench.parquet --adapter sdxl-sg --model DIR --output RUN_DIR \\
+    python -m benchmark.run --input bench.parquet --adapter sdxl-sg --model DIR --output RUN_DIR \\
         [--num-actors 0 --display-name NAME --config run.yaml \\
          --generation.images-per-sample 1 --generation.steps 40 --generation.guidance 5 --generation.seed 42 \\
          --judge.model ID --clip.model ID --clip.pretrained TAG --inception.weights PTH ...]
 
 The settings are one typed model, `BenchRunSettings` (`schemas.settings`; ``--help`` lists every one with its
-default): the run's own (``--bench``, ``--adapter``, ``--model``, ``--output``, ``--num-actors``, ...) and groups
+default): the run's own (``--input``, ``--adapter``, ``--model``, ``--output``, ``--num-actors``, ...) and groups
 written as dotted flags, or nested mappings in the ``--config`` YAML (flags win over it): ``generation`` (the
 pixels: ``--generation.steps``, ``.guidance``, ``.height``, ``.width``, ``.seed``, ``.scheduler``, ...), ``judge``
-(the VLM judge and its graph bounds), ``clip`` (CLIP-T, CLIP-I), ``cmmd``, ``inception`` (FID, KID), ``kid`` and
-``features``. Generation, judging and feature extraction run on ``--num-actors`` Ray actors (one GPU each on a GPU
-cluster), or in this process with ``--num-actors 0``; both give the same images and numbers, because every image
-has its own seed and chunks are independent (see `benchmark.generate`, `benchmark.chunks`, `benchmark.features`).
+(the VLM judge, with its graph bounds as a `schemas.Limits`: ``--judge.limits.max-objects``, ...), ``clip``
+(CLIP-T, CLIP-I), ``cmmd``, ``inception`` (FID, KID), ``kid`` and ``features``. Generation, judging and feature
+extraction run on ``--num-actors`` Ray actors (one GPU each on a GPU cluster), or in this process with
+``--num-actors 0``; both give the same images and numbers, because every image has its own seed and chunks are
+independent (see `benchmark.generate`, `benchmark.chunks`, `benchmark.features`).
 Each image's features are stored by (key, image index) and fed to the metrics in that order, so a run, a resumed
 run and `benchmark.leaderboard verify` compute the same numbers:
 
@@ -27,9 +28,11 @@ on the leaderboard (kept in the record's ``provenance.config``, which holds ever
 
 RUN_DIR keeps the images (``images/``), the judge's answers (``judge/``), the image features (``features/``, one
 folder per set of metric networks) and ``run.json`` (what the images and judgements depend on); a re-run with the
-same settings resumes, one with other settings is refused. Records written before the settings were grouped (flat
-``provenance.config`` keys such as ``judge_model``) are read by `BenchRunSettings.from_record`, so they still
-verify.
+same settings resumes, one with other settings is refused. Older layouts still read: records whose
+``provenance.config`` has flat keys (``judge_model``, from before the settings were grouped), ``bench`` (the
+benchmark file, now ``input``) or flat judge bounds (``judge.max_objects``, now ``judge.limits.max_objects``)
+are read by `BenchRunSettings.from_record`, so they still verify; a ``run.json`` with flat judge bounds is read
+in today's layout (`upgrade_run_identity`), so such a run still resumes.
 """
 
 from __future__ import annotations
@@ -47,10 +50,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from benchmark.dataset import BenchmarkSample, BenchmarkSet, load_benchmark
 from benchmark.features import REFERENCE_INDEX, FeatureItem, FeatureSettings, extract_features
 from benchmark.generate import ADAPTERS, generate_images, image_index, images_digest, iter_images
-from benchmark.judge import JudgeSettings, judge_images, score_judgements
+from benchmark.judge import FLAT_LIMITS, JudgeSettings, judge_images, nest_limits, score_judgements
 from benchmark.metrics.graph_iou import GraphIoU
 from benchmark.provenance import provenance, weights_sha256
-from schemas import DEFAULT_LIMITS, BenchmarkResult, GenerationSettings, ModelInfo
+from schemas import BenchmarkResult, GenerationSettings, Limits, ModelInfo
 from schemas.layout import RESULT_FILE
 from schemas.runs import check_run_identity, pin_run_identity
 from schemas.settings import JobSettings, parse_settings
@@ -58,6 +61,7 @@ from schemas.settings import JobSettings, parse_settings
 __all__ = [
     "LEGACY_KEYS",
     "PROG",
+    "RENAMED_KEYS",
     "BenchRunSettings",
     "ClipOptions",
     "CmmdOptions",
@@ -70,6 +74,7 @@ __all__ = [
     "main",
     "recompute",
     "run_benchmark",
+    "upgrade_run_identity",
 ]
 
 PROG = "python -m benchmark.run"
@@ -116,16 +121,14 @@ class JudgeOptions(_Group):
     )
     max_new_tokens: int = Field(1024, ge=1, description="token bound of each answer")
     batch_size: int = Field(1, ge=1, description="images per judge batch (1: answers independent of batching)")
-    max_objects: int = Field(DEFAULT_LIMITS.max_objects, ge=1, description="objects per judged graph at most")
-    max_relations: int = Field(DEFAULT_LIMITS.max_relations, ge=0, description="relations per judged graph at most")
-    max_attributes: int = Field(DEFAULT_LIMITS.max_attributes, ge=0, description="attributes per object at most")
+    limits: Limits = Field(default_factory=Limits, description="size bounds of the judged graphs")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="the judge's weight dtype")
     synonyms: Path | None = Field(
         None, description="YAML (or JSON) mapping of term -> canonical term for the graph IoUs"
     )
 
     def settings(self) -> JudgeSettings:
-        return JudgeSettings(**self.model_dump(exclude={"synonyms"}))
+        return JudgeSettings(**{name: getattr(self, name) for name in JudgeOptions.model_fields if name != "synonyms"})
 
 
 class ClipOptions(_Group):
@@ -171,12 +174,16 @@ class FeatureOptions(_Group):
 if set(JudgeOptions.model_fields) - {"synonyms"} != {f.name for f in fields(JudgeSettings)}:
     raise TypeError("JudgeOptions and JudgeSettings have different fields")
 
-# Flat keys of records written before the settings were grouped -> (group, name) now.
+# Flat keys of records written before the settings were grouped -> (group, name) now. The judge's graph bounds
+# (``judge_max_objects``, ...) then go on into ``judge.limits`` (`benchmark.judge.nest_limits`).
 LEGACY_KEYS: dict[str, tuple[str, str]] = {
     **{name: ("generation", name) for name in ("images_per_sample", "steps", "guidance", "height", "width", "seed")},
     "dtype": ("generation", "dtype"),
     "scheduler": ("generation", "scheduler"),
-    **{f"judge_{f.name}": ("judge", f.name) for f in fields(JudgeSettings)},
+    **{
+        f"judge_{name}": ("judge", name)
+        for name in ("model", "restrict_vocabulary", "max_new_tokens", "batch_size", *FLAT_LIMITS, "dtype")
+    },
     "synonyms": ("judge", "synonyms"),
     "clip_model": ("clip", "model"),
     "clip_pretrained": ("clip", "pretrained"),
@@ -190,6 +197,9 @@ LEGACY_KEYS: dict[str, tuple[str, str]] = {
     "feature_batch_size": ("features", "batch_size"),
 }
 
+# Top-level keys of records written before a setting was renamed -> its name now.
+RENAMED_KEYS: dict[str, str] = {"bench": "input"}
+
 
 class BenchRunSettings(JobSettings):
     """Every setting of a benchmark run (recorded in the result's ``provenance.config``).
@@ -197,7 +207,7 @@ class BenchRunSettings(JobSettings):
     `display_name` is the run's name on the leaderboard (default: the model id); it changes neither the images
     nor the numbers (a run can be resumed under another name)."""
 
-    bench: Path = Field(description="the benchmark Parquet file (python -m benchmark.dataset)")
+    input: Path = Field(description="the benchmark Parquet file (python -m benchmark.dataset)")
     adapter: str = Field(description=f"how the model is conditioned: {', '.join(sorted(ADAPTERS))}")
     model: str = Field(description="the model to benchmark: hub id or local directory")
     output: Path = Field(description="the run directory (images/, judge/, features/, run.json, result.json)")
@@ -221,15 +231,19 @@ class BenchRunSettings(JobSettings):
 
     @classmethod
     def from_record(cls, config: Mapping[str, Any]) -> BenchRunSettings:
-        """The settings of a record's ``provenance.config``: nested as these settings, or flat as records written
-        before they were grouped (``judge_model``, ``steps``, ...; see `LEGACY_KEYS`)."""
+        """The settings of a record's ``provenance.config``: nested as these settings, or as older records wrote
+        them: flat, before they were grouped (``judge_model``, ``steps``, ...; see `LEGACY_KEYS`), with the
+        benchmark file under ``bench`` before it was ``input`` (`RENAMED_KEYS`), with the judge's graph bounds flat
+        before they were ``judge.limits`` (`benchmark.judge.nest_limits`)."""
         values: dict[str, Any] = {}
         for key, value in config.items():
             if key in LEGACY_KEYS:
                 group, name = LEGACY_KEYS[key]
                 values.setdefault(group, {})[name] = value
             else:
-                values[key] = value
+                values[RENAMED_KEYS.get(key, key)] = value
+        if isinstance(values.get("judge"), Mapping):
+            values["judge"] = nest_limits(values["judge"])
         return cls.model_validate(values)
 
     def generation_settings(self) -> GenerationSettings:
@@ -262,7 +276,7 @@ class BenchRunSettings(JobSettings):
         return self.model_validate(
             self.model_dump()
             | {
-                "bench": self.bench.resolve(),
+                "input": self.input.resolve(),
                 "output": self.output.resolve(),
                 "model": local(self.model),
                 "judge": self.judge.model_dump()
@@ -396,11 +410,18 @@ def compute_metrics(
 # ---------------------------------------------------------------------- runs
 
 
+def upgrade_run_identity(stored: dict[str, Any]) -> dict[str, Any]:
+    """A run's ``run.json`` in today's layout: one pinned before the judge's graph bounds were nested (flat
+    ``max_objects``, ... in ``judge``) reads as the same judge settings (`benchmark.judge.nest_limits`)."""
+    judge = stored.get("judge")
+    return stored | {"judge": nest_limits(judge)} if isinstance(judge, Mapping) else stored
+
+
 def run_benchmark(settings: BenchRunSettings) -> BenchmarkResult:
     """Generate, judge and score; write and return the result record."""
     started = time.perf_counter()
     settings = settings.resolved()
-    bench = load_benchmark(settings.bench)
+    bench = load_benchmark(settings.input)
     run_dir = settings.output
     generation = settings.generation_settings()
     model = ModelInfo(
@@ -415,7 +436,8 @@ def run_benchmark(settings: BenchRunSettings) -> BenchmarkResult:
         "generation": generation.model_dump(),
         "judge": asdict(settings.judge_settings()),
     }
-    check_run_identity(run_dir, identity)  # what the stored images and judgements depend on
+    # what the stored images and judgements depend on
+    check_run_identity(run_dir, identity, upgrade=upgrade_run_identity)
     pin_run_identity(run_dir, identity)
     generate_images(
         bench.samples,
@@ -448,9 +470,9 @@ def recompute(
     import tempfile
 
     settings = BenchRunSettings.from_record(record.provenance.config).model_copy(update={"num_actors": num_actors})
-    bench = load_benchmark(settings.bench)
+    bench = load_benchmark(settings.input)
     if bench.info().content_hash != record.benchmark.content_hash:
-        raise ValueError(f"{settings.bench} is not the benchmark set of this record")
+        raise ValueError(f"{settings.input} is not the benchmark set of this record")
     with tempfile.TemporaryDirectory(prefix="compsg-verify-") as scratch:
         return compute_metrics(settings, bench, Path(run_dir), Path(scratch))
 

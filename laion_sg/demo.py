@@ -119,8 +119,8 @@ def plan(output: Path, models: dict[str, Path], photos: Path, train_steps: int =
     annotate = ["--config", str(output / "annotate_demo.yaml"), "--model", str(models["qwen2_5_vl"])]
     bench_file = output / "bench" / "compsg_bench.parquet"
     metric_models = [
-        "--judge.model", str(models["qwen2_5_vl"]), "--judge.max-new-tokens", "256", "--judge.max-objects", "3",
-        "--judge.max-relations", "3", "--judge.max-attributes", "1",
+        "--judge.model", str(models["qwen2_5_vl"]), "--judge.max-new-tokens", "256",
+        "--judge.limits.max-objects", "3", "--judge.limits.max-relations", "3", "--judge.limits.max-attributes", "1",
         "--clip.model", str(models["open_clip"]), "--cmmd.model", str(models["open_clip"]),
         "--inception.weights", str(models["inception"]), "--generation.height", "64", "--generation.width", "64",
         "--generation.steps", "2", "--kid.subsets", "10",
@@ -141,7 +141,7 @@ def plan(output: Path, models: dict[str, Path], photos: Path, train_steps: int =
         Stage("freeze the benchmark set", "benchmark.dataset", [
             "--input", str(output / "dataset"), "--output", str(bench_file), "--min-relations", "0"]),
         *(Stage(f"CompSG-Bench: {name}", "benchmark.run", [
-            "--bench", str(bench_file), "--adapter", adapter, "--model", str(run_models[name]),
+            "--input", str(bench_file), "--adapter", adapter, "--model", str(run_models[name]),
             "--output", str(output / "runs" / name), *metric_models]) for name, adapter in RUNS.items()),
         Stage("leaderboard", "benchmark.leaderboard", [
             "render", *(str(output / "runs" / name) for name in RUNS), "--output", str(output / "leaderboard")]),

@@ -70,12 +70,22 @@ def _canonical(identity: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(identity, sort_keys=True))
 
 
-def check_run_identity(directory: Path, identity: Mapping[str, Any]) -> None:
-    """Raise `RunIdentityError` when ``directory/run.json`` exists and differs from `identity` (compared as JSON)."""
+def check_run_identity(
+    directory: Path,
+    identity: Mapping[str, Any],
+    *,
+    upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> None:
+    """Raise `RunIdentityError` when ``directory/run.json`` exists and differs from `identity` (compared as JSON).
+
+    `upgrade`, where a job's identity changed layout, turns a stored identity of an older layout into today's
+    before the comparison (the file is left as it is), so a setting renamed or regrouped is not a new run."""
     path = Path(directory) / RUN_FILE
     if not path.exists():
         return
     stored, wanted = json.loads(path.read_text()), _canonical(identity)
+    if upgrade is not None:
+        stored = _canonical(upgrade(stored))
     if changed := sorted(k for k in wanted.keys() | stored.keys() if wanted.get(k) != stored.get(k)):
         raise RunIdentityError(
             f"{directory} holds a run with different settings ({', '.join(changed)}); "

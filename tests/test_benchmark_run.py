@@ -35,8 +35,9 @@ from benchmark.generate import (
 from benchmark.judge import JUDGEMENTS_SCHEMA, read_judgements
 from benchmark.leaderboard import load_records
 from benchmark.leaderboard import main as leaderboard_main
-from benchmark.run import PROG, BenchRunSettings, compute_metrics, main, run_benchmark
-from schemas import BenchmarkResult, SceneGraph
+from benchmark.run import PROG, BenchRunSettings, compute_metrics, main, run_benchmark, upgrade_run_identity
+from schemas import DEFAULT_LIMITS, BenchmarkResult, Limits, SceneGraph
+from schemas.runs import RunIdentityError, check_run_identity
 from schemas.settings import parse_settings
 
 
@@ -72,11 +73,11 @@ def models(tiny_models_dir, tmp_path_factory) -> dict[str, Path]:
 
 def run_args(bench: Path, models: dict[str, Path], output: Path, *extra: str) -> list[str]:
     return [
-        "--bench", str(bench), "--adapter", "sdxl-sg", "--model", str(models["sdxl_sg"]), "--output", str(output),
+        "--input", str(bench), "--adapter", "sdxl-sg", "--model", str(models["sdxl_sg"]), "--output", str(output),
         "--generation.images-per-sample", "1", "--generation.steps", "2", "--generation.height", "64",
         "--generation.width", "64", "--generation.seed", "7",
-        "--judge.model", str(models["judge"]), "--judge.max-new-tokens", "256", "--judge.max-objects", "4",
-        "--judge.max-relations", "4", "--judge.max-attributes", "1",
+        "--judge.model", str(models["judge"]), "--judge.max-new-tokens", "256", "--judge.limits.max-objects", "4",
+        "--judge.limits.max-relations", "4", "--judge.limits.max-attributes", "1",
         "--clip.model", str(models["clip"]), "--cmmd.model", str(models["clip"]),
         "--inception.weights", str(models["inception"]), "--kid.subsets", "10",
         "--features.batch-size", "3",  # 2 references + 2 generated images: two feature chunks, 3 + 1
@@ -112,21 +113,24 @@ def test_settings_from_yaml_and_command_line(tmp_path, capsys):
         "adapter: diffusers-sg-text\nmodel: m\ngeneration:\n  steps: 12\n  seed: 3\n"
         "judge:\n  restrict_vocabulary: false\n  model: j\n"
     )
-    parsed = parse(["--config", str(config), "--bench", "b", "--output", "o", "--generation.steps", "3"])
+    parsed = parse(["--config", str(config), "--input", "b", "--output", "o", "--generation.steps", "3"])
     assert parsed == BenchRunSettings(
-        bench="b", adapter="diffusers-sg-text", model="m", output="o",
+        input="b", adapter="diffusers-sg-text", model="m", output="o",
         generation={"steps": 3, "seed": 3}, judge={"restrict_vocabulary": False, "model": "j"},
     )  # fmt: skip
-    named = parse(["--bench", "b", "--adapter", "sdxl-sg", "--model", "m", "--output", "o", "--display-name", "SDXL-SG (ours)"])
+    named = parse(["--input", "b", "--adapter", "sdxl-sg", "--model", "m", "--output", "o", "--display-name", "SDXL-SG (ours)"])
     assert named.display_name == "SDXL-SG (ours)" and named.to_record()["display_name"] == "SDXL-SG (ours)"
     assert parsed.display_name is None  # the leaderboard then names the run by its model id
     for yaml_text, argv, message in [
         ("steps: 3\n", [], "unknown setting 'steps'"),  # the generation settings are a group now
         ("judge_model: j\n", [], "unknown setting 'judge_model'"),
-        ("", ["--bench", "b"], "--adapter is required"),
-        ("", ["--bench", "b", "--adapter", "sdxl", "--model", "m", "--output", "o"], "--adapter: .*unknown adapter"),
-        ("adapter: sdxl-sg\nmodel: m\nbench: b\noutput: o\n", ["--kid.subsets", "0"], "--kid.subsets: .*greater than or equal to 1"),
-        ("adapter: sdxl-sg\nmodel: m\nbench: b\noutput: o\n", ["--clip.text", "title"], "--clip.text: .*'caption' or 'sg_text'"),
+        ("", ["--input", "b"], "--adapter is required"),
+        ("", ["--input", "b", "--adapter", "sdxl", "--model", "m", "--output", "o"], "--adapter: .*unknown adapter"),
+        ("adapter: sdxl-sg\nmodel: m\ninput: b\noutput: o\n", ["--kid.subsets", "0"], "--kid.subsets: .*greater than or equal to 1"),
+        ("adapter: sdxl-sg\nmodel: m\ninput: b\noutput: o\n", ["--clip.text", "title"], "--clip.text: .*'caption' or 'sg_text'"),
+        ("adapter: sdxl-sg\nmodel: m\ninput: b\noutput: o\n", ["--judge.limits.max-objects", "0"], "--judge.limits.max-objects: .*greater than or equal to 1"),
+        ("bench: b\n", [], "unknown setting 'bench'"),  # the benchmark file is --input now (records still read)
+        ("judge:\n  max_objects: 3\n", [], "unknown setting 'judge.max_objects'"),  # judge.limits.max_objects now
     ]:
         config.write_text(yaml_text)
         with pytest.raises(SystemExit) as exited:
@@ -134,6 +138,8 @@ def test_settings_from_yaml_and_command_line(tmp_path, capsys):
         assert exited.value.code == 2
         assert re.search(message, capsys.readouterr().err), message
 
+
+DEFAULT_LIMITS_JSON = asdict(DEFAULT_LIMITS)
 
 # `provenance.config` as benchmark.run wrote it before its settings were grouped (flat keys), with the values
 # that differ from the defaults changed.
@@ -154,7 +160,7 @@ def test_records_of_flat_settings_read_as_the_same_run():
     settings = BenchRunSettings.from_record(LEGACY_CONFIG)
     assert settings == BenchRunSettings.from_record(settings.to_record())  # today's records read back too
     assert settings.to_record() == {
-        "bench": "/data/bench.parquet", "adapter": "sdxl-sg", "model": "/models/sdxl-sg", "output": "/runs/a",
+        "input": "/data/bench.parquet", "adapter": "sdxl-sg", "model": "/models/sdxl-sg", "output": "/runs/a",
         "num_actors": 4, "chunk_size": 2, "display_name": "old run",
         "generation": {
             "images_per_sample": 2, "steps": 20, "guidance": 7.5, "height": 512, "width": 768, "seed": 7,
@@ -162,8 +168,8 @@ def test_records_of_flat_settings_read_as_the_same_run():
         },
         "judge": {
             "model": "/models/judge", "restrict_vocabulary": False, "max_new_tokens": 256, "batch_size": 2,
-            "max_objects": 5, "max_relations": 6, "max_attributes": 1, "dtype": "auto",
-            "synonyms": "/data/synonyms.yaml",
+            "limits": {**DEFAULT_LIMITS_JSON, "max_objects": 5, "max_relations": 6, "max_attributes": 1},
+            "dtype": "auto", "synonyms": "/data/synonyms.yaml",
         },
         "clip": {"model": "/models/clip", "pretrained": None, "text": "sg_text"},
         "cmmd": {"model": "ViT-B-16", "pretrained": "laion2b"},
@@ -178,7 +184,8 @@ def test_records_of_flat_settings_read_as_the_same_run():
     }  # fmt: skip
     assert asdict(settings.judge_settings()) == {
         "model": "/models/judge", "restrict_vocabulary": False, "max_new_tokens": 256, "batch_size": 2,
-        "max_objects": 5, "max_relations": 6, "max_attributes": 1, "dtype": "auto",
+        "limits": {**DEFAULT_LIMITS_JSON, "max_objects": 5, "max_relations": 6, "max_attributes": 1},
+        "dtype": "auto",
     }  # fmt: skip
     assert settings.features_settings() == FeatureSettings(
         inception_weights="/models/pt_inception.pth", allow_download=True, clip_model="/models/clip",
@@ -186,19 +193,73 @@ def test_records_of_flat_settings_read_as_the_same_run():
     )  # fmt: skip
 
 
-def test_run_identity_of_the_defaults_is_unchanged():
-    """`run.json` of a run with default settings, as benchmark.run pinned it before its settings were grouped:
-    such runs still resume."""
-    settings = BenchRunSettings(bench="b", adapter="sdxl-sg", model="m", output="o", generation={"scheduler": "S"})
+# `provenance.config` as benchmark.run wrote it after its settings were grouped, before the benchmark file was
+# `input` (it was `bench`) and before the judge's graph bounds were `judge.limits` (they were flat in `judge`).
+GROUPED_CONFIG = {
+    "bench": "/data/bench.parquet", "adapter": "sdxl-sg", "model": "/models/sdxl-sg", "output": "/runs/a",
+    "num_actors": 0, "chunk_size": 8, "display_name": None,
+    "generation": {
+        "images_per_sample": 1, "steps": 40, "guidance": 5.0, "height": 1024, "width": 1024, "seed": 42,
+        "dtype": "float32", "scheduler": None,
+    },
+    "judge": {
+        "model": "Qwen/Qwen2.5-VL-7B-Instruct", "restrict_vocabulary": True, "max_new_tokens": 1024,
+        "batch_size": 1, "max_objects": 5, "max_relations": 6, "max_attributes": 1, "dtype": "auto",
+        "synonyms": None,
+    },
+    "clip": {"model": "ViT-B-32", "pretrained": "openai", "text": "caption"},
+    "cmmd": {"model": "ViT-L-14-336", "pretrained": "openai"},
+    "inception": {"weights": None, "allow_download": False},
+    "kid": {"subsets": 100, "subset_size": 1000},
+    "features": {"batch_size": 32},
+}  # fmt: skip
+
+
+def test_records_of_the_bench_key_and_flat_judge_bounds_read_as_the_same_run():
+    settings = BenchRunSettings.from_record(GROUPED_CONFIG)
+    assert settings == BenchRunSettings(
+        input="/data/bench.parquet", adapter="sdxl-sg", model="/models/sdxl-sg", output="/runs/a",
+        judge={"limits": Limits(max_objects=5, max_relations=6, max_attributes=1)},
+    )  # fmt: skip
+    record = settings.to_record()
+    assert "bench" not in record and record["input"] == "/data/bench.parquet"
+    assert record["judge"]["limits"] == {**DEFAULT_LIMITS_JSON, "max_objects": 5, "max_relations": 6, "max_attributes": 1}
+    assert BenchRunSettings.from_record(record) == settings  # today's records read back too
+    # a record with a bound of its own in today's layout is not overridden by the defaults
+    nested = {**record, "judge": {**record["judge"], "limits": {"max_objects": 7}}}
+    assert BenchRunSettings.from_record(nested).judge.limits == Limits(max_objects=7)
+
+
+def test_run_directory_pinned_before_the_judge_bounds_were_nested_resumes(tmp_path):
+    """`run.json` of a run with default settings, written by hand as benchmark.run pinned it before the judge's
+    graph bounds were a nested `Limits`: the same run, so it still resumes; another bound is still refused."""
+    settings = BenchRunSettings(input="b", adapter="sdxl-sg", model="m", output="o", generation={"scheduler": "S"})
     assert settings.generation_settings().model_dump() == {
         "seed": 42, "images_per_sample": 1, "num_inference_steps": 40, "guidance_scale": 5.0, "height": 1024,
         "width": 1024, "scheduler": "S", "dtype": "float32",
     }  # fmt: skip
-    assert asdict(settings.judge_settings()) == {
+    assert settings.features_settings() == FeatureSettings(None, False, "ViT-B-32", "openai", "ViT-L-14-336", "openai", 32)
+    identity = {
+        "benchmark": {"name": "CompSG-Bench", "version": "1", "content_hash": "abc", "n_samples": 2},
+        "model": {"adapter": "sdxl-sg", "model_id": "m", "weights_hash": None, "conditioning": "scene_graph"},
+        "generation": settings.generation_settings().model_dump(),
+        "judge": asdict(settings.judge_settings()),
+    }
+    old_judge = {
         "model": "Qwen/Qwen2.5-VL-7B-Instruct", "restrict_vocabulary": True, "max_new_tokens": 1024,
         "batch_size": 1, "max_objects": 64, "max_relations": 128, "max_attributes": 8, "dtype": "auto",
     }  # fmt: skip
-    assert settings.features_settings() == FeatureSettings(None, False, "ViT-B-32", "openai", "ViT-L-14-336", "openai", 32)
+    (tmp_path / "run.json").write_text(json.dumps({**identity, "judge": old_judge}, indent=2, sort_keys=True))
+    check_run_identity(tmp_path, identity, upgrade=upgrade_run_identity)  # resumes
+    assert json.loads((tmp_path / "run.json").read_text())["judge"] == old_judge  # the file is left as it was
+    with pytest.raises(RunIdentityError):  # the old layout is only accepted through the upgrade
+        check_run_identity(tmp_path, identity)
+    fewer = BenchRunSettings(input="b", adapter="sdxl-sg", model="m", output="o", judge={"limits": {"max_objects": 3}})
+    with pytest.raises(RunIdentityError, match=r"different settings \(judge\)"):
+        check_run_identity(tmp_path, {**identity, "judge": asdict(fewer.judge_settings())}, upgrade=upgrade_run_identity)
+    # a run.json of today's layout is compared as it is
+    (tmp_path / "run.json").write_text(json.dumps(identity))
+    check_run_identity(tmp_path, identity, upgrade=upgrade_run_identity)
 
 
 def test_resolved_settings_make_local_paths_absolute(tmp_path, monkeypatch):
@@ -206,11 +267,11 @@ def test_resolved_settings_make_local_paths_absolute(tmp_path, monkeypatch):
     (tmp_path / "sdxl").mkdir()
     (tmp_path / "clip").mkdir()
     settings = BenchRunSettings(
-        bench="bench.parquet", adapter="sdxl-sg", model="sdxl", output="runs/a",
+        input="bench.parquet", adapter="sdxl-sg", model="sdxl", output="runs/a",
         judge={"model": "Qwen/Qwen2.5-VL-7B-Instruct", "synonyms": "syn.yaml"},
         clip={"model": "clip"}, inception={"weights": "w.pth"},
     ).resolved()  # fmt: skip
-    assert (settings.bench, settings.output) == (tmp_path / "bench.parquet", tmp_path / "runs" / "a")
+    assert (settings.input, settings.output) == (tmp_path / "bench.parquet", tmp_path / "runs" / "a")
     assert (settings.model, settings.clip.model) == (str(tmp_path / "sdxl"), str(tmp_path / "clip"))
     assert (settings.judge.model, settings.cmmd.model) == ("Qwen/Qwen2.5-VL-7B-Instruct", "ViT-L-14-336")  # hub ids
     assert (settings.judge.synonyms, settings.inception.weights) == (tmp_path / "syn.yaml", tmp_path / "w.pth")
@@ -221,7 +282,7 @@ def test_diffusers_adapter_generates_resumably(bench, tiny_models_dir, tmp_path)
 
     samples = load_benchmark(bench).samples[:1]
     settings = BenchRunSettings(
-        bench="b", adapter="diffusers-sg-text", model=str(tiny_models_dir / "sdxl"), output="o",
+        input="b", adapter="diffusers-sg-text", model=str(tiny_models_dir / "sdxl"), output="o",
         generation={"steps": 2, "height": 32, "width": 32, "images_per_sample": 2},
     ).generation_settings()  # fmt: skip
     assert settings.scheduler == "EulerDiscreteScheduler"  # read from model_index.json
@@ -248,10 +309,12 @@ def test_run_directory_of_another_configuration_is_refused(bench, models, tmp_pa
 
 
 def test_verify_fails_when_images_are_missing(bench, tmp_path, capsys):
-    settings = BenchRunSettings(bench=bench, adapter="sdxl-sg", model="m", output=tmp_path)
+    settings = BenchRunSettings(input=bench, adapter="sdxl-sg", model="m", output=tmp_path)
     legacy = {**LEGACY_CONFIG, "bench": str(bench), "output": str(tmp_path)}
-    # records of today, and records of before the settings groups (the legacy one asks for 2 images per sample)
-    for config, missing in ((settings.to_record(), 2), (legacy, 4)):
+    grouped = {**GROUPED_CONFIG, "bench": str(bench), "output": str(tmp_path)}
+    # records of today, of before the settings groups (the legacy one asks for 2 images per sample) and of before
+    # `bench` was `input` and the judge's bounds were `judge.limits`
+    for config, missing in ((settings.to_record(), 2), (legacy, 4), (grouped, 2)):
         stub = record("m", 0.5, 20.0).model_copy(update={"benchmark": load_benchmark(bench).info()})
         stub = stub.model_copy(update={"provenance": stub.provenance.model_copy(update={"config": config})})
         (tmp_path / "result.json").write_text(stub.to_json())
@@ -503,6 +566,27 @@ def test_end_to_end_on_ray_reproducible_rendered_and_verified(
     # verify: an untouched run reproduces; a tampered image is caught
     capsys.readouterr()
     assert leaderboard_main(["verify", str(tmp_path / "a" / "result.json")]) == 0
+    assert "ok" in capsys.readouterr().out
+
+    # a run directory and a record as written before `bench` was `input` and the judge's graph bounds were
+    # `judge.limits`: the run resumes without redoing anything, the record verifies
+    flat = ("max_objects", "max_relations", "max_attributes")
+    pinned = json.loads((tmp_path / "a" / "run.json").read_text())
+    limits = pinned["judge"].pop("limits")
+    pinned["judge"] |= {name: limits[name] for name in flat}
+    (tmp_path / "a" / "run.json").write_text(json.dumps(pinned))
+    assert main(run_args(bench, models, tmp_path / "a", "--num-actors", "0")) == 0
+    assert sorted((tmp_path / "a").rglob("part-*.parquet")) == files
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    old = json.loads((tmp_path / "a" / "result.json").read_text())
+    config = old["provenance"]["config"]
+    config["bench"] = config.pop("input")
+    limits = config["judge"].pop("limits")
+    config["judge"] |= {name: limits[name] for name in flat}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "result.json").write_text(json.dumps(old))
+    capsys.readouterr()
+    assert leaderboard_main(["verify", str(tmp_path / "old" / "result.json"), "--run-dir", str(tmp_path / "a")]) == 0
     assert "ok" in capsys.readouterr().out
     tamper(tmp_path / "b")
     assert leaderboard_main(["verify", str(tmp_path / "b")]) == 1

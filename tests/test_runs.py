@@ -29,6 +29,21 @@ def test_a_directory_keeps_the_identity_of_its_first_run(tmp_path: Path) -> None
         assert f"{out} holds a run with different settings {named}" in str(raised.value)
 
 
+def test_an_identity_of_an_older_layout_is_upgraded_before_the_comparison(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    pin_run_identity(out, {"model": "m", "max_objects": 3})  # as an older version of a job pinned it
+
+    def nest(stored: dict) -> dict:
+        return {"model": stored["model"], "limits": {"max_objects": stored["max_objects"]}} if "max_objects" in stored else stored
+
+    check_run_identity(out, {"model": "m", "limits": {"max_objects": 3}}, upgrade=nest)
+    assert json.loads((out / "run.json").read_text()) == {"model": "m", "max_objects": 3}  # left as it was
+    with pytest.raises(RunIdentityError, match=r"different settings \(limits\)"):
+        check_run_identity(out, {"model": "m", "limits": {"max_objects": 4}}, upgrade=nest)
+    with pytest.raises(RunIdentityError, match=r"different settings \(limits, max_objects\)"):
+        check_run_identity(out, {"model": "m", "limits": {"max_objects": 3}})  # no upgrade: another layout
+
+
 def test_a_failed_write_leaves_nothing_under_the_final_name(tmp_path: Path) -> None:
     target = tmp_path / "data.json"
 

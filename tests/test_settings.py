@@ -147,14 +147,19 @@ JOB_SETTINGS = {
     "benchmark.run": (
         "BenchRunSettings",
         {
-            "bench": "bench.parquet",
+            "input": "bench.parquet",
             "adapter": "diffusers-sg-text",
             "model": "stabilityai/stable-diffusion-xl-base-1.0",
             "output": "runs/a",
             "num_actors": 4,
             "display_name": "SDXL (baseline)",
             "generation": {"steps": 20, "guidance": 7.5, "height": 512, "scheduler": "EulerDiscreteScheduler"},
-            "judge": {"model": "judge-dir", "max_objects": 5, "dtype": "bfloat16", "synonyms": "synonyms.yaml"},
+            "judge": {
+                "model": "judge-dir",
+                "limits": {"max_objects": 5},
+                "dtype": "bfloat16",
+                "synonyms": "synonyms.yaml",
+            },
             "clip": {"model": "ViT-B-16", "pretrained": "laion2b_s34b_b88k", "text": "sg_text"},
             "inception": {"weights": "pt_inception.pth", "allow_download": True},
             "kid": {"subsets": 10, "subset_size": 50},
