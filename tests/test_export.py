@@ -566,3 +566,55 @@ def test_count_plots_have_integer_ticks() -> None:
     assert checked == 2 * 7  # per_image has 3 axes, the others 1
     relations = built["per_image.png"].axes[1]
     assert [p.get_height() for p in relations.patches] == [1, 3]  # images with 0 and with 1 relation
+
+
+# ---------------------------------------------------------------------------------------------- bounded memory
+
+
+def test_per_image_summary_from_histograms_is_numpys() -> None:
+    """stats.json's per-image figures come from histograms (memory per value, not per image); they equal numpy's
+    mean (rounded), median, 95th percentile and max of the values themselves, float for float."""
+    from pipelines.export.stats import _summary
+
+    rng = np.random.default_rng(0)
+    for trial in range(3000):
+        n = int(rng.integers(1, 40 if trial % 2 else 3000))
+        values = rng.geometric(0.3, n) - 1 if trial % 3 == 0 else rng.integers(0, int(rng.integers(1, 30)), n)
+        assert _summary(np.bincount(values)) == {
+            "mean": round(float(values.mean()), 4),
+            "median": float(np.median(values)),
+            "p95": float(np.percentile(values, 95)),
+            "max": float(values.max()),
+        }, values
+    assert _summary(np.zeros(0, np.int64)) == {"mean": 0.0, "median": 0.0, "p95": 0.0, "max": 0.0}
+
+
+def test_duplicate_keys_first_exportable_row_wins_in_file_order(tmp_path: Path) -> None:
+    """The digest-based duplicate detection decides as a row-by-row pass with a set of exported keys would: a row
+    whose key was exported before is a duplicate (whatever its status); else a failed row is left out for its
+    reason and does not claim the key, so a later ok row of that key is exported."""
+    from pipelines.export.job import _first_kept
+    from pipelines.export.splits import key_digests
+
+    rng = np.random.default_rng(1)
+    for size in (0, 1, 2, 50, 2_000):
+        keys = [f"k{k}" for k in rng.integers(0, max(1, size // 3), size)]
+        eligible = rng.random(size) < 0.6
+        seen, kept, duplicate = set(), [], []
+        for key, ok in zip(keys, eligible.tolist(), strict=True):
+            duplicate.append(key in seen)
+            kept.append(ok and key not in seen)
+            if kept[-1]:
+                seen.add(key)
+        got_kept, got_duplicate = _first_kept(key_digests(keys, seed=5), eligible)
+        assert got_kept.tolist() == kept and got_duplicate.tolist() == duplicate
+
+    failed_first = _row(0, None, "failed", "timeout: no answer", with_image=False)
+    rows = [failed_first, _row(0, _graph(0), "ok", with_image=False), _row(1, _graph(1), "ok", with_image=False)]
+    rows += [_row(1, None, "failed", "timeout: no answer", with_image=False)]  # after its key was exported
+    source = _write_annotated(tmp_path / "annotated", [rows[:2], rows[2:]], with_image=False)
+    stats = export(source, tmp_path / "out", proportions=(1, 0, 0))
+    assert stats["rows"]["exported"] == 2
+    assert stats["left_out"]["by_reason"] == {"timeout": 1, "duplicate key": 1}
+    exported = _exported_rows(tmp_path / "out")
+    assert {row["annotation"]["status"] for row in exported.values()} == {"ok"}

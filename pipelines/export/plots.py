@@ -41,12 +41,12 @@ def figures(stats: ExportStats) -> dict[str, Figure]:
     """The figures by file name (the keys of `PLOT_FILES`)."""
     from matplotlib.figure import Figure
 
-    arrays = stats.per_image_arrays()
+    histograms = stats.per_image_histograms()
     out: dict[str, Figure] = {}
 
     figure = Figure(figsize=(12, 3.5))
     for axis, name in zip(figure.subplots(1, 3), ("objects", "relations", "attributes"), strict=True):
-        counts = np.bincount(arrays[name])
+        counts = histograms[name]  # = np.bincount of the per-image values
         axis.bar(np.arange(counts.size), counts, width=0.8)
         axis.set(title=f"{name} per image", xlabel=name, ylabel="images")
         _integer_ticks(axis, "x", "y")
@@ -54,7 +54,9 @@ def figures(stats: ExportStats) -> dict[str, Figure]:
 
     figure = Figure(figsize=(6, 3.5))
     axis = figure.subplots()
-    axis.hist(arrays["graph_length"], bins=30)
+    lengths = histograms["graph_length"]
+    values = np.flatnonzero(lengths)  # the lengths that occur, weighted by their counts: the same 30 bins
+    axis.hist(values, bins=30, weights=lengths[values])
     axis.set(title="graph length (objects + relations)", xlabel="nodes + edges", ylabel="images")
     _integer_ticks(axis, "x", "y")
     out["graph_length.png"] = figure

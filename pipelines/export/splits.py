@@ -16,7 +16,6 @@ The rule, in two steps:
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 from collections.abc import Sequence
 
@@ -29,7 +28,10 @@ __all__ = [
     "balanced_splits",
     "check_proportions",
     "fill_empty_splits",
+    "key_digests",
+    "points_of_digests",
     "split_points",
+    "splits_of_points",
 ]
 
 SPLITS = ("train", "validation", "test")
@@ -49,15 +51,28 @@ def _bounds(proportions: Sequence[float]) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(proportions) / float(sum(proportions))])
 
 
+def key_digests(keys: Sequence[str | None], seed: int = 0) -> np.ndarray:
+    """The first 16 bytes of sha256(f"{seed}:{key}") of each key, as an (n, 2) array of unsigned 64-bit numbers
+    (big-endian halves). The first half places the row (`split_points`); both halves identify the key in the
+    export's duplicate detection, 16 bytes per row whatever the key's length."""
+    digests = b"".join(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:16] for key in keys)
+    return np.frombuffer(digests, dtype=">u8").reshape(-1, 2).astype(np.uint64)
+
+
+def points_of_digests(digests: np.ndarray) -> np.ndarray:
+    """The `split_points` of keys from their `key_digests`: the first half over 2**64."""
+    return digests[:, 0].astype(np.float64) / 2.0**64
+
+
 def split_points(keys: Sequence[str], seed: int = 0) -> np.ndarray:
     """Each key's point in [0, 1): the first 8 bytes of sha256(f"{seed}:{key}") over 2**64."""
-    return np.array(
-        [
-            int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big") / 2.0**64
-            for key in keys
-        ],
-        dtype=np.float64,
-    )
+    return points_of_digests(key_digests(keys, seed))
+
+
+def splits_of_points(points: np.ndarray, proportions: Sequence[float] = DEFAULT_PROPORTIONS) -> np.ndarray:
+    """The split index (into `SPLITS`) of each point: the interval of the cumulative `proportions` it lies in."""
+    check_proportions(proportions)
+    return np.searchsorted(_bounds(proportions)[1:-1], points, side="right").astype(np.int8)
 
 
 def assign_splits(
@@ -66,11 +81,7 @@ def assign_splits(
     """The split index (into `SPLITS`) of each key: its `split_points` value placed on the cumulative
     `proportions`. Depends on nothing but the key, the seed and the proportions."""
     check_proportions(proportions)
-    inner = list(_bounds(proportions)[1:-1])
-    out = np.empty(len(keys), dtype=np.int8)
-    for i, point in enumerate(split_points(keys, seed)):
-        out[i] = bisect.bisect_right(inner, point)
-    return out
+    return splits_of_points(split_points(keys, seed), proportions)
 
 
 def fill_empty_splits(points: np.ndarray, splits: np.ndarray, proportions: Sequence[float]) -> np.ndarray:
