@@ -37,20 +37,51 @@ def _answer_batch(batch: pa.Table, task: Task, answers: Sequence[str]) -> pa.Tab
     return output_table(batch, generations)
 
 
+class _Answerer:
+    """The model stage of a fixed-answer dry run, as a Ray Data actor (the shape of `HFGenerator`'s pool)."""
+
+    def __init__(self, task: Task, answers: Sequence[str]):
+        self.task, self.answers = task, answers
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return _answer_batch(batch, self.task, self.answers)
+
+
 class FixedAnswerEngine(Engine):
-    """Answers row ``_index = i`` of every shard with ``answers[i % len(answers)]`` (prompts are still rendered)."""
+    """Answers row ``_index = i`` of every shard with ``answers[i % len(answers)]`` (prompts are still rendered).
+
+    With `actors` (what ``--engine fixed`` builds) the answers come from a pool of `options.num_actors` actors,
+    as a model's do, so that a dry run has the real run's shape (an actor stage after the read tasks, which a
+    failure test can kill); without, they fuse into the read stage (tests, overhead benchmarks).
+    """
 
     name = "fixed"
 
     def __init__(
-        self, task: Task, answers: Sequence[str], options: EngineOptions | None = None, model: str = "fixed-answers"
+        self,
+        task: Task,
+        answers: Sequence[str],
+        options: EngineOptions | None = None,
+        model: str = "fixed-answers",
+        actors: bool = False,
     ):
         if not answers:
             raise ValueError("FixedAnswerEngine needs at least one answer")
         super().__init__(task, model, options)
         self.answers = list(answers)
+        self.actors = actors
 
     def run(self, ds: ray.data.Dataset) -> ray.data.Dataset:
+        if self.actors:
+            import ray.data
+
+            return ds.map_batches(
+                _Answerer,
+                fn_constructor_kwargs={"task": self.task, "answers": self.answers},
+                compute=ray.data.ActorPoolStrategy(size=self.options.num_actors),
+                batch_format="pyarrow",
+                num_cpus=0,  # an instant answer: the actors never hold a CPU back from the read tasks
+            )
         # Whole blocks (no batch size): the answer is instant, so this fuses into the read stage.
         return ds.map_batches(
             _answer_batch, fn_kwargs={"task": self.task, "answers": self.answers}, batch_format="pyarrow"
@@ -86,6 +117,6 @@ def answers_from(source: str, task: Task) -> tuple[list[str], str]:
 
 
 def fixed_engine(task: Task, model: str, options: EngineOptions | None = None) -> FixedAnswerEngine:
-    """The engine ``--engine fixed`` builds: `model` names the answers (`answers_from`)."""
+    """The engine ``--engine fixed`` builds: `model` names the answers (`answers_from`); an actor pool."""
     answers, label = answers_from(model, task)
-    return FixedAnswerEngine(task, answers, options, model=label)
+    return FixedAnswerEngine(task, answers, options, model=label, actors=True)
