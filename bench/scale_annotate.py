@@ -2,21 +2,22 @@
 up, through the fixed-answer engine (`--engine fixed --model builtin`: no model, so what is measured is the
 pipeline itself: planning, reading, decoding, prompting, parsing, writing).
 
-    python bench/scale_annotate.py --rows 10000,100000,1000000 --num-cpus 2
-    python bench/scale_annotate.py --rows 10000 --num-cpus 1,2          # CPU scaling
+    python bench/scale_annotate.py --rows 10000,100000,1000000 --num-cpus 2,1 --cpu-rows 100000
 
 Writes a LAION-style input in img2dataset's Parquet layout (10,000 rows per file, as img2dataset writes them;
 columns url, caption, key, status, width, height, original_width, original_height, jpg; small JPEGs, every URL
 distinct, one row in 1,000 a duplicate URL so that de-duplication has work to do), then runs
 ``python -m pipelines.annotate`` on it in a subprocess per size and CPU count, watching its process tree:
 
-- driver peak RSS: the job process's ``VmHWM``;
+- driver peak RSS: the job process's ``VmHWM`` (which counts the shared object-store pages it reads), and the
+  largest private memory (``RssAnon``) sampled every 0.2 s;
 - worker peak RSS: the largest ``VmHWM`` of any Ray worker process (``ray::...``) of that run;
 - planning time, rows/s end to end and rows/s in steady state (after the first result), from ``summary.json``.
 
-It prints one JSON object: the figures per run, and the ratios against the smallest size at the first CPU count
-(driver peak RSS, steady rows/s; targets at 1M rows: RSS ≤ 1.5×, rows/s ≥ 0.8×) and, with two CPU counts, the
-steady rows/s of the larger over the smaller (target ≥ 1.7× from 1 to 2 CPUs).
+It prints one JSON object: the figures per run, the ratios of each size's figures to the smallest size's at the
+first CPU count (targets at 1M rows: driver peak RSS ≤ 1.5×, rows/s ≥ 0.8×), and the steady rows/s at the first
+CPU count over that at each further one, at `--cpu-rows` rows (target ≥ 1.7× for 2 CPUs over 1). "Steady" counts
+from the first result on; a run of one shard has no steady state (all its rows arrive together).
 """
 
 from __future__ import annotations
@@ -82,12 +83,13 @@ def write_input(directory: Path, rows: int, size: tuple[int, int] = (64, 48)) ->
     return directory
 
 
-def _peak_rss(pid: int) -> int:
-    """A process's peak resident set (``VmHWM``) in bytes; 0 once it is gone."""
+def _memory(pid: int, field: str = "VmHWM") -> int:
+    """A field of ``/proc/PID/status`` in bytes (``VmHWM``: peak resident set; ``RssAnon``: private memory now);
+    0 once the process is gone."""
     try:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -99,13 +101,14 @@ class _TreeWatcher:
 
     def __init__(self, pid: int, interval: float = 0.2):
         self.pid, self.interval = pid, interval
-        self.driver_peak = 0
+        self.driver_peak = self.driver_private_peak = 0
         self.worker_peaks: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
     def _sample(self) -> None:
-        self.driver_peak = max(self.driver_peak, _peak_rss(self.pid))
+        self.driver_peak = max(self.driver_peak, _memory(self.pid))
+        self.driver_private_peak = max(self.driver_private_peak, _memory(self.pid, "RssAnon"))
         try:
             children = psutil.Process(self.pid).children(recursive=True)
         except psutil.Error:
@@ -113,7 +116,7 @@ class _TreeWatcher:
         for child in children:
             try:
                 if child.cmdline()[:1] and child.cmdline()[0].startswith("ray::"):
-                    self.worker_peaks[child.pid] = max(self.worker_peaks.get(child.pid, 0), _peak_rss(child.pid))
+                    self.worker_peaks[child.pid] = max(self.worker_peaks.get(child.pid, 0), _memory(child.pid))
             except psutil.Error:
                 continue
 
@@ -158,36 +161,39 @@ def run_annotate(source: Path, output: Path, num_cpus: int, extra: list[str] = (
         "rows_per_second": round(rows / wall, 1),
         "steady_rows_per_second": round(rows / steady, 1) if steady > 0 else None,
         "driver_peak_rss_mb": round(watcher.driver_peak / 2**20, 1),
+        "driver_peak_private_mb": round(watcher.driver_private_peak / 2**20, 1),
         "worker_peak_rss_mb": round(max(watcher.worker_peaks.values(), default=0) / 2**20, 1),
         "workers_seen": len(watcher.worker_peaks),
     }
 
 
-def measure(sizes: list[int], cpu_counts: list[int], workdir: Path) -> dict[str, Any]:
-    """Every size at the first CPU count, and the smallest size at every further CPU count; with ratios."""
+def measure(sizes: list[int], cpu_counts: list[int], cpu_rows: int, workdir: Path) -> dict[str, Any]:
+    """Every size at the first CPU count, and `cpu_rows` rows at every further CPU count; with ratios."""
     runs = []
-    for rows in sizes:
+    for rows in sorted({*sizes, cpu_rows} if len(cpu_counts) > 1 else set(sizes)):
         source = write_input(workdir / f"input-{rows}", rows)
-        for num_cpus in cpu_counts if rows == sizes[0] else cpu_counts[:1]:
+        counts = cpu_counts[:1] if rows in sizes else []
+        counts += cpu_counts[1:] if rows == cpu_rows else []
+        for num_cpus in counts:
             output = workdir / f"output-{rows}-{num_cpus}"
             runs.append(run_annotate(source, output, num_cpus))
             print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
             shutil.rmtree(output)
         shutil.rmtree(source)
-    base = runs[0]
-    ratios = {
-        f"{run['rows']}_rows": {
-            "driver_peak_rss": round(run["driver_peak_rss_mb"] / base["driver_peak_rss_mb"], 3),
-            "steady_rows_per_second": round(run["steady_rows_per_second"] / base["steady_rows_per_second"], 3),
+    first = [run for run in runs if run["num_cpus"] == cpu_counts[0]]
+    base = first[0]
+    result: dict[str, Any] = {"runs": runs, "vs_smallest": {}}
+    for run in first:
+        result["vs_smallest"][f"{run['rows']}_rows"] = {
+            name: round(run[name] / base[name], 3)
+            for name in ("driver_peak_rss_mb", "driver_peak_private_mb", "rows_per_second", "steady_rows_per_second")
+            if run[name] and base[name]
         }
-        for run in runs
-        if run["num_cpus"] == cpu_counts[0]
-    }
-    result: dict[str, Any] = {"runs": runs, "vs_smallest": ratios}
+    reference = next((run for run in first if run["rows"] == cpu_rows - cpu_rows // DUPLICATE_EVERY), None)
     for run in runs:
-        if run["num_cpus"] != cpu_counts[0]:
-            key = f"cpus_{run['num_cpus']}_over_{cpu_counts[0]}"
-            result[key] = round(run["steady_rows_per_second"] / base["steady_rows_per_second"], 3)
+        if run["num_cpus"] != cpu_counts[0] and reference is not None:
+            key = f"steady_rows_per_second_cpus_{reference['num_cpus']}_over_{run['num_cpus']}"
+            result[key] = round(reference["steady_rows_per_second"] / run["steady_rows_per_second"], 3)
     return result
 
 
@@ -198,11 +204,14 @@ def _int_list(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=_int_list, default=[10_000, 100_000], help="input sizes, comma-separated")
-    parser.add_argument("--num-cpus", type=_int_list, default=[2], help="CPU counts, comma-separated")
+    parser.add_argument(
+        "--num-cpus", type=_int_list, default=[2], help="CPU counts, comma-separated; all sizes run at the first"
+    )
+    parser.add_argument("--cpu-rows", type=int, default=100_000, help="the size run at the further CPU counts")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
-        print(json.dumps(measure(sorted(args.rows), args.num_cpus, Path(workdir)), indent=2))
+        print(json.dumps(measure(sorted(args.rows), args.num_cpus, args.cpu_rows, Path(workdir)), indent=2))
     return 0
 
 

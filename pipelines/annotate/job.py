@@ -165,6 +165,7 @@ def run(config: AnnotateSettings, engine: Engine | None = None) -> RunSummary:
     except RunIdentityError as exc:
         raise ConfigError(str(exc)) from None
     filters = config.filters
+    planning_started, ray_start_seconds = time.perf_counter(), 0.0
     try:
         # Every shard's name (for `_set_aside_superseded`), then the shards of this run: those holding the first
         # `--limit` input rows, the last one capped (`limit_rows`); de-duplication is planned for these only.
@@ -178,11 +179,13 @@ def run(config: AnnotateSettings, engine: Engine | None = None) -> RunSummary:
         shards = listed if config.limit is None else limit_rows(listed, input_format, config.limit)
         if filters.dedupe_urls:
             if len(shards) > 1:  # the de-duplication pre-pass runs as Ray tasks (`plan_dedupe`)
+                ray_started = time.perf_counter()
                 init_ray(config.num_cpus, config.dashboard)
+                ray_start_seconds = time.perf_counter() - ray_started
             shards = plan_dedupe(shards, input_format, filters)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    planning_seconds = round(time.perf_counter() - start, 3)
+    planning_seconds = round(time.perf_counter() - planning_started - ray_start_seconds, 3)
     if engine is None:
         engine = build_engine(config.engine, task, config.model, config.engine_options)
     for directory in (DATA_DIR, SHARDS_DIR):

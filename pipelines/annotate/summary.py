@@ -72,7 +72,7 @@ class RunSummary(OutputTotals):
     shards_superseded: list[str] = field(default_factory=list)
     shards_failed: dict[str, str] = field(default_factory=dict)
     wall_seconds: float = 0.0
-    planning_seconds: float = 0.0
+    planning_seconds: float = 0.0  # listing the shards and planning de-duplication (Ray's start aside)
     startup_seconds: float | None = None
     rows_per_second: float = 0.0
     images: bool = True
