@@ -146,3 +146,25 @@ def test_http_engine_rates_and_ratios(ray_local, capsys) -> None:
     assert_consistent(ideal, quotient((4.0, 4.0), (0.05, 0.05)), "ideal rows/s")
     assert_consistent(ratio, quotient(interval(steady), interval(ideal)), "ratio")
     assert 1 <= int(peak) <= 4
+
+
+def test_scale_annotate_watches_peak_memory_of_the_job_and_its_ray_workers() -> None:
+    """bench/scale_annotate.py's process-tree watcher: a child that holds 200 MB shows a driver peak of at least
+    that, and its own child titled like a Ray worker is counted as one; a finished process reads 0."""
+    import subprocess
+
+    import scale_annotate
+
+    script = (
+        "import subprocess, sys, time\n"
+        "worker = subprocess.Popen(['bash', '-c', 'exec -a ray::MapWorker sleep 3'])\n"
+        "block = bytearray(200 * 2**20)\n"
+        "time.sleep(2)\n"
+        "worker.wait()\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script])
+    with scale_annotate._TreeWatcher(process.pid, interval=0.05) as watcher:
+        process.wait(timeout=60)
+    assert watcher.driver_peak >= 200 * 2**20 and watcher.driver_private_peak >= 200 * 2**20
+    assert len(watcher.worker_peaks) == 1 and 0 < max(watcher.worker_peaks.values()) < 50 * 2**20
+    assert scale_annotate._memory(process.pid) == 0
