@@ -23,7 +23,7 @@ from pathlib import Path
 from laion_sg.offline import make_tiny_models
 from laion_sg.offline.fixtures import write_fixture_dataset
 from schemas.runs import init_ray
-from training.data import find_splits
+from training.rows import find_splits
 from training.settings import TrainSettings, run_dir
 from training.train import train, train_local
 

@@ -25,6 +25,7 @@ machine. Peak memory: `torch.cuda.max_memory_allocated` on GPU, the process's pe
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import resource
 import statistics
@@ -34,11 +35,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from laion_sg.offline.fixtures import write_fixture_dataset
+from laion_sg.offline.fixtures import FIXTURE_GRAPHS
 from laion_sg.offline.tiny_sdxl import build_tiny_sdxl
-from training.data import ImageConfig, RowCollator, TrainBatch, find_splits, read_rows, usable
+from schemas import SceneGraph
+from training.batches import RowCollator, TrainBatch
+from training.image_transforms import ImageConfig
 from training.sg_encoder import SGEncoder
 from training.step import (
     FrozenSDXL,
@@ -142,6 +146,30 @@ def full_size_frozen(tokenizer_dir: Path, device: torch.device, dtype: torch.dty
         torch.set_default_dtype(default_dtype)
 
 
+def bench_rows(count: int, resolution: int, seed: int = 0) -> list[dict[str, Any]]:
+    """`count` training rows: the fixture scene graphs (`FIXTURE_GRAPHS`) on random-pixel PNGs of resolution².
+    Speed does not depend on the pixels, and this needs neither scikit-image (the fixture photos) nor `datasets`
+    (split discovery), so the benchmark runs on a bare CUDA machine (bench/gpu_check.sh)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    graphs = [SceneGraph.from_json(graph).validate().to_dict() for _, _, graph in FIXTURE_GRAPHS.values()]
+    rows = []
+    for index in range(count):
+        buffer = io.BytesIO()
+        pixels = rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        rows.append(
+            {
+                "key": f"bench-{index:05d}",
+                "image": {"bytes": buffer.getvalue(), "path": None},
+                "scene_graph": graphs[index % len(graphs)],
+                "annotation": {"status": "ok"},
+            }
+        )
+    return rows
+
+
 def peak_flops(device: torch.device, override_tflops: float | None) -> tuple[float, str]:
     if override_tflops:
         return override_tflops * 1e12, "given"
@@ -239,7 +267,6 @@ def main(argv: list[str] | None = None) -> int:
         tiny_dir = build_tiny_sdxl(Path(tmp) / "sdxl")
         frozen = build(tiny_dir, device)
         counting = frozen if device == meta else build(tiny_dir, meta)  # FLOPs are counted on a weightless copy
-        rows = [r for r in read_rows(find_splits(write_fixture_dataset(Path(tmp) / "data"))["train"]) if usable(r)]
     small = {"hidden_dim": 32, "mlp_hidden_dim": 64} if args.size == "tiny" else {}
 
     def new_encoder() -> SGEncoder:
@@ -247,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.gradient_checkpointing:
         frozen.unet.enable_gradient_checkpointing()  # not on the counting copy: model FLOPs exclude recompute
-    rows = (rows * (args.batch_size // len(rows) + 1))[: args.batch_size]
+    rows = bench_rows(args.batch_size, resolution)
     raw = RowCollator(frozen.tokenizers, ImageConfig(resolution=resolution))(rows)
 
     def batches(frozen: FrozenSDXL, device: torch.device) -> dict[str, TrainBatch]:

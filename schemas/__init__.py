@@ -1,6 +1,10 @@
 """The data contract shared by every part of the package (no heavy dependencies: dataclasses, pydantic, pyarrow)."""
 
 from schemas.converters import GraphLike, as_scene_graph
+from schemas.errors import RecordError, SceneGraphError
+from schemas.flip import flip_graph
+from schemas.graph_text import normalize_text
+from schemas.limits import DEFAULT_LIMITS, Limits, Vocabulary
 from schemas.results import (
     BenchmarkInfo,
     BenchmarkResult,
@@ -24,18 +28,7 @@ from schemas.rows import (
     scene_graph_to_arrow,
     with_hf_metadata,
 )
-from schemas.scene_graph import (
-    DEFAULT_LIMITS,
-    Limits,
-    RecordError,
-    SceneGraph,
-    SceneGraphError,
-    SGObject,
-    SGRelation,
-    Vocabulary,
-    flip_graph,
-    normalize_text,
-)
+from schemas.scene_graph import SceneGraph, SGObject, SGRelation
 
 __all__ = [
     "ANNOTATION_TYPE",

@@ -25,13 +25,9 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from schemas.scene_graph import (
-    DEFAULT_LIMITS,
-    Limits,
-    RecordError,
-    SceneGraph,
-    SGObject,
-    SGRelation,
+from schemas.errors import RecordError
+from schemas.limits import DEFAULT_LIMITS, Limits
+from schemas.record_fields import (
     _field,
     _require_int,
     _require_list,
@@ -40,6 +36,7 @@ from schemas.scene_graph import (
     _require_str,
     _require_str_list,
 )
+from schemas.scene_graph import SceneGraph, SGObject, SGRelation
 
 __all__ = [
     "GraphLike",

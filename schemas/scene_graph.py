@@ -3,122 +3,32 @@
 `SceneGraph` is the one representation every part of the package exchanges. It is a plain dataclass so that it
 is cheap to build per row; parsing from untrusted JSON goes through `from_json`, which reports the exact field
 that is wrong. Invariants are checked by `validate()`, among them the character rule of graph text (text is data,
-not markup: see `TEXT_PUNCTUATION`); `repair()` turns a near-miss (model output, old data) into a valid graph and
-lists the changes it made (a bounded list), without ever inventing content. `flip_graph` gives the graph of the
-mirrored image.
+not markup: see `schemas.graph_text`); `repair()` turns a near-miss (model output, old data) into a valid graph
+and lists the changes it made (a bounded list), without ever inventing content.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import pydantic
-from pydantic import ConfigDict, Field
+from schemas.errors import RecordError, SceneGraphError
+from schemas.graph_text import _CONTROL, normalize_text, text_rule_problem
+from schemas.json_schema import scene_graph_json_schema
+from schemas.limits import DEFAULT_LIMITS, Limits, Vocabulary
+from schemas.record_fields import (
+    _field,
+    _require_int,
+    _require_mapping,
+    _require_mappings,
+    _require_str,
+    _require_str_list,
+)
+from schemas.validation import _SHOWN, _Changes, _id_problem, _is_id, _over_limit, _show_id, _text_problem
 
-__all__ = [
-    "Limits",
-    "RecordError",
-    "SGObject",
-    "SGRelation",
-    "SceneGraph",
-    "SceneGraphError",
-    "TEXT_PUNCTUATION",
-    "Vocabulary",
-    "flip_graph",
-    "normalize_text",
-    "text_rule_problem",
-]
-
-_WHITESPACE = re.compile(r"\s+")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-# The one allow-list of graph text (names, attributes, predicates): text is data, not markup. Besides letters
-# (Unicode categories L*), combining marks (M*) and decimal digits (Nd), only these characters may appear, and
-# text must begin with a letter or a digit. It admits real labels ("man's shirt", "t-shirt", "no. 5",
-# "frisbee/disc", "wii controller (white)", "café", "日本語") and excludes markup and code: < > " ` = { } [ ] \\ ;
-# & $ % # * + | ! ? : @ ^ ~, quotes other than the apostrophe (' and ’), control and format characters
-# (zero-width, bidirectional overrides). `Limits.text_pattern`, the grammar of constrained decoding, emits a subset
-# (tests/test_hostile_graphs.py checks it). Deliberately not a `Limits` field: a config cannot loosen it.
-TEXT_PUNCTUATION = frozenset(" -'\u2019.,/()")
-_PLAIN_TEXT = re.compile(r"[a-z0-9][a-z0-9 \-'.,/()]*")  # fast path: the common ASCII case
-_SHOWN = 40  # at most this many characters of a bad value appear in a message
-_MAX_CHANGE_LINES = 20  # repair() lists this many per-item changes, then counts the rest
-_MAX_ID = 2**31 - 1  # ids are stored as int32
-_INT_TEXT = re.compile(r"-?[0-9]{1,18}")  # an id written as text: ASCII digits, short enough for int()
-
-
-@pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))
-class Limits:
-    """Size bounds of a graph: generous next to LAION-SG's average of 6.4 objects per image.
-
-    A validated dataclass: the annotate job's ``--limits.*`` flags are these fields, with these checks."""
-
-    max_objects: int = Field(64, ge=1, description="objects per graph at most")
-    max_relations: int = Field(128, ge=0, description="relations per graph at most")
-    max_attributes: int = Field(8, ge=0, description="attributes per object at most")
-    max_text_length: int = Field(64, ge=1, description="characters per name, predicate or attribute at most")
-    # The pattern handed to constrained decoding for names, predicates and attributes. Without it a random
-    # or weak model emits control characters inside strings (measured with xgrammar 0.2.8). It must only admit
-    # text that keeps the character rule of `validate()` (`TEXT_PUNCTUATION`); it is not checked on parse.
-    text_pattern: str = Field(
-        r"^[a-z][a-z -]{0,23}$",
-        description="regular expression of names, predicates and attributes for constrained decoding",
-    )
-
-
-DEFAULT_LIMITS = Limits()
-
-
-@dataclass(frozen=True)
-class Vocabulary:
-    """Closed sets of object names and predicates, used to restrict a judge VLM to the intended graph."""
-
-    names: tuple[str, ...]
-    predicates: tuple[str, ...]
-
-    @classmethod
-    def of(cls, graph: SceneGraph) -> Vocabulary:
-        """The names and predicates used by `graph`, sorted."""
-        return cls(
-            names=tuple(sorted({o.name for o in graph.objects})),
-            predicates=tuple(sorted({r.predicate for r in graph.relations})),
-        )
-
-
-class SceneGraphError(ValueError):
-    """A graph breaks an invariant. `problems` lists every violation found, each naming its field."""
-
-    def __init__(self, problems: Sequence[str]):
-        self.problems = list(problems)
-        shown = self.problems[:_MAX_CHANGE_LINES]
-        more = len(self.problems) - len(shown)
-        super().__init__(
-            "invalid scene graph: " + "; ".join(shown) + (f"; ... and {more} more problems" if more else "")
-        )
-
-
-class RecordError(ValueError):
-    """A source record (LAION-SG, Visual Genome, sg2im, VLM output) is malformed.
-
-    `record` identifies the record (e.g. ``img_id=123``), `field` is the path of the offending field.
-    """
-
-    def __init__(self, record: str, field: str, reason: str):
-        record = record if len(record) <= 64 else record[:61] + "..."  # a hostile record id stays short
-        self.record = record
-        self.field = field
-        self.reason = reason
-        super().__init__(f"record {record}: field {field!r}: {reason}")
-
-
-def normalize_text(text: str) -> str:
-    """Lower-case, trim, and collapse runs of whitespace (and underscores) to one space."""
-    return _WHITESPACE.sub(" ", text.replace("_", " ")).strip().lower()
+__all__ = ["SGObject", "SGRelation", "SceneGraph"]
 
 
 @dataclass
@@ -137,92 +47,6 @@ class SGRelation:
     subject: int
     predicate: str
     object: int
-
-
-def _allowed(char: str) -> bool:
-    return char in TEXT_PUNCTUATION or char.isalpha() or char.isdecimal() or unicodedata.category(char)[0] == "M"
-
-
-def text_rule_problem(text: str) -> str | None:
-    """Why `text` breaks the character rule of graph text (see `TEXT_PUNCTUATION`), or None when it keeps it.
-
-    Case and whitespace are not part of this rule (`normalize_text` handles them).
-    """
-    if _PLAIN_TEXT.fullmatch(text):
-        return None
-    bad: list[str] = []
-    for char in text:
-        if not _allowed(char) and char not in bad:
-            bad.append(char)
-            if len(bad) == 8:
-                break
-    if bad:
-        return "characters not allowed in graph text: " + ", ".join(repr(c) for c in bad)
-    if text and not (text[0].isalpha() or text[0].isdecimal()):
-        return "must begin with a letter or digit"
-    return None
-
-
-def _text_problem(value: Any, where: str, limits: Limits) -> str | None:
-    if not isinstance(value, str):
-        return f"{where}: expected a string, got {type(value).__name__}"
-    if not value:
-        return f"{where} is empty"
-    if len(value) > limits.max_text_length:
-        return f"{where} is longer than {limits.max_text_length} characters"
-    if _CONTROL.search(value):
-        return f"{where} {value!r:.{_SHOWN}} contains control characters"
-    normal = normalize_text(value)
-    if problem := text_rule_problem(normal):  # the rule holds for the normalised text, as in repair()
-        return f"{where} {value!r:.{_SHOWN}}: {problem}"
-    if value != normal:
-        return f"{where} {value!r:.{_SHOWN}} is not normalised (lower-case, trimmed, single spaces, no underscores)"
-    return None
-
-
-def _id_problem(value: Any, where: str) -> str | None:
-    if not _is_id(value):
-        return f"{where}: expected an integer, got {type(value).__name__}"
-    if not 0 <= value <= _MAX_ID:
-        return f"{where}: id {_show_id(value)} outside 0..{_MAX_ID}"
-    return None
-
-
-class _Changes:
-    """The change list of `repair()`: per-item lines up to a cap, then a count; summaries are always kept."""
-
-    def __init__(self, cap: int = _MAX_CHANGE_LINES):
-        self.lines: list[str] = []
-        self.cap = cap
-        self.items = 0
-        self.omitted = 0
-
-    def add(self, line: str) -> None:
-        if self.items < self.cap:
-            self.lines.append(line)
-            self.items += 1
-        else:
-            self.omitted += 1
-
-    def summary(self, line: str) -> None:
-        self.lines.append(line)
-
-    def result(self) -> list[str]:
-        return self.lines + ([f"... and {self.omitted} more changes"] if self.omitted else [])
-
-
-def _is_id(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _show_id(value: int) -> str:
-    """An id for a message; a hostile id of thousands of digits is not printed (nor can `str` print it)."""
-    return str(value) if abs(value) < 10**30 else f"of {value.bit_length()} bits"
-
-
-def _over_limit(count: int, first: int, last: int, what: str, where: str, limit: int) -> str:
-    span = f"{where}[{first}]" if first == last else f"{where}[{first}..{last}]"
-    return f"dropped {count} {what} ({span}): over the limit of {limit} {what}"
 
 
 @dataclass
@@ -472,51 +296,9 @@ class SceneGraph:
 
     @classmethod
     def json_schema(cls, limits: Limits = DEFAULT_LIMITS, vocabulary: Vocabulary | None = None) -> dict[str, Any]:
-        """The JSON Schema of `to_dict()` handed to constrained decoding (the same in every engine).
-
-        Strings carry `text_pattern`, ids are bounded and arrays have `maxItems`: all three are needed for a
-        grammar-constrained model to terminate. With a `vocabulary`, names and predicates become enums (the
-        judge of CompSG-Bench, as LAION-SG restricted its judge to the intended graph's nouns and predicates).
-        """
-        text = {"type": "string", "pattern": limits.text_pattern}
-        name = {"type": "string", "enum": list(vocabulary.names)} if vocabulary and vocabulary.names else text
-        predicate = (
-            {"type": "string", "enum": list(vocabulary.predicates)} if vocabulary and vocabulary.predicates else text
-        )
-        object_id = {"type": "integer", "minimum": 0, "maximum": limits.max_objects - 1}
-        return {
-            "title": "SceneGraph",
-            "type": "object",
-            "properties": {
-                "objects": {
-                    "type": "array",
-                    "minItems": 1,
-                    "maxItems": limits.max_objects,
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "id": object_id,
-                            "name": name,
-                            "attributes": {"type": "array", "maxItems": limits.max_attributes, "items": text},
-                        },
-                        "required": ["id", "name", "attributes"],
-                        "additionalProperties": False,
-                    },
-                },
-                "relations": {
-                    "type": "array",
-                    "maxItems": limits.max_relations,
-                    "items": {
-                        "type": "object",
-                        "properties": {"subject": object_id, "predicate": predicate, "object": object_id},
-                        "required": ["subject", "predicate", "object"],
-                        "additionalProperties": False,
-                    },
-                },
-            },
-            "required": ["objects", "relations"],
-            "additionalProperties": False,
-        }
+        """See `schemas.json_schema.scene_graph_json_schema`: the JSON Schema of `to_dict()` for constrained
+        decoding."""
+        return scene_graph_json_schema(limits, vocabulary)
 
     # ------------------------------------------------------------------ converters (see schemas.converters)
 
@@ -575,67 +357,3 @@ class SceneGraph:
         from schemas import converters
 
         return converters.to_vlm_raw(self)
-
-
-# ---------------------------------------------------------------------- graph operations
-
-_LEFT_RIGHT = re.compile(r"\b(left|right)\b")
-
-
-def _swap_left_right(text: str) -> str:
-    return _LEFT_RIGHT.sub(lambda m: "right" if m.group(1) == "left" else "left", text)
-
-
-def flip_graph(graph: SceneGraph) -> SceneGraph:
-    """The graph of the mirrored image: "left" and "right" swapped as whole words everywhere."""
-    return SceneGraph(
-        [SGObject(o.id, _swap_left_right(o.name), [_swap_left_right(a) for a in o.attributes]) for o in graph.objects],
-        [SGRelation(r.subject, _swap_left_right(r.predicate), r.object) for r in graph.relations],
-    )
-
-
-# ---------------------------------------------------------------------- typed field access with precise errors
-
-
-def _field(mapping: Mapping[str, Any], key: str, record: str, where: str) -> Any:
-    if key not in mapping:
-        raise RecordError(record, f"{where}.{key}", "missing")
-    return mapping[key]
-
-
-def _require_mapping(value: Any, record: str, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise RecordError(record, where, f"expected an object, got {type(value).__name__}")
-    return value
-
-
-def _require_list(value: Any, record: str, where: str) -> Sequence[Any]:
-    if not isinstance(value, list | tuple):
-        raise RecordError(record, where, f"expected a list, got {type(value).__name__}")
-    return value
-
-
-def _require_mappings(value: Any, record: str, where: str) -> list[Mapping[str, Any]]:
-    return [_require_mapping(v, record, f"{where}[{i}]") for i, v in enumerate(_require_list(value, record, where))]
-
-
-def _require_int(value: Any, record: str, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        integral = isinstance(value, float) and value.is_integer()
-        if integral or (isinstance(value, str) and _INT_TEXT.fullmatch(value.strip())):
-            value = int(value)
-        else:
-            raise RecordError(record, where, f"expected an integer, got {type(value).__name__} {value!r:.40}")
-    if not -(2**63) <= value < 2**63:
-        raise RecordError(record, where, f"integer of {value.bit_length()} bits is out of range")
-    return value
-
-
-def _require_str(value: Any, record: str, where: str) -> str:
-    if not isinstance(value, str):
-        raise RecordError(record, where, f"expected a string, got {type(value).__name__} {value!r:.40}")
-    return value
-
-
-def _require_str_list(value: Any, record: str, where: str) -> list[str]:
-    return [_require_str(v, record, f"{where}[{i}]") for i, v in enumerate(_require_list(value, record, where))]

@@ -16,7 +16,9 @@ sys.path.insert(0, str(REPO / "bench"))
 from train_step import count_flops, main  # noqa: E402
 
 from laion_sg.offline.fixtures import write_fixture_dataset  # noqa: E402
-from training.data import ImageConfig, RowCollator, find_splits, read_rows, usable  # noqa: E402
+from training.batches import RowCollator  # noqa: E402
+from training.image_transforms import ImageConfig  # noqa: E402
+from training.rows import find_splits, read_rows, usable  # noqa: E402
 from training.sg_encoder import SGEncoder  # noqa: E402
 from training.step import FrozenSDXL  # noqa: E402
 

@@ -11,18 +11,12 @@ import pytest
 import torch
 
 from laion_sg.offline.fixtures import write_fixture_dataset  # noqa: E402
+from training.batches import RowCollator  # noqa: E402
+from training.cache import CacheCollator  # noqa: E402
 from training.contexts import RayContext  # noqa: E402
-from training.data import (  # noqa: E402
-    CacheCollator,
-    ImageConfig,
-    RowCollator,
-    find_splits,
-    is_flipped,
-    read_rows,
-    transform_image,
-    usable,
-)
+from training.image_transforms import ImageConfig, is_flipped, transform_image  # noqa: E402
 from training.loop import run_worker  # noqa: E402
+from training.rows import find_splits, read_rows, usable  # noqa: E402
 from training.settings import TrainSettings  # noqa: E402
 from training.sg_encoder import SGEncoder  # noqa: E402
 from training.step import (  # noqa: E402
@@ -355,7 +349,7 @@ def test_cache_gives_the_on_the_fly_loss(frozen: FrozenSDXL, sdxl: Path, train_r
     import pyarrow.parquet as pq
 
     from schemas import row_schema
-    from training.data import read_cache_meta
+    from training.cache import read_cache_meta
     from training.precompute import CacheEncoder, cache_meta
 
     encoder = tiny_encoder(frozen)
@@ -385,7 +379,7 @@ def test_cache_gives_the_on_the_fly_loss(frozen: FrozenSDXL, sdxl: Path, train_r
 def test_ray_precompute_cache_matches_raw_rows(ray_local, data_dir: Path, sdxl: Path, frozen: FrozenSDXL,
                                                train_rows: list[dict], tmp_path: Path) -> None:  # fmt: skip
     """The Ray Data job writes every usable row once per split, and its rows give the on-the-fly loss."""
-    from training.data import read_cache_meta
+    from training.cache import read_cache_meta
     from training.precompute import precompute
 
     cache = tmp_path / "cache"

@@ -20,18 +20,11 @@ from test_training import RESOLUTION
 from test_training import tiny_config as training_config
 
 from laion_sg.offline.fixtures import write_fixture_dataset
-from training.data import (
-    ANNOTATION_FAILED,
-    BadDataError,
-    CacheCollator,
-    ImageConfig,
-    NoUsableRowsError,
-    RowCollator,
-    find_splits,
-    read_cache_meta,
-    read_rows,
-    row_problem,
-)
+from training.bad_rows import BadDataError, NoUsableRowsError
+from training.batches import RowCollator
+from training.cache import CacheCollator, read_cache_meta
+from training.image_transforms import ImageConfig
+from training.rows import ANNOTATION_FAILED, find_splits, read_rows, row_problem
 from training.settings import TrainSettings
 from training.step import load_tokenizers
 from training.train import main, parse_config, preflight, train_local

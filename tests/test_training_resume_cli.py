@@ -34,9 +34,11 @@ from safetensors.torch import load_file
 from laion_sg.offline.fixtures import write_fixture_dataset
 from laion_sg.offline.tiny_sdxl import build_tiny_sdxl
 from training import precompute
+from training.bad_rows import BadRows, rebatch
+from training.batches import TrainBatch
 from training.contexts import LocalContext
-from training.data import BadRows, TrainBatch, find_splits, rebatch
 from training.loop import run_worker
+from training.rows import find_splits
 from training.train import main, parse_config
 
 RUN_NAME = "sdxl_sg"  # TrainSettings.name's default: Ray Train checkpoints land in OUTPUT/sdxl_sg/checkpoint_<step>

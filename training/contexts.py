@@ -12,7 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.data import BadRows, TrainBatch, find_splits, read_rows, rebatch
+from training.bad_rows import BadRows, rebatch
+from training.batches import TrainBatch
+from training.rows import find_splits, read_rows
 from training.settings import TrainSettings, run_dir
 
 __all__ = ["LocalContext", "RayContext"]

@@ -14,8 +14,11 @@ from typing import Any
 
 import torch
 
+from training.bad_rows import BadDataError, BadRows
+from training.batches import RowCollator
+from training.cache import CacheCollator, read_cache_meta
 from training.checkpoints import TrainState, load_checkpoint, save_checkpoint
-from training.data import BadDataError, BadRows, CacheCollator, RowCollator, find_splits, read_cache_meta
+from training.rows import find_splits
 from training.settings import TrainSettings
 from training.sg_encoder import SGEncoder
 from training.step import (

@@ -3,11 +3,11 @@
     python -m training.precompute --input DATA --model SDXL --output CACHE [--resolution 512] [--crop center]
         [--dtype float16] [--num-actors N] [--use-gpu] [--batch-size 16]
 
-For every row of the train and validation splits (`training.data.find_splits`; the test split and rows whose
+For every row of the train and validation splits (`training.rows.find_splits`; the test split and rows whose
 annotation failed are left out), an actor pool runs the
 same collation as training (resize/crop, micro-conditioning, graph tokenization; no flips) and then the frozen VAE
 (scaled posterior mean) and both frozen text encoders (SG-text token states, pooled embedding, phrase embeddings
-of every node and relation). The result is ``CACHE/<split>/*.parquet`` in `training.data.CACHE_SCHEMA` plus
+of every node and relation). The result is ``CACHE/<split>/*.parquet`` in `training.cache.CACHE_SCHEMA` plus
 ``CACHE/cache.json`` with the dtype and shapes; `python -m training.train --cache CACHE` reads it.
 
 A row that cannot train (corrupt, truncated or missing image, null or empty scene graph: `RowCollator.decode`)
@@ -32,20 +32,11 @@ from pydantic import Field
 
 from schemas.runs import init_ray
 from schemas.settings import JobSettings, parse_settings
-from training.data import (
-    ANNOTATION_FAILED,
-    CACHE_DTYPES,
-    CACHE_FORMAT,
-    CACHE_META,
-    CACHE_SCHEMA,
-    BadRows,
-    ImageConfig,
-    RowCollator,
-    TrainBatch,
-    find_splits,
-    row_problem,
-    tensor_to_bytes,
-)
+from training.bad_rows import BadRows
+from training.batches import RowCollator, TrainBatch
+from training.cache import CACHE_DTYPES, CACHE_FORMAT, CACHE_META, CACHE_SCHEMA, tensor_to_bytes
+from training.image_transforms import ImageConfig
+from training.rows import ANNOTATION_FAILED, find_splits, row_problem
 from training.sg_features import SGFeatures
 from training.step import FrozenSDXL
 

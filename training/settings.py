@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from schemas.settings import JobSettings
-from training.data import ImageConfig
+from training.image_transforms import ImageConfig
 from training.sg_encoder import POOLINGS, SGEncoder
 
 __all__ = ["DEFAULT_MAX_BAD_FRACTION", "EncoderSettings", "TrainConfig", "TrainSettings", "run_dir"]

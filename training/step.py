@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.data import TrainBatch
+from training.batches import TrainBatch
 from training.sg_encoder import SGEncoder
 from training.sg_features import SGFeatures, encode_graphs
 

@@ -27,7 +27,7 @@ every `--log-every` steps; the end of training draws ``RUNS/<name>/loss.png`` fr
 
 Unusable rows (a corrupt, truncated or missing image, a null or empty scene graph, a cache row precompute could
 not encode or whose bytes are broken) are skipped where they are decoded, and batches are refilled to full size
-(`training.data.rebatch`). Every step sums the workers' counts; the run fails with `BadDataError` (count,
+(`training.bad_rows.rebatch`). Every step sums the workers' counts; the run fails with `BadDataError` (count,
 fraction and the first keys with reasons) once the unusable rows certainly exceed `--max-bad-fraction` of the
 train split, whose size comes from the Parquet metadata. The counts and the first keys are in the metrics of
 every step (``bad_rows``, ``bad_fraction``, ``bad_row_examples``, ...; reported with each checkpoint), logged as
@@ -55,20 +55,13 @@ from typing import Any
 
 from schemas.runs import init_ray, log_progress
 from schemas.settings import parse_settings
+from training.bad_rows import BadDataError, BadRows, NoUsableRowsError, first_usable_row
+from training.batches import RowCollator
+from training.cache import CacheCollator
 from training.checkpoints import FINAL_DIR, TrainState, export_final
 from training.contexts import LocalContext, RayContext
-from training.data import (
-    ANNOTATION_FAILED,
-    BadDataError,
-    BadRows,
-    CacheCollator,
-    NoUsableRowsError,
-    RowCollator,
-    find_splits,
-    first_usable_row,
-    row_problem,
-)
 from training.loop import check_cache_matches, run_worker
+from training.rows import ANNOTATION_FAILED, find_splits, row_problem
 from training.settings import TrainSettings, run_dir
 from training.tracking import plot_losses
 
