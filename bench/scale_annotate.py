@@ -12,6 +12,7 @@ distinct, one row in 1,000 a duplicate URL so that de-duplication has work to do
 - driver peak RSS: the job process's ``VmHWM`` (which counts the shared object-store pages it reads), and the
   largest private memory (``RssAnon``) sampled every 0.2 s;
 - worker peak RSS: the largest ``VmHWM`` of any Ray worker process (``ray::...``) of that run;
+- CPU seconds of the driver and of all Ray workers together (as last sampled);
 - planning time, rows/s end to end and rows/s in steady state (after the first result), from ``summary.json``.
 
 It prints one JSON object: the figures per run, the ratios of each size's figures to the smallest size's at the
@@ -103,6 +104,8 @@ class _TreeWatcher:
         self.pid, self.interval = pid, interval
         self.driver_peak = self.driver_private_peak = 0
         self.worker_peaks: dict[int, int] = {}
+        self.driver_cpu = 0.0  # user + system seconds, as last seen
+        self.worker_cpu: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -110,13 +113,18 @@ class _TreeWatcher:
         self.driver_peak = max(self.driver_peak, _memory(self.pid))
         self.driver_private_peak = max(self.driver_private_peak, _memory(self.pid, "RssAnon"))
         try:
-            children = psutil.Process(self.pid).children(recursive=True)
+            driver = psutil.Process(self.pid)
+            times = driver.cpu_times()
+            self.driver_cpu = times.user + times.system
+            children = driver.children(recursive=True)
         except psutil.Error:
             return
         for child in children:
             try:
                 if child.cmdline()[:1] and child.cmdline()[0].startswith("ray::"):
                     self.worker_peaks[child.pid] = max(self.worker_peaks.get(child.pid, 0), _memory(child.pid))
+                    times = child.cpu_times()
+                    self.worker_cpu[child.pid] = times.user + times.system
             except psutil.Error:
                 continue
 
@@ -164,6 +172,8 @@ def run_annotate(source: Path, output: Path, num_cpus: int, extra: list[str] = (
         "driver_peak_private_mb": round(watcher.driver_private_peak / 2**20, 1),
         "worker_peak_rss_mb": round(max(watcher.worker_peaks.values(), default=0) / 2**20, 1),
         "workers_seen": len(watcher.worker_peaks),
+        "driver_cpu_seconds": round(watcher.driver_cpu, 1),
+        "worker_cpu_seconds": round(sum(watcher.worker_cpu.values()), 1),
     }
 
 
