@@ -1,5 +1,6 @@
 """CompSG-Bench metrics: FID, KID, CLIP-T, CLIP-I, CMMD and graph IoUs, each a `torchmetrics.Metric` class
-(`update()` / `compute()` / `reset()`, distributed sync) beside its functional form.
+(`update()` / `compute()` / `reset()`, distributed sync) beside its functional form; and the spatial track's
+`visor` (functional only, pure python: not a column of CompSG-Bench records, so not in `RECORD_METRICS`).
 
 `RECORD_METRICS` lists the classes whose values a result record holds, in leaderboard order; each names its record
 keys and labels (`labels`), its `metric_details` group (`details_key`) and its better direction
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
         load_inception,
     )
     from benchmark.metrics.precomputed import Precomputed
+    from benchmark.metrics.visor import visor, visor_details
 
     RECORD_METRICS: tuple[type[BenchmarkMetric], ...]
 
@@ -67,6 +69,8 @@ __all__ = [
     "load_inception",
     "sample_factor",
     "trace_sqrt_product",
+    "visor",
+    "visor_details",
 ]
 
 # public name -> the module that defines it
@@ -94,6 +98,8 @@ _LAZY = {
     "inception_provenance": "benchmark.metrics.inception",
     "load_inception": "benchmark.metrics.inception",
     "Precomputed": "benchmark.metrics.precomputed",
+    "visor": "benchmark.metrics.visor",
+    "visor_details": "benchmark.metrics.visor",
 }
 
 # the classes of RECORD_METRICS, in leaderboard order
@@ -116,7 +122,7 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """Keeps the public names `cmmd` and `graph_iou` the functions. Importing the submodule of the same name
+    """Keeps the public names `cmmd`, `graph_iou` and `visor` the functions. Importing the submodule of the same name
     (`benchmark.metrics.cmmd`, `benchmark.metrics.graph_iou`) makes Python set the package attribute to that
     module; the eager package bound the functions over them after its imports, and so it stays here."""
 
