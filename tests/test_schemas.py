@@ -175,6 +175,85 @@ def test_json_schema_accepts_valid_and_rejects_invalid():
         jsonschema.validate(bad, schema)
 
 
+def _edit(path: str, value: object) -> dict:
+    """person_book() as a dict with one value set (``objects.0.name``; ``value`` DELETE removes the key)."""
+    graph = person_book().to_dict()
+    *parents, last = path.split(".")
+    node = graph
+    for part in parents:
+        node = node[int(part)] if part.isdigit() else node[part]
+    if value == "DELETE":
+        del node[int(last) if last.isdigit() else last]
+    elif last.isdigit():
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return graph
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("objects", []),  # at least one object
+        ("objects", "person"),
+        ("objects.0", "person"),
+        ("objects.0.name", 3),
+        ("objects.0.id", "0"),
+        ("objects.0.id", -1),
+        ("objects.0.attributes", "young"),
+        ("objects.0.attributes.0", 1),
+        ("objects.0.attributes", ["a", "b", "c", "d", "e", "f", "g", "h", "i"]),  # > max_attributes
+        ("objects.0.extra", 1),
+        ("objects.0.attributes", "DELETE"),
+        ("relations", {}),
+        ("relations.0", "holding"),
+        ("relations.0.predicate", 2),
+        ("relations.0.object", 1.5),
+        ("relations.0.extra", 1),
+        ("relations.0.predicate", "DELETE"),
+        ("relations", "DELETE"),
+        ("extra", []),
+    ],
+)
+def test_json_schema_rejects_each_kind_of_bad_graph(path: str, value: object):
+    """Each constraint of the decoding schema, checked by an independent validator (jsonschema): the valid graph
+    passes, and this one edit makes it fail."""
+    schema = SceneGraph.json_schema()
+    jsonschema.validate(person_book().to_dict(), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(_edit(path, value), schema)
+
+
+def test_json_schema_bounds_follow_the_limits_and_the_vocabulary():
+    """One object is enough; the limits bound objects, relations and attributes exactly; vocabulary enums are
+    strings that refuse other words."""
+    limits = Limits(max_objects=3, max_relations=1, max_attributes=2)
+    schema = SceneGraph.json_schema(limits)
+    assert schema["title"] == "SceneGraph"
+    one = {"objects": [{"id": 0, "name": "cat", "attributes": ["a", "b"]}], "relations": []}
+    jsonschema.validate(one, schema)
+    for bad in (
+        {**one, "objects": one["objects"] + [{"id": i, "name": "cat", "attributes": []} for i in (1, 2, 3)]},
+        {**one, "objects": [{"id": 0, "name": "cat", "attributes": ["a", "b", "c"]}]},
+        {**one, "relations": [{"subject": 0, "predicate": "on", "object": 0}] * 2},
+        {**one, "objects": [{"id": 3, "name": "cat", "attributes": []}]},  # id beyond max_objects - 1
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
+    vocabulary = Vocabulary(names=("cat",), predicates=("on",))
+    restricted = SceneGraph.json_schema(limits, vocabulary)
+    jsonschema.validate({**one, "relations": [{"subject": 0, "predicate": "on", "object": 0}]}, restricted)
+    for bad in (
+        {**one, "objects": [{"id": 0, "name": "dog", "attributes": []}]},
+        {**one, "relations": [{"subject": 0, "predicate": "under", "object": 0}]},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, restricted)
+    assert restricted["properties"]["objects"]["items"]["properties"]["name"]["type"] == "string"
+    assert restricted["properties"]["relations"]["items"]["properties"]["predicate"]["type"] == "string"
+    assert schema["properties"]["objects"]["items"]["properties"]["attributes"]["items"]["type"] == "string"
+
+
 def test_json_schema_with_vocabulary_uses_enums():
     vocabulary = Vocabulary.of(person_book())
     assert vocabulary == Vocabulary(names=("book", "lamp", "person"), predicates=("holding",))
