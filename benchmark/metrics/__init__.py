@@ -1,6 +1,7 @@
 """CompSG-Bench metrics: FID, KID, CLIP-T, CLIP-I, CMMD and graph IoUs, each a `torchmetrics.Metric` class
 (`update()` / `compute()` / `reset()`, distributed sync) beside its functional form; and the spatial track's
-`visor` (functional only, pure python: not a column of CompSG-Bench records, so not in `RECORD_METRICS`).
+`visor` and Gen4Gen's `cp_clip` / `ti_clip` (functional only, torch-free: not columns of CompSG-Bench records, so
+not in `RECORD_METRICS`).
 
 `RECORD_METRICS` lists the classes whose values a result record holds, in leaderboard order; each names its record
 keys and labels (`labels`), its `metric_details` group (`details_key`) and its better direction
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from benchmark.metrics.clip_embedding import CLIPEmbedder, clip_provenance, clip_t_scores, cosine_scores
     from benchmark.metrics.clip_score import CLIPImageScore, CLIPScore
     from benchmark.metrics.cmmd import CMMD, cmmd
+    from benchmark.metrics.concept_clip import cp_clip, cp_clip_scores, ti_clip, ti_clip_scores
     from benchmark.metrics.fid import FID, KID, kernel_inception_distance
     from benchmark.metrics.frechet import (
         covariance_factor,
@@ -61,6 +63,8 @@ __all__ = [
     "cmmd",
     "cosine_scores",
     "covariance_factor",
+    "cp_clip",
+    "cp_clip_scores",
     "feature_stats",
     "frechet_distance",
     "graph_iou",
@@ -68,6 +72,8 @@ __all__ = [
     "kernel_inception_distance",
     "load_inception",
     "sample_factor",
+    "ti_clip",
+    "ti_clip_scores",
     "trace_sqrt_product",
     "visor",
     "visor_details",
@@ -84,6 +90,10 @@ _LAZY = {
     "cosine_scores": "benchmark.metrics.clip_embedding",
     "CMMD": "benchmark.metrics.cmmd",
     "cmmd": "benchmark.metrics.cmmd",
+    "cp_clip": "benchmark.metrics.concept_clip",
+    "cp_clip_scores": "benchmark.metrics.concept_clip",
+    "ti_clip": "benchmark.metrics.concept_clip",
+    "ti_clip_scores": "benchmark.metrics.concept_clip",
     "FID": "benchmark.metrics.fid",
     "KID": "benchmark.metrics.fid",
     "kernel_inception_distance": "benchmark.metrics.fid",
