@@ -7,6 +7,10 @@ Adapters (`ADAPTERS`):
 - ``sdxl-sg``: an SDXL-SG pipeline folder (`training.pipeline.SDXLSGPipeline.from_pretrained`), conditioned on
   the scene graph itself.
 
+With `GenerationSettings.long_prompt` (off by default) a text adapter does not pass ``prompt=``: it encodes the
+prompt in 75-token windows (`training.long_prompt.long_prompt_embeds`, for SDXL pipelines) and passes the
+embeddings, so text beyond CLIP's 77 tokens conditions the image. The scene-graph adapter refuses the setting.
+
 Image i of sample k is generated alone (batch of one) from its own seed, `image_seed(seed, key, i)`, drawn on a
 CPU generator, so the pixels depend neither on how samples were split across actors nor on the device's RNG.
 Images are written under ``RUN_DIR/images/`` as Parquet chunks (``key, image_index, seed, png``) named by a hash
@@ -90,6 +94,14 @@ class Adapter:
             return {"scene_graph": SceneGraph.from_json(task.scene_graph_json, record=task.key)}
         return {"prompt": task.caption if self.conditioning == "caption" else task.sg_text}
 
+    def check(self, settings: GenerationSettings) -> None:
+        """Refuse settings this adapter cannot honour (`long_prompt` with a scene-graph adapter)."""
+        if settings.long_prompt and self.conditioning == "scene_graph":
+            raise ValueError(
+                f"adapter {self.name!r} is conditioned on the scene graph, whose text its SG encoder reads in one "
+                "77-token window; long_prompt applies to the text adapters only"
+            )
+
 
 ADAPTERS: dict[str, Adapter] = {}
 
@@ -127,6 +139,7 @@ class ImageGenerator:
         import torch
 
         self.adapter = ADAPTERS[adapter] if isinstance(adapter, str) else adapter
+        self.adapter.check(settings)
         self.settings = settings
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         torch.backends.cudnn.benchmark = False
@@ -144,6 +157,10 @@ class ImageGenerator:
         import torch
 
         condition = self.adapter.condition(task)
+        if self.settings.long_prompt:
+            from training.long_prompt import long_prompt_embeds
+
+            condition = long_prompt_embeds(self.pipe, condition.pop("prompt")) | condition
         rows = []
         for index in range(self.settings.images_per_sample):
             seed = image_seed(self.settings.seed, task.key, index)
@@ -201,6 +218,7 @@ def generate_images(
     """
     if adapter not in ADAPTERS:
         raise KeyError(f"unknown adapter {adapter!r}; known: {', '.join(sorted(ADAPTERS))}")
+    ADAPTERS[adapter].check(settings)
     out = _images_dir(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     done = set(image_index(run_dir).column("key").to_pylist())

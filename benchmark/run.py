@@ -97,6 +97,10 @@ class GenerationOptions(_Group):
     scheduler: str | None = Field(
         None, description="diffusers scheduler class (unset: the one in the model's model_index.json)"
     )
+    long_prompt: bool = Field(
+        False,
+        description="encode text prompts in 75-token windows, beyond CLIP's 77 tokens (SDXL text adapters only)",
+    )
 
     def settings(self, model: str) -> GenerationSettings:
         return GenerationSettings(
@@ -108,6 +112,7 @@ class GenerationOptions(_Group):
             width=self.width,
             scheduler=self.scheduler or _default_scheduler(model),
             dtype=self.dtype,
+            long_prompt=self.long_prompt,
         )
 
 

@@ -8,7 +8,14 @@ import math
 import numbers
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
 
 __all__ = ["BenchmarkInfo", "BenchmarkResult", "GenerationSettings", "ModelInfo", "Provenance", "json_kind"]
 
@@ -72,8 +79,16 @@ class ModelInfo(_Strict):
     conditioning: Literal["caption", "sg_text", "scene_graph"]
 
 
+# GenerationSettings fields added after records were first written -> their default, at which they are not dumped
+LATER_DEFAULTS: dict[str, Any] = {"long_prompt": False}
+
+
 class GenerationSettings(_Strict):
-    """Everything that determines the generated pixels besides the model."""
+    """Everything that determines the generated pixels besides the model.
+
+    Settings added after the first records (`LATER_DEFAULTS`: `long_prompt`) are left out of the dump while they
+    hold their default, so a record or ``run.json`` written before they existed dumps, hashes (`run_id`) and
+    compares as it did; a record without them reads with the default."""
 
     seed: int
     images_per_sample: int = Field(ge=1)
@@ -83,6 +98,20 @@ class GenerationSettings(_Strict):
     width: int = Field(ge=8)
     scheduler: str | None = None
     dtype: str = "float32"
+    long_prompt: bool = Field(
+        False,
+        description="text encoded in 75-token windows concatenated along the sequence (training.long_prompt), "
+        "not truncated at 77 tokens",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_later_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for name, default in LATER_DEFAULTS.items():
+            if name in data and getattr(self, name) == default:
+                del data[name]
+        return data
+
 
 
 class Provenance(_Strict):

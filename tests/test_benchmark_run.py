@@ -164,7 +164,7 @@ def test_records_of_flat_settings_read_as_the_same_run():
         "num_actors": 4, "chunk_size": 2, "display_name": "old run",
         "generation": {
             "images_per_sample": 2, "steps": 20, "guidance": 7.5, "height": 512, "width": 768, "seed": 7,
-            "dtype": "bfloat16", "scheduler": "EulerDiscreteScheduler",
+            "dtype": "bfloat16", "scheduler": "EulerDiscreteScheduler", "long_prompt": False,
         },
         "judge": {
             "model": "/models/judge", "restrict_vocabulary": False, "max_new_tokens": 256, "batch_size": 2,
