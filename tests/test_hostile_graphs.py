@@ -411,3 +411,43 @@ def test_from_json_parses_faithfully_and_validate_catches_markup():
     assert graph == SceneGraph([SGObject(0, "<script>alert(1)</script>")], [])
     assert not graph.is_valid()
     assert graph.repair()[0] == SceneGraph([], [])
+
+
+# ---------------------------------------------------------------------- exact boundaries of the field checks
+
+
+def test_bounds_are_inclusive_exactly_at_the_limit():
+    """A text of exactly `max_text_length` characters and the id 2**31 - 1 are valid; one more is not. An id of
+    10**30 is named by its bit length, 10**30 - 1 by its digits; a string or a bool is not an id."""
+    limits = Limits(max_text_length=12)
+    assert one(name="a" * 12).problems(limits) == []
+    assert one(name="a" * 13).problems(limits) == ["objects[0].name is longer than 12 characters"]
+    top = 2**31 - 1
+    assert SceneGraph([SGObject(top, "man")], []).problems() == []
+    assert SceneGraph([SGObject(top + 1, "man")], []).problems() == [
+        f"objects[0].id: id {top + 1} outside 0..2147483647"
+    ]
+    assert SceneGraph([SGObject(10**30 - 1, "man")], []).problems() == [
+        f"objects[0].id: id {10**30 - 1} outside 0..2147483647"
+    ]
+    assert SceneGraph([SGObject(10**30, "man")], []).problems() == [
+        f"objects[0].id: id of {(10**30).bit_length()} bits outside 0..2147483647"
+    ]
+    for bad, kind in (("0", "str"), (True, "bool"), (1.0, "float")):
+        assert SceneGraph([SGObject(bad, "man")], []).problems() == [  # type: ignore[arg-type]
+            f"objects[0].id: expected an integer, got {kind}"
+        ]
+
+
+@pytest.mark.parametrize("bad_items", [19, 20, 21, 25])
+def test_repair_lists_twenty_changes_then_counts_the_rest_exactly(bad_items: int):
+    """repair() writes one line per change up to 20 (`_MAX_CHANGE_LINES`), then one count of the rest (here one
+    dropped attribute per object, one change each)."""
+    graph = SceneGraph([SGObject(i, "dog", [f"Red <{i}>"]) for i in range(bad_items)], [])
+    repaired, changes = graph.repair()
+    assert repaired == SceneGraph([SGObject(i, "dog") for i in range(bad_items)], [])
+    assert changes[: min(bad_items, 20)] == [
+        f"dropped objects[{i}].attributes[0] 'Red <{i}>': characters not allowed in graph text: '<', '>'"
+        for i in range(min(bad_items, 20))
+    ]
+    assert changes[20:] == ([f"... and {bad_items - 20} more changes"] if bad_items > 20 else [])
