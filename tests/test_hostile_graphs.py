@@ -451,3 +451,69 @@ def test_repair_lists_twenty_changes_then_counts_the_rest_exactly(bad_items: int
         for i in range(min(bad_items, 20))
     ]
     assert changes[20:] == ([f"... and {bad_items - 20} more changes"] if bad_items > 20 else [])
+
+
+@pytest.mark.parametrize(
+    ("graph", "problems", "repaired", "changes"),
+    [
+        (
+            SceneGraph([SGObject(0, "dog", "brown")], []),  # type: ignore[arg-type]
+            ["objects[0].attributes: expected a list, got str"],
+            SceneGraph([SGObject(0, "dog")], []),
+            ["dropped objects[0].attributes: expected a list, got str"],
+        ),
+        (
+            SceneGraph([SGObject(0, "dog", ["brown", "brown"])], []),
+            ["objects[0].attributes: duplicate attributes"],
+            SceneGraph([SGObject(0, "dog", ["brown"])], []),
+            ["dropped objects[0].attributes[1]: duplicate 'brown'"],
+        ),
+        (
+            SceneGraph(
+                [SGObject(0, "dog"), SGObject(1, "cat")],
+                [SGRelation("0", "near", 1), SGRelation(0, "near", None)],  # type: ignore[arg-type]
+            ),
+            ["relations[0].subject: id '0' is not an object id", "relations[1].object: id None is not an object id"],
+            SceneGraph([SGObject(0, "dog"), SGObject(1, "cat")], []),
+            ["dropped relations[0]: subject id not among the objects", "dropped relations[1]: object id not among the objects"],
+        ),
+        (
+            SceneGraph([SGObject(0, "dog")], [SGRelation(5, "near", 7)]),
+            ["relations[0].subject: id 5 is not an object id", "relations[0].object: id 7 is not an object id"],
+            SceneGraph([SGObject(0, "dog")], []),
+            ["dropped relations[0]: subject and object id not among the objects"],
+        ),
+        (
+            SceneGraph([SGObject("a", "dog"), SGObject(1, "cat")], []),  # type: ignore[arg-type]
+            ["objects[0].id: expected an integer, got str"],
+            SceneGraph([SGObject(0, "cat")], []),
+            ["dropped objects[0]: id is not an integer (str)", "renumbered object ids densely: 1->0"],
+        ),
+        (
+            SceneGraph(
+                [SGObject(0, "dog"), SGObject(1, "cat")],
+                [SGRelation(0, "near", 1), SGRelation(1, "on", 0), SGRelation(0, "by", 1), SGRelation(1, "under", 0)],
+            ),
+            ["relations: 4 relations exceed the limit of 2"],
+            SceneGraph([SGObject(0, "dog"), SGObject(1, "cat")], [SGRelation(0, "near", 1), SGRelation(1, "on", 0)]),
+            ["dropped 2 relations (relations[2..3]): over the limit of 2 relations"],
+        ),
+    ],
+    ids=["attributes-not-a-list", "duplicate-attribute", "relation-ids-not-int", "both-ends-dangling",
+         "object-id-not-int", "relations-over-limit"],
+)
+def test_problems_and_repair_of_hostile_fields_exactly(graph, problems, repaired, changes):
+    """Hand-written expected messages and repairs for hostile field types and counts (max_relations=2)."""
+    limits = Limits(max_relations=2)
+    assert graph.problems(limits) == problems
+    assert graph.repair(limits) == (repaired, changes)
+
+
+@pytest.mark.parametrize("count", [10, 11, 12])
+def test_renumbering_message_shows_ten_ids_then_the_count(count: int):
+    graph = SceneGraph([SGObject(100 + i, "dog") for i in range(count)], [])
+    repaired, changes = graph.repair()
+    assert repaired == SceneGraph([SGObject(i, "dog") for i in range(count)], [])
+    shown = ", ".join(f"{100 + i}->{i}" for i in range(10))
+    more = f", ... ({count} ids in all)" if count > 10 else ""
+    assert changes == [f"renumbered object ids densely: {shown}{more}"]
