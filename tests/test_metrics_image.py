@@ -474,6 +474,9 @@ def test_cmmd_class_accumulates_halves_and_reports_its_settings(monkeypatch: pyt
     metric.update_embeddings(np.array([[np.nan] * 5]), real=False)
     with pytest.raises(ValueError, match="^CMMD: non-finite values .* in 1 of 1 generated rows"):
         metric.compute()
+    message = "update() needs real=True (reference images) or real=False (generated images)"
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
+        metric.update(embeddings=real)  # which set is never guessed
     # the reference embedder of the CMMD paper (CLIP ViT-L/14 at 336 px, OpenAI weights) is the default
     built = []
     monkeypatch.setattr(cmmd_module, "CLIPEmbedder", lambda *args, **kwargs: built.append((args, kwargs)) or Precomputed())
