@@ -35,7 +35,8 @@ from benchmark.generate import (
 from benchmark.judge import JUDGEMENTS_SCHEMA, read_judgements
 from benchmark.leaderboard import load_records
 from benchmark.leaderboard import main as leaderboard_main
-from benchmark.run import PROG, BenchRunSettings, compute_metrics, main, run_benchmark, upgrade_run_identity
+from benchmark.run import PROG, compute_metrics, main, run_benchmark
+from benchmark.run_settings import BenchRunSettings, upgrade_run_identity
 from schemas import DEFAULT_LIMITS, BenchmarkResult, Limits, SceneGraph
 from schemas.runs import RunIdentityError, check_run_identity
 from schemas.settings import parse_settings
