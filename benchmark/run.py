@@ -8,12 +8,12 @@
 The settings are one typed model, `BenchRunSettings` (`benchmark.run_settings`, on `schemas.settings`; ``--help``
 lists every one with its default): the run's own (``--input``, ``--adapter``, ``--model``, ``--output``,
 ``--num-actors``, ...) and groups written as dotted flags, or nested mappings in the ``--config`` YAML (flags win
-over it): ``generation`` (the pixels: ``--generation.steps``, ``.guidance``, ``.height``, ``.width``, ``.seed``, ``.scheduler``, ...), ``judge``
-(the VLM judge, with its graph bounds as a `schemas.Limits`: ``--judge.limits.max-objects``, ...), ``clip``
-(CLIP-T, CLIP-I), ``cmmd``, ``inception`` (FID, KID), ``kid`` and ``features``. Generation, judging and feature
-extraction run on ``--num-actors`` Ray actors (one GPU each on a GPU cluster), or in this process with
-``--num-actors 0``; both give the same images and numbers, because every image has its own seed and chunks are
-independent (see `benchmark.generate`, `benchmark.chunks`, `benchmark.features`).
+over it): ``generation`` (the pixels: ``--generation.steps``, ``.guidance``, ``.height``, ``.width``, ``.seed``,
+``.scheduler``, ...), ``judge`` (the VLM judge, with its graph bounds as a `schemas.Limits`:
+``--judge.limits.max-objects``, ...), ``clip`` (CLIP-T, CLIP-I), ``cmmd``, ``inception`` (FID, KID), ``kid`` and
+``features``. Generation, judging and feature extraction run on ``--num-actors`` Ray actors (one GPU each on a GPU
+cluster), or in this process with ``--num-actors 0``; both give the same images and numbers, because every image
+has its own seed and chunks are independent (see `benchmark.generate`, `benchmark.chunks`, `benchmark.features`).
 Each image's features are stored by (key, image index) and fed to the metrics in that order, so a run, a resumed
 run and `benchmark.leaderboard verify` compute the same numbers:
 
