@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from schemas.runs import init_ray
 
-__all__ = ["chunk_name", "iter_chunks", "map_chunks", "write_chunk"]
+__all__ = ["chunk_name", "iter_chunks", "map_chunks", "map_stored", "read_stored", "write_chunk"]
 
 Item = TypeVar("Item")
 
@@ -112,3 +112,43 @@ def iter_chunks(out_dir: Path, schema: pa.Schema, columns: Sequence[str] | None 
     """The chunk files under `out_dir`, one table each, in file-name order."""
     for file in sorted(Path(out_dir).glob("part-*.parquet")):
         yield pq.read_table(file, columns=list(columns) if columns else None, schema=schema)
+
+
+def read_stored(out_dir: str | Path, schema: pa.Schema) -> pa.Table:
+    """Every row stored under `out_dir` in chunks of `schema` (which has ``key`` and ``image_index``), sorted by
+    (key, image_index)."""
+    tables = [schema.empty_table(), *iter_chunks(Path(out_dir), schema)]
+    return pa.concat_tables(tables).sort_by([("key", "ascending"), ("image_index", "ascending")])
+
+
+def map_stored(
+    worker_cls: type,
+    worker_kwargs: dict[str, Any],
+    items: Iterable[Any],
+    schema: pa.Schema,
+    out_dir: str | Path,
+    *,
+    num_actors: int = 0,
+    chunk_size: int = 8,
+) -> pa.Table:
+    """`map_chunks` over per-image items (each with ``key`` and ``image_index``) whose row is not yet stored under
+    `out_dir`, `chunk_size` at a time, the worker returning one row of `schema` per item; each chunk is written
+    as it finishes (`write_chunk`). Returns every stored row (`read_stored`). `items` is consumed lazily."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stored = read_stored(out, schema).select(["key", "image_index"]).to_pylist()
+    done = {(r["key"], r["image_index"]) for r in stored}
+    todo = (item for item in items if (item.key, item.image_index) not in done)
+
+    def chunks() -> Iterator[tuple[str, list[Any]]]:
+        while chunk := list(itertools.islice(todo, chunk_size)):
+            yield chunk_name([f"{i.key}:{i.image_index}" for i in chunk]), chunk
+
+    map_chunks(
+        worker_cls,
+        worker_kwargs,
+        chunks(),
+        lambda name, rows: write_chunk(out, name, rows, schema),
+        num_actors=num_actors,
+    )
+    return read_stored(out, schema)

@@ -18,14 +18,14 @@ a model is not rewarded for images that show nothing judgeable, and the means ar
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from benchmark.chunks import chunk_name, iter_chunks, map_chunks, write_chunk
+from benchmark.chunks import map_stored, read_stored
 from benchmark.dataset import BenchmarkSample
 from benchmark.metrics.graph_match import IOU_KEYS
 from schemas import DEFAULT_LIMITS, SCENE_GRAPH_TYPE, Limits, SceneGraph, Vocabulary, scene_graph_from_arrow
@@ -37,6 +37,7 @@ __all__ = [
     "JudgeItem",
     "JudgeSettings",
     "judge_images",
+    "judge_stored",
     "nest_limits",
     "read_judgements",
     "score_judgements",
@@ -115,6 +116,13 @@ class GraphJudge:
             return judge_task(Vocabulary.of(target), self.settings.limits)
         return get_task("scene_graph", self.settings.limits)
 
+    def generate(self, requests: Sequence[Any]) -> list[Any]:
+        """One `Generation` per `ChatRequest`, `batch_size` requests at a time."""
+        size = self.settings.batch_size
+        return [
+            g for start in range(0, len(requests), size) for g in self.generator.generate(requests[start : start + size])
+        ]
+
     def __call__(self, items: Sequence[JudgeItem]) -> list[dict[str, Any]]:
         from pipelines.images import encode_jpeg, prepare_image
 
@@ -128,11 +136,7 @@ class GraphJudge:
             task = self.task(SceneGraph.from_json(item.target_json, record=item.key))
             pending.append((len(rows), item, task, task.request(image=encode_jpeg(prepared.image))))
             rows.append(None)
-        size = self.settings.batch_size
-        requests = [request for *_, request in pending]
-        generations = [
-            g for start in range(0, len(requests), size) for g in self.generator.generate(requests[start : start + size])
-        ]
+        generations = self.generate([request for *_, request in pending])
         for (position, item, task, _), generation in zip(pending, generations, strict=True):
             parsed = task.parse(generation.text)
             rows[position] = {
@@ -159,8 +163,33 @@ def _failed_row(item: JudgeItem, error: str) -> dict[str, Any]:
 
 def read_judgements(out_dir: str | Path) -> pa.Table:
     """Every stored judgement under `out_dir`, sorted by (key, image_index)."""
-    tables = [JUDGEMENTS_SCHEMA.empty_table(), *iter_chunks(Path(out_dir), JUDGEMENTS_SCHEMA)]
-    return pa.concat_tables(tables).sort_by([("key", "ascending"), ("image_index", "ascending")])
+    return read_stored(out_dir, JUDGEMENTS_SCHEMA)
+
+
+def judge_stored(
+    worker_cls: type,
+    worker_kwargs: dict[str, Any],
+    schema: pa.Schema,
+    samples: Sequence[BenchmarkSample],
+    images: Iterable[pa.Table],
+    out_dir: str | Path,
+    *,
+    num_actors: int = 0,
+    chunk_size: int = 8,
+) -> pa.Table:
+    """Run a judge worker (`GraphJudge`, or another worker called on `JudgeItem`s that returns one row of
+    `schema` per item) on every image (tables of key, image_index, png, e.g. `generate.iter_images`) without a
+    row under `out_dir` yet (`benchmark.chunks.map_stored`); return all rows. `num_actors=0` runs in this
+    process, otherwise on Ray actors. Images are read one table at a time, so the driver never holds them all."""
+    targets = {s.key: s.scene_graph.to_json() for s in samples}
+    items = (
+        JudgeItem(r["key"], r["image_index"], r["png"], targets[r["key"]])
+        for table in images
+        for r in table.sort_by([("key", "ascending"), ("image_index", "ascending")]).to_pylist()
+    )
+    return map_stored(
+        worker_cls, worker_kwargs, items, schema, out_dir, num_actors=num_actors, chunk_size=chunk_size
+    )
 
 
 def judge_images(
@@ -173,33 +202,18 @@ def judge_images(
     chunk_size: int = 8,
     device: str | None = None,
 ) -> pa.Table:
-    """Judge every image (tables of key, image_index, png, e.g. `generate.iter_images`) not yet judged under
-    `out_dir`; return all judgements. `num_actors=0` runs in this process, otherwise on Ray actors. Images are
-    read one table at a time, so the driver never holds them all."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    done = {(r["key"], r["image_index"]) for r in read_judgements(out).select(["key", "image_index"]).to_pylist()}
-    targets = {s.key: s.scene_graph.to_json() for s in samples}
-
-    def chunks() -> Iterator[tuple[str, list[JudgeItem]]]:
-        for table in images:
-            todo = [
-                JudgeItem(r["key"], r["image_index"], r["png"], targets[r["key"]])
-                for r in table.sort_by([("key", "ascending"), ("image_index", "ascending")]).to_pylist()
-                if (r["key"], r["image_index"]) not in done
-            ]
-            for start in range(0, len(todo), chunk_size):
-                items = todo[start : start + chunk_size]
-                yield chunk_name([f"{i.key}:{i.image_index}" for i in items]), items
-
-    map_chunks(
+    """Judge every image (tables of key, image_index, png) not yet judged under `out_dir`; return all
+    judgements (`judge_stored` with `GraphJudge`)."""
+    return judge_stored(
         GraphJudge,
         {"settings": settings, "device": device},
-        chunks(),
-        lambda name, rows: write_chunk(out, name, rows, JUDGEMENTS_SCHEMA),
+        JUDGEMENTS_SCHEMA,
+        samples,
+        images,
+        out_dir,
         num_actors=num_actors,
+        chunk_size=chunk_size,
     )
-    return read_judgements(out)
 
 
 def score_judgements(
