@@ -30,6 +30,7 @@ def test_make_tiny_models_layout(tiny_models_dir):
     assert (tiny_models_dir / "sdxl" / "model_index.json").is_file()
     assert (tiny_models_dir / "open_clip" / "open_clip_config.json").is_file()
     assert (tiny_models_dir / "inception" / "pt_inception-random.pth").is_file()
+    assert (tiny_models_dir / "owlv2" / "processor_config.json").is_file()
 
 
 def test_console_script_forwards_arguments():

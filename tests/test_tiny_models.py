@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from laion_sg.offline.tiny_clip import build_tiny_open_clip
+from laion_sg.offline.tiny_owlv2 import build_tiny_owlv2
 from laion_sg.offline.tiny_qwen import build_tiny_qwen2_5_vl
 from laion_sg.offline.tiny_sdxl import build_tiny_sdxl
 
@@ -99,7 +100,12 @@ def _files(root: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize(
     ("name", "build"),
-    [("qwen2_5_vl", build_tiny_qwen2_5_vl), ("sdxl", build_tiny_sdxl), ("open_clip", build_tiny_open_clip)],
+    [
+        ("qwen2_5_vl", build_tiny_qwen2_5_vl),
+        ("sdxl", build_tiny_sdxl),
+        ("open_clip", build_tiny_open_clip),
+        ("owlv2", build_tiny_owlv2),
+    ],
 )
 def test_build_is_deterministic(name: str, build, tiny_models_dir: Path, tmp_path: Path) -> None:
     assert _files(build(tmp_path / name, seed=0)) == _files(tiny_models_dir / name)
