@@ -20,14 +20,17 @@ run and `benchmark.leaderboard verify` compute the same numbers:
 - FID and KID (Inception pool3, clean resize) of generated images against the reference images;
 - CLIP-T (100·max(cos, 0) between a generated image and the sample's caption, or its SG text) and CLIP-I (cosine
   to the reference image), with ``--clip.model``; CMMD with ``--cmmd.model`` (ViT-L/14@336 by default);
-- SG-IoU, Entity-IoU, Relation-IoU of the judge's graphs (`benchmark.judge`).
+- SG-IoU, Entity-IoU, Relation-IoU of the judge's graphs (`benchmark.judge`);
+- the question track (on unless ``--questions.enabled false``): the judge answers the yes/no questions of each
+  sample's graph about each image (`benchmark.questions`), scored DSG-style per entity, attribute, relation and
+  overall (``question_score``).
 
 Each metric is a `benchmark.metrics` class (a `torchmetrics.Metric`); the record's metric keys and their
 `metric_details` groups are the ones the classes name (`labels`, `details_key`). ``--display-name`` names the run
 on the leaderboard (kept in the record's ``provenance.config``, which holds every setting, nested as in the YAML).
 
-RUN_DIR keeps the images (``images/``), the judge's answers (``judge/``), the image features (``features/``, one
-folder per set of metric networks) and ``run.json`` (what the images and judgements depend on); a re-run with the
+RUN_DIR keeps the images (``images/``), the judge's graphs (``judge/``) and yes/no answers (``questions/``),
+the image features (``features/``, one folder per set of metric networks) and ``run.json`` (what the images and judgements depend on); a re-run with the
 same settings resumes, one with other settings is refused. Older layouts still read: records whose
 ``provenance.config`` has flat keys (``judge_model``, from before the settings were grouped), ``bench`` (the
 benchmark file, now ``input``) or flat judge bounds (``judge.max_objects``, now ``judge.limits.max_objects``)
@@ -50,7 +53,9 @@ from benchmark.features import REFERENCE_INDEX, FeatureItem, extract_features
 from benchmark.generate import ADAPTERS, generate_images, image_index, images_digest, iter_images
 from benchmark.judge import judge_images, score_judgements
 from benchmark.metrics.graph_iou import GraphIoU
+from benchmark.metrics.question_score import QuestionScore
 from benchmark.provenance import provenance, weights_sha256
+from benchmark.questions.answer import answer_questions, item_scores, question_versions
 from benchmark.run_settings import BenchRunSettings, upgrade_run_identity
 from schemas import BenchmarkResult, ModelInfo
 from schemas.layout import RESULT_FILE
@@ -117,10 +122,32 @@ def _image_metrics(
 
 
 def _split_record(metric: Any, computed: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
-    """A metric's `compute()` split into its record values (the keys it names in `labels`) and its details (the
-    rest); `computed` itself is left as it is (torchmetrics caches it)."""
-    values = {key: float(computed[key]) for key in metric.labels}
+    """A metric's `compute()` split into its record values (the keys it names in `labels`, except those it
+    computed as None: undefined for this run) and its details (the rest); `computed` itself is left as it is
+    (torchmetrics caches it)."""
+    values = {key: float(computed[key]) for key in metric.labels if computed[key] is not None}
     return values, {key: value for key, value in computed.items() if key not in metric.labels}
+
+
+def _question_metrics(
+    settings: BenchRunSettings, samples: Sequence[BenchmarkSample], run_dir: Path, state_dir: Path
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """The question track: the judge's stored (or new) yes/no answers under `state_dir/questions/`, scored."""
+    judge = settings.judge_settings()
+    answers = answer_questions(
+        samples,
+        iter_images(run_dir, ["key", "image_index", "png"]),
+        judge,
+        state_dir / "questions",
+        max_new_tokens=settings.questions.max_new_tokens,
+        num_actors=settings.num_actors,
+        chunk_size=settings.chunk_size,
+    )
+    scores, answer_details = item_scores(samples, answers)
+    metric = QuestionScore()
+    metric.update(scores)
+    metrics, details = _split_record(metric, metric.compute())
+    return metrics, details | answer_details | question_versions() | settings.questions.model_dump()
 
 
 def _read_synonyms(path: Path | None) -> dict[str, str] | None:
@@ -165,6 +192,9 @@ def compute_metrics(
         "synonyms": synonyms,
         "normalisation": "benchmark.metrics.graph_iou.normalize_name (case, whitespace, plural -> singular)",
     }
+    if settings.questions.enabled:
+        values, details[QuestionScore.details_key] = _question_metrics(settings, samples, run_dir, state_dir)
+        metrics |= values
     details["images"] = {"n_images": len(found), "sha256": images_digest(run_dir)}
     return metrics, details
 

@@ -1,5 +1,5 @@
 """The settings of `benchmark.run`: one typed model, `BenchRunSettings`, with groups written as dotted flags or
-nested YAML mappings (``generation``, ``judge``, ``clip``, ``cmmd``, ``inception``, ``kid``, ``features``), and
+nested YAML mappings (``generation``, ``judge``, ``questions``, ``clip``, ``cmmd``, ``inception``, ``kid``, ``features``), and
 the readers of older layouts: records' ``provenance.config`` (`BenchRunSettings.from_record`) and ``run.json``
 (`upgrade_run_identity`)."""
 
@@ -29,6 +29,7 @@ __all__ = [
     "InceptionOptions",
     "JudgeOptions",
     "KidOptions",
+    "QuestionOptions",
     "upgrade_run_identity",
 ]
 
@@ -87,6 +88,14 @@ class JudgeOptions(_Group):
 
     def settings(self) -> JudgeSettings:
         return JudgeSettings(**{name: getattr(self, name) for name in JudgeOptions.model_fields if name != "synonyms"})
+
+
+class QuestionOptions(_Group):
+    """The question track: the judge answers yes/no questions made from each sample's graph
+    (`benchmark.questions`)."""
+
+    enabled: bool = Field(True, description="ask the judge each graph's yes/no questions (the question track)")
+    max_new_tokens: int = Field(32, ge=1, description="token bound of each yes/no answer")
 
 
 class ClipOptions(_Group):
@@ -174,6 +183,7 @@ class BenchRunSettings(JobSettings):
     display_name: str | None = Field(None, description="the run's name on the leaderboard (unset: the model id)")
     generation: GenerationOptions = Field(default_factory=GenerationOptions, description="image generation")
     judge: JudgeOptions = Field(default_factory=JudgeOptions, description="the VLM judge")
+    questions: QuestionOptions = Field(default_factory=QuestionOptions, description="the question track")
     clip: ClipOptions = Field(default_factory=ClipOptions, description="CLIP-T and CLIP-I")
     cmmd: CmmdOptions = Field(default_factory=CmmdOptions, description="CMMD")
     inception: InceptionOptions = Field(default_factory=InceptionOptions, description="FID and KID")
@@ -192,7 +202,8 @@ class BenchRunSettings(JobSettings):
         """The settings of a record's ``provenance.config``: nested as these settings, or as older records wrote
         them: flat, before they were grouped (``judge_model``, ``steps``, ...; see `LEGACY_KEYS`), with the
         benchmark file under ``bench`` before it was ``input`` (`RENAMED_KEYS`), with the judge's graph bounds flat
-        before they were ``judge.limits`` (`benchmark.judge.nest_limits`)."""
+        before they were ``judge.limits`` (`benchmark.judge.nest_limits`), without ``questions`` before the question
+        track (which such a record did not run)."""
         values: dict[str, Any] = {}
         for key, value in config.items():
             if key in LEGACY_KEYS:
@@ -202,6 +213,7 @@ class BenchRunSettings(JobSettings):
                 values[RENAMED_KEYS.get(key, key)] = value
         if isinstance(values.get("judge"), Mapping):
             values["judge"] = nest_limits(values["judge"])
+        values.setdefault("questions", {"enabled": False})  # a record from before the question track
         return cls.model_validate(values)
 
     def generation_settings(self) -> GenerationSettings:

@@ -35,6 +35,8 @@ from benchmark.generate import (
 from benchmark.judge import JUDGEMENTS_SCHEMA, read_judgements
 from benchmark.leaderboard import load_records
 from benchmark.leaderboard import main as leaderboard_main
+from benchmark.questions import generate_questions
+from benchmark.questions.answer import ANSWERS_SCHEMA, read_answers
 from benchmark.run import PROG, compute_metrics, main, run_benchmark
 from benchmark.run_settings import BenchRunSettings, upgrade_run_identity
 from schemas import DEFAULT_LIMITS, BenchmarkResult, Limits, SceneGraph
@@ -172,6 +174,7 @@ def test_records_of_flat_settings_read_as_the_same_run():
             "limits": {**DEFAULT_LIMITS_JSON, "max_objects": 5, "max_relations": 6, "max_attributes": 1},
             "dtype": "auto", "synonyms": "/data/synonyms.yaml",
         },
+        "questions": {"enabled": False, "max_new_tokens": 32},  # records from before the track did not run it
         "clip": {"model": "/models/clip", "pretrained": None, "text": "sg_text"},
         "cmmd": {"model": "ViT-B-16", "pretrained": "laion2b"},
         "inception": {"weights": "/models/pt_inception.pth", "allow_download": True},
@@ -220,7 +223,7 @@ def test_records_of_the_bench_key_and_flat_judge_bounds_read_as_the_same_run():
     settings = BenchRunSettings.from_record(GROUPED_CONFIG)
     assert settings == BenchRunSettings(
         input="/data/bench.parquet", adapter="sdxl-sg", model="/models/sdxl-sg", output="/runs/a",
-        judge={"limits": Limits(max_objects=5, max_relations=6, max_attributes=1)},
+        judge={"limits": Limits(max_objects=5, max_relations=6, max_attributes=1)}, questions={"enabled": False},
     )  # fmt: skip
     record = settings.to_record()
     assert "bench" not in record and record["input"] == "/data/bench.parquet"
@@ -229,6 +232,10 @@ def test_records_of_the_bench_key_and_flat_judge_bounds_read_as_the_same_run():
     # a record with a bound of its own in today's layout is not overridden by the defaults
     nested = {**record, "judge": {**record["judge"], "limits": {"max_objects": 7}}}
     assert BenchRunSettings.from_record(nested).judge.limits == Limits(max_objects=7)
+    # today's records hold the question track's settings: it stays on where it ran
+    today = BenchRunSettings(input="b", adapter="sdxl-sg", model="m", output="o").to_record()
+    assert today["questions"] == {"enabled": True, "max_new_tokens": 32}
+    assert BenchRunSettings.from_record(today).questions.enabled is True
 
 
 def test_run_directory_pinned_before_the_judge_bounds_were_nested_resumes(tmp_path):
@@ -469,6 +476,50 @@ def check_graph_ious(metrics: dict[str, float], run_dir: Path, state_dir: Path, 
     return expected
 
 
+def reference_question_scores(rows: list[dict], targets: dict[str, SceneGraph]) -> dict[str, float]:
+    """The question track's means from stored answers, DSG's rule written out: a question counts when its answer
+    is yes and all its parents count; per image, the share counting per category and overall; each key the mean
+    over the images where it is defined. (The question lists come from `generate_questions`, whose exact output
+    `test_questions` pins.)"""
+    shares: dict[str, list[float]] = {"entity": [], "attribute": [], "relation": [], "overall": []}
+    for row in rows:
+        answers = {a["id"]: a["answer"] for a in row["answers"]}
+        counted: dict[str, bool] = {}
+        by_category: dict[str, list[bool]] = {"entity": [], "attribute": [], "relation": []}
+        for q in generate_questions(targets[row["key"]]):
+            counted[q.id] = answers.get(q.id) is True and all(counted[p] for p in q.parents)
+            by_category[q.category].append(counted[q.id])
+        for category, values in by_category.items():
+            if values:
+                shares[category].append(sum(values) / len(values))
+        if counted:
+            shares["overall"].append(sum(counted.values()) / len(counted))
+    key = {"overall": "question_score", "entity": "question_entity", "attribute": "question_attribute",
+           "relation": "question_relation"}  # fmt: skip
+    return {key[k]: sum(v) / len(v) for k, v in shares.items() if v}
+
+
+def check_question_scores(metrics: dict[str, float], state_dir: Path, bench: Path) -> dict[str, float]:
+    """The question scores equal the reference's from the answers stored under `state_dir`/questions."""
+    rows = read_answers(state_dir / "questions").to_pylist()
+    expected = reference_question_scores(rows, {s.key: s.scene_graph for s in load_benchmark(bench).samples})
+    assert {k: v for k, v in metrics.items() if k.startswith("question_")} == pytest.approx(expected, rel=1e-12)
+    return expected
+
+
+def doctor_answers(state_dir: Path) -> None:
+    """Answer no to the first image's first entity question and to every second question of the others (the
+    tiny random judge answers yes to everything)."""
+    parts = sorted((state_dir / "questions").glob("part-*.parquet"))
+    for n, part in enumerate(parts):
+        rows = pq.read_table(part).to_pylist()
+        for i, row in enumerate(rows):
+            for j, answer in enumerate(row["answers"]):
+                if (n, i) == (0, 0) and j == 0 or (n, i) != (0, 0) and j % 2:
+                    answer["answer"] = False
+        pq.write_table(pa.Table.from_pylist(rows, schema=ANSWERS_SCHEMA), part)
+
+
 def doctor_judgements(state_dir: Path, bench: Path) -> None:
     """Replace the stored judge answers (the tiny random judge only writes truncated JSON, so all its IoUs are 0)
     by a parsed graph that partly matches its target for the first image, and a failed answer for the others:
@@ -505,7 +556,8 @@ def test_end_to_end_on_ray_reproducible_rendered_and_verified(
     assert isinstance(a, BenchmarkResult)
     assert a.benchmark == load_benchmark(bench).info() and a.benchmark.n_samples == 2
     assert a.model.adapter == "sdxl-sg" and a.model.conditioning == "scene_graph" and len(a.model.weights_hash) == 64
-    assert set(a.metrics) == {"fid", "kid_mean", "clip_t", "clip_i", "cmmd", "sg_iou", "entity_iou", "relation_iou"}
+    questions = {"question_score", "question_entity", "question_attribute", "question_relation"}
+    assert set(a.metrics) == {"fid", "kid_mean", "clip_t", "clip_i", "cmmd", "sg_iou", "entity_iou", "relation_iou"} | questions
     assert all(0.0 <= a.metrics[k] <= 1.0 for k in ("sg_iou", "entity_iou", "relation_iou"))
     details = a.metric_details
     assert details["fid"]["n_real"] == 2 and details["fid"]["n_fake"] == 2 and details["fid"]["weights_sha256"]
@@ -517,10 +569,13 @@ def test_end_to_end_on_ray_reproducible_rendered_and_verified(
     # every number recomputed by reference code from the features and judge answers the run stored
     check_image_metrics(a, tmp_path / "a", bench)
     check_graph_ious(a.metrics, tmp_path / "a", tmp_path / "a", bench)
+    check_question_scores(a.metrics, tmp_path / "a", bench)
+    assert details["questions"]["n_items"] == 2 and details["questions"]["status"] == {"ok": 2}
 
     # no Ray vs two actors: the same images, the same judge answers, the same numbers
     assert images_digest(tmp_path / "a") == images_digest(tmp_path / "b") == details["images"]["sha256"]
     assert read_judgements(tmp_path / "a" / "judge") == read_judgements(tmp_path / "b" / "judge")
+    assert read_answers(tmp_path / "a" / "questions") == read_answers(tmp_path / "b" / "questions")
     assert stored_features(tmp_path / "a") == stored_features(tmp_path / "b")
     assert stored_features(tmp_path / "a").num_rows == 4
     assert len(list((tmp_path / "b" / "features").rglob("part-*.parquet"))) == 2
@@ -533,6 +588,7 @@ def test_end_to_end_on_ray_reproducible_rendered_and_verified(
     generate_images(samples, "sdxl-sg", "/nonexistent", a.generation, tmp_path / "a")
     monkeypatch.setattr("benchmark.features.ImageFeaturizer", no_model)
     monkeypatch.setattr("benchmark.judge.GraphJudge", no_model)
+    monkeypatch.setattr("benchmark.questions.answer.QuestionJudge", no_model)
     settings = BenchRunSettings.from_record(a.provenance.config)
     metrics, _ = compute_metrics(settings, load_benchmark(bench), tmp_path / "a", tmp_path / "a")
     assert metrics == a.metrics
@@ -540,13 +596,17 @@ def test_end_to_end_on_ray_reproducible_rendered_and_verified(
     assert [f.stat().st_mtime_ns for f in files] == stamps
     # ... and scores judge answers it finds stored: with one partly right graph the IoUs are no longer all 0
     doctored = tmp_path / "doctored"
-    for folder in ("judge", "features"):
+    for folder in ("judge", "features", "questions"):
         shutil.copytree(tmp_path / "a" / folder, doctored / folder)
     doctor_judgements(doctored, bench)
+    doctor_answers(doctored)
     metrics, _ = compute_metrics(settings, load_benchmark(bench), tmp_path / "a", doctored)
     ious = check_graph_ious(metrics, tmp_path / "a", doctored, bench)
     assert all(0.0 < value < 1.0 for value in ious.values())
-    assert {k: v for k, v in metrics.items() if k not in ious} == {k: v for k, v in a.metrics.items() if k not in ious}
+    scores = check_question_scores(metrics, doctored, bench)
+    assert 0.0 < scores["question_score"] < 1.0 and scores["question_entity"] < 1.0
+    changed = ious.keys() | scores.keys()
+    assert {k: v for k, v in metrics.items() if k not in changed} == {k: v for k, v in a.metrics.items() if k not in changed}
     monkeypatch.undo()
 
     # the leaderboard renders the records (plus one with a hostile model id) and the page works in a browser
@@ -556,13 +616,19 @@ def test_end_to_end_on_ray_reproducible_rendered_and_verified(
     inputs = [str(tmp_path / "a"), str(tmp_path / "b" / "result.json"), str(tmp_path / "evil.json")]
     assert leaderboard_main(["render", *inputs, "--output", str(site)]) == 0
     markdown = (site / "leaderboard.md").read_text()
-    assert markdown.count(str(models["sdxl_sg"])) == 2 and "<script>" not in markdown
+    # runs a and b in both tracks' tables (the hostile record has no question scores: it is in the first only)
+    main_table, question_table = markdown.split("### Question track")
+    assert main_table.count(str(models["sdxl_sg"])) == question_table.count(str(models["sdxl_sg"])) == 2
+    ranks = [line.split(" | ")[0] for line in question_table.splitlines() if re.match(r"^\| \d", line)]
+    assert "<script>" not in markdown and ranks == ["| 1", "| 1"] and "evil" not in question_table
     # each run links to its record and to a grid of its images, relative to the site folder
     assert "(../a/result.json)" in markdown and "(../b/result.json)" in markdown
-    assert len(list((site / "samples").glob("*.png"))) == 2 and markdown.count("](samples/") == 2
+    assert len(list((site / "samples").glob("*.png"))) == 2 and main_table.count("](samples/") == 2
     escaped = "&lt;script&gt;document.title='pwned'&lt;/script&gt;evil|model"
     # runs a and b are the same run (no Ray vs two actors): equal SG-IoU, so they share rank 2
     check_page_in_browser(site / "index.html", [escaped, str(models["sdxl_sg"]), str(models["sdxl_sg"])], [1, 2, 2])
+    model = str(models["sdxl_sg"])
+    check_page_in_browser(site / "index.html", [model, model], [1, 1], track="questions", sorted_by="Q-Score")
 
     # verify: an untouched run reproduces; a tampered image is caught
     capsys.readouterr()

@@ -24,20 +24,28 @@ COLUMNS = {
     "SG-IoU": "sg_iou", "Entity-IoU": "entity_iou", "Relation-IoU": "relation_iou", "FID": "fid", "KID": "kid_mean",
     "CLIP-T": "clip_t", "CLIP-I": "clip_i", "CMMD": "cmmd",
 }  # fmt: skip
+# the question track's table
+QUESTION_COLUMNS = {
+    "Q-Score": "question_score", "Q-Entity": "question_entity", "Q-Attribute": "question_attribute",
+    "Q-Relation": "question_relation",
+}  # fmt: skip
 ADAPTERS = {"baseline": "diffusers-sg-text", "sdxl_sg": "sdxl-sg"}
 
 
-def leaderboard_rows(markdown: str) -> list[dict[str, str]]:
-    """The rows of the one Markdown table, as {header cell: cell}, Markdown backslash escapes and HTML entities
-    undone."""
+def leaderboard_rows(markdown: str) -> list[list[dict[str, str]]]:
+    """The rows of each Markdown table (one per track), as {header cell: cell}, Markdown backslash escapes and HTML
+    entities undone."""
 
     def cells(line: str) -> list[str]:
         return [html.unescape(re.sub(r"\\(.)", r"\1", c.strip())) for c in line.strip().strip("|").split("|")]
 
-    table = [line for line in markdown.splitlines() if line.startswith("|")]
-    header = [re.sub(r"\s*[↑↓]$", "", c) for c in cells(table[0])]
-    assert set(table[1]) <= set("|-:")  # the separator line
-    return [dict(zip(header, cells(line), strict=True)) for line in table[2:]]
+    tables = []
+    for part in markdown.split("\n### ")[1:]:
+        table = [line for line in part.splitlines() if line.startswith("|")]
+        header = [re.sub(r"\s*[↑↓]$", "", c) for c in cells(table[0])]
+        assert set(table[1]) <= set("|-:")  # the separator line
+        tables.append([dict(zip(header, cells(line), strict=True)) for line in table[2:]])
+    return tables
 
 
 def check_artifacts(output: Path, models: dict[str, Path]) -> None:
@@ -85,20 +93,23 @@ def check_artifacts(output: Path, models: dict[str, Path]) -> None:
     for name, record in records.items():
         assert (record.model.model_id, record.model.adapter) == (model_ids[name], ADAPTERS[name])
         assert record.benchmark.n_samples == len(bench.samples)
-        assert set(record.metrics) == set(COLUMNS.values())
+        assert set(record.metrics) == set(COLUMNS.values()) | set(QUESTION_COLUMNS.values())
         assert all(math.isfinite(v) for v in record.metrics.values()), record.metrics
+        assert record.metric_details["questions"]["n_items"] == len(bench.samples)
 
-    # the leaderboard: one row per record, its model and adapter, every metric as its record's number (4 digits)
-    rows = {
-        row["Model"]: row for row in leaderboard_rows((output / "leaderboard" / "leaderboard.md").read_text())
-    }
-    assert sorted(rows) == sorted(model_ids.values())
-    for name, record in records.items():
-        row = rows[model_ids[name]]
-        assert row["Adapter"] == ADAPTERS[name]
-        for label, key in COLUMNS.items():
-            value = row[label].split(" ± ")[0].strip("*")  # the best value is bold; CLIP and KID carry a ±
-            assert float(value) == pytest.approx(record.metrics[key], rel=1e-3, abs=1e-12), (name, label)
+    # the leaderboard: per track a table, one row per record, its model and adapter, every metric as its
+    # record's number (4 digits)
+    tables = leaderboard_rows((output / "leaderboard" / "leaderboard.md").read_text())
+    assert len(tables) == 2
+    for table, columns in zip(tables, (COLUMNS, QUESTION_COLUMNS), strict=True):
+        rows = {row["Model"]: row for row in table}
+        assert sorted(rows) == sorted(model_ids.values())
+        for name, record in records.items():
+            row = rows[model_ids[name]]
+            assert row["Adapter"] == ADAPTERS[name]
+            for label, key in columns.items():
+                value = row[label].split(" ± ")[0].strip("*")  # the best value is bold; CLIP and KID carry a ±
+                assert float(value) == pytest.approx(record.metrics[key], rel=1e-3, abs=1e-12), (name, label)
     page = (output / "leaderboard" / "index.html").read_text()
     assert all(html.escape(model_id) in page for model_id in model_ids.values())
 

@@ -115,14 +115,19 @@ def dump_dom(page) -> str:
     return done.stdout
 
 
-def check_page_in_browser(page, expected_order: list[str], ranks: list[int] | None = None) -> None:
-    """The table is in the DOM after the inline script ran, sorted by SG-IoU, with no injected script run; the
-    ranks are `ranks` (default 1, 2, 3...: no ties)."""
+def check_page_in_browser(
+    page, expected_order: list[str], ranks: list[int] | None = None, track: str = "compsg", sorted_by: str = "SG-IoU"
+) -> None:
+    """The table of `track` is in the DOM after the inline script ran, sorted by the column `sorted_by` (higher
+    first), with no injected script run; the ranks are `ranks` (default 1, 2, 3...: no ties)."""
     dom = dump_dom(page)
     assert 'data-ready="1"' in dom, "the inline script did not run"
     assert "<title>CompSG-Bench leaderboard</title>" in dom and "pwned" not in dom.split("</title>")[0]
-    assert re.search(r'<table class="board" data-sorted-by="\d+" data-sort-dir="-1"', dom)
-    models = re.findall(r'<tr class="entry"><td>(\d+)</td><td title="[^"]*">([^<]*)</td>', dom)
+    section = "".join(re.findall(rf'<section class="track" data-track="{track}">(.*?)</section>', dom, re.DOTALL))
+    sorted_col = re.search(r'<table class="board" data-sorted-by="(\d+)" data-sort-dir="-1"', section)
+    headers = re.findall(r"<th>(.*?)</th>", section.split("</thead>")[0])
+    assert sorted_col and sorted_by in headers[int(sorted_col.group(1))], (sorted_col, headers)
+    models = re.findall(r'<tr class="entry"><td>(\d+)</td><td title="[^"]*">([^<]*)</td>', section)
     assert [int(rank) for rank, _ in models] == (ranks or list(range(1, len(expected_order) + 1)))
     assert [name for _, name in models] == expected_order
 
@@ -137,6 +142,50 @@ def test_html_in_headless_chromium(tmp_path):
     page.write_text("<tbody>".join([head, *bodies[::-1]]) + "</table>" + tail, encoding="utf-8")
     escaped = "&lt;script&gt;document.title='pwned'&lt;/script&gt;evil|model"
     check_page_in_browser(page, [escaped, "model-c", "model-a"])
+
+
+# ---------------------------------------------------------------------- tracks
+
+
+def with_questions(base: BenchmarkResult, overall: float, relation: float | None) -> BenchmarkResult:
+    scores = {"question_score": overall, "question_entity": 0.9, "question_attribute": 0.5}
+    scores |= {} if relation is None else {"question_relation": relation}
+    return base.model_copy(update={"metrics": base.metrics | scores})
+
+
+# SG-IoU order: c, b, a; question-score order: a, c, b (and b has no relation questions)
+TRACK_RECORDS = [
+    with_questions(record("model-a", 0.2, 30.0), 0.8, 0.7),
+    with_questions(record("model-b", 0.3, 25.0), 0.1, None),
+    with_questions(record("model-c", 0.4, 40.0), 0.5, 0.2),
+]
+
+
+def test_markdown_has_a_table_per_track_each_ranked_by_its_own_score():
+    text = render_markdown([*TRACK_RECORDS, record("model-d", 0.9, 1.0)])
+    main_part, question_part = text.split("### Question track")
+    assert "### Scene-graph IoUs and image metrics" in main_part and "Q-Score" not in main_part
+    order = [row.split(" | ")[1] for row in main_part.splitlines() if re.match(r"^\| \d", row)]
+    assert order == ["model-d", "model-c", "model-b", "model-a"]
+    rows = [row.split(" | ") for row in question_part.splitlines() if re.match(r"^\| \d", row)]
+    header = next(line for line in question_part.splitlines() if line.startswith("| # "))
+    assert header.split(" | ")[4:] == ["Q-Score ↑", "Q-Entity ↑", "Q-Attribute ↑", "Q-Relation ↑ |"]
+    # model-d has no question scores: not in that table; model-b has no relation score: a dash
+    assert [row[1] for row in rows] == ["model-a", "model-c", "model-b"]
+    assert [row[0] for row in rows] == ["| 1", "| 2", "| 3"]
+    assert rows[0][4] == "**0.8**" and rows[2][7] == "– |"
+    # a record with question scores only is in the question table only
+    only = record("model-q", 0.0, 0.0).model_copy(update={"metrics": {"question_score": 0.9}})
+    main_part, question_part = render_markdown([*TRACK_RECORDS, only]).split("### Question track")
+    assert "model-q" not in main_part and "| 1 | model-q |" in question_part
+
+
+def test_html_question_track_in_headless_chromium(tmp_path):
+    page = tmp_path / "index.html"
+    page.write_text(render_html(TRACK_RECORDS), encoding="utf-8")
+    assert page.read_text().count("<svg") == 8 + 1 + 4  # compsg bars + scatter, then one bar per question column
+    check_page_in_browser(page, ["model-c", "model-b", "model-a"])
+    check_page_in_browser(page, ["model-a", "model-c", "model-b"], track="questions", sorted_by="Q-Score")
 
 
 # ---------------------------------------------------------------------- hostile text in every cell

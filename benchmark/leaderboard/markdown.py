@@ -15,9 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmark.leaderboard.records import Entry
+from benchmark.leaderboard.records import TRACKS, Entry, Metric
 from benchmark.leaderboard.table import (
-    DEFAULT_SORT,
     LEGEND,
     as_entries,
     benchmark_groups,
@@ -25,8 +24,8 @@ from benchmark.leaderboard.table import (
     competition_ranks,
     file_links,
     format_value,
-    metric_columns,
     settings_text,
+    track_tables,
     value_text,
 )
 from schemas import BenchmarkResult
@@ -58,34 +57,37 @@ def _md_name(entry: Entry) -> str:
 
 
 
+def _md_table(members: Sequence[Entry], columns: Sequence[Metric], sort: Metric | None, base: Path) -> list[str]:
+    """The lines of one table: entries in the given order, ranked by `sort`."""
+    links = [file_links(entry, base) for entry in members]
+    header = ["#", "Model", "Adapter", "Settings", *(f"{_md_cell(m.label)} {m.arrow}" for m in columns)]
+    header += ["Files"] if any(links) else []
+    align = ["---"] * 4 + ["---:"] * len(columns) + ["---"] * any(links)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    best = {m.key: best_shown(members, m) for m in columns}
+    for rank, entry, files in zip(competition_ranks(members, sort), members, links, strict=True):
+        record = entry.record
+        cells = [str(rank), _md_name(entry), _md_cell(record.model.adapter), _md_cell(settings_text(record))]
+        for m in columns:
+            text, value = value_text(record, m), record.metrics.get(m.key)
+            shown = format_value(value)
+            cells.append(f"**{shown}**{text[len(shown) :]}" if value is not None and shown == best[m.key] else text)
+        if any(links):
+            cells.append(" · ".join(f"[{label}]({url})" for label, url in files) or "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_markdown(records: Sequence[BenchmarkResult | Entry], *, base: str | Path | None = None) -> str:
-    """One Markdown table per benchmark set, best SG-IoU first. Entries with files get a Files column linking to
-    them, relative to `base` (the folder the Markdown file is written to; default: the working directory)."""
+    """Per benchmark set, one Markdown table per track (CompSG-Bench's best SG-IoU first). Entries with files get
+    a Files column linking to them, relative to `base` (the folder the Markdown file is written to; default: the
+    working directory)."""
     base = Path.cwd() if base is None else Path(base)
     lines = ["# CompSG-Bench leaderboard", ""]
     for (name, version, content_hash), members in benchmark_groups(as_entries(records)).items():
-        columns = metric_columns(members)
-        links = [file_links(entry, base) for entry in members]
         n = members[0].record.benchmark.n_samples
         lines += [f"## {_md_cell(name)} {_md_cell(version)} ({_md_code(content_hash[:12])}, {n} samples)", ""]
-        header = ["#", "Model", "Adapter", "Settings", *(f"{_md_cell(m.label)} {m.arrow}" for m in columns)]
-        header += ["Files"] if any(links) else []
-        align = ["---"] * 4 + ["---:"] * len(columns) + ["---"] * any(links)
-        lines += ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-        best = {m.key: best_shown(members, m) for m in columns}
-        ranks = competition_ranks(members, DEFAULT_SORT if DEFAULT_SORT in columns else None)
-        for rank, entry, files in zip(ranks, members, links, strict=True):
-            record = entry.record
-            cells = [str(rank), _md_name(entry), _md_cell(record.model.adapter), _md_cell(settings_text(record))]
-            for m in columns:
-                text, value = value_text(record, m), record.metrics.get(m.key)
-                shown = format_value(value)
-                cells.append(
-                    f"**{shown}**{text[len(shown) :]}" if value is not None and shown == best[m.key] else text
-                )
-            if any(links):
-                cells.append(" · ".join(f"[{label}]({url})" for label, url in files) or "–")
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+        for track, columns, ranked, sort in track_tables(members):
+            lines += [f"### {_md_cell(TRACKS[track])}", "", *_md_table(ranked, columns, sort, base), ""]
     lines.append(LEGEND + " Each record's provenance is in its JSON file.")
     return "\n".join(lines) + "\n"

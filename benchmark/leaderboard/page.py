@@ -19,9 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmark.leaderboard.records import METRICS, Entry, Metric
+from benchmark.leaderboard.records import METRICS, TRACKS, Entry, Metric
 from benchmark.leaderboard.table import (
-    DEFAULT_SORT,
     LEGEND,
     as_entries,
     benchmark_groups,
@@ -29,10 +28,10 @@ from benchmark.leaderboard.table import (
     competition_ranks,
     file_links,
     format_value,
-    metric_columns,
     metric_spread,
     provenance_summary,
     settings_text,
+    track_tables,
     value_text,
 )
 from schemas import BenchmarkResult
@@ -125,7 +124,7 @@ def _metric_cell(record: BenchmarkResult, metric: Metric, best: str | None) -> s
     )
 
 
-def _table(members: Sequence[Entry], columns: Sequence[Metric], base: Path) -> str:
+def _table(members: Sequence[Entry], columns: Sequence[Metric], base: Path, sort: Metric | None) -> str:
     head = [
         "<th>#</th>",
         "<th><button data-dir='1'>Model</button></th>",
@@ -133,19 +132,19 @@ def _table(members: Sequence[Entry], columns: Sequence[Metric], base: Path) -> s
         "<th>Settings</th>",
     ]
     for metric in columns:
-        default = " data-default" if metric == DEFAULT_SORT else ""
+        default = " data-default" if metric == sort else ""
         direction = -1 if metric.higher_is_better else 1
         head.append(
             f"<th><button data-dir='{direction}'{default} title='sort by {_e(metric.label)}'>"
             f"{_e(metric.label)} {metric.arrow}</button></th>"
         )
-    if DEFAULT_SORT not in columns:
+    if sort is None:
         head[1] = "<th><button data-dir='1' data-default>Model</button></th>"
     links = [file_links(entry, base) for entry in members]
     if any(links):
         head.append("<th>Files</th>")
     best = {m.key: best_shown(members, m) for m in columns}
-    ranks = competition_ranks(members, DEFAULT_SORT if DEFAULT_SORT in columns else None)
+    ranks = competition_ranks(members, sort)
     bodies = []
     for rank, entry, files in zip(ranks, members, links, strict=True):
         record = entry.record
@@ -263,12 +262,16 @@ def render_html(records: Sequence[BenchmarkResult | Entry], *, base: str | Path 
     base = Path.cwd() if base is None else Path(base)
     sections = []
     for (name, version, content_hash), members in benchmark_groups(as_entries(records)).items():
-        columns = metric_columns(members)
-        charts = [_bar_chart(members, m) for m in columns] + [_scatter(members)]
+        tracks = []
+        for track, columns, ranked, sort in track_tables(members):
+            charts = [_bar_chart(ranked, m) for m in columns] + ([_scatter(ranked)] if track == "compsg" else [])
+            tracks.append(
+                f"<section class='track' data-track='{_e(track)}'><h3>{_e(TRACKS[track])}</h3>"
+                f"{_table(ranked, columns, base, sort)}<div class='charts'>{''.join(charts)}</div></section>"
+            )
         sections.append(
             f"<section><h2>{_e(name)} {_e(version)} <small>(<code>{_e(content_hash[:12])}</code>, "
-            f"{members[0].record.benchmark.n_samples} samples)</small></h2>"
-            f"{_table(members, columns, base)}<div class='charts'>{''.join(charts)}</div></section>"
+            f"{members[0].record.benchmark.n_samples} samples)</small></h2>{''.join(tracks)}</section>"
         )
     script_hash = base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode()
     csp = f"default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'"

@@ -29,7 +29,8 @@ class Metric:
     record keeps its details (the `metric_details` group and, for a mean over items, the detail counting them).
 
     The known columns come from the metric classes (`benchmark.metrics.RECORD_METRICS`): their `labels`,
-    `higher_is_better`, `plot_lower_bound` / `plot_upper_bound`, `details_key` and `count_key`."""
+    `higher_is_better`, `plot_lower_bound` / `plot_upper_bound`, `details_key`, `count_key` and `track` (the
+    table the column is shown in, one of `TRACKS`)."""
 
     key: str
     label: str
@@ -38,6 +39,7 @@ class Metric:
     upper_bound: float | None = None
     details_key: str | None = None
     count_key: str | None = None
+    track: str = "compsg"
 
     @property
     def arrow(self) -> str:
@@ -60,12 +62,21 @@ class Metric:
                 metric_class.plot_upper_bound,
                 metric_class.details_key,
                 metric_class.count_key,
+                metric_class.track,
             )
             for key, label in metric_class.labels.items()
         )
 
 
 METRICS = tuple(column for metric_class in RECORD_METRICS for column in Metric.of(metric_class))
+
+# track -> its table's title, in page order; a track's columns are those of the metric classes naming it
+TRACKS = {
+    "compsg": "Scene-graph IoUs and image metrics",
+    "questions": "Question track: yes/no questions from each sample's graph (DSG rule)",
+}
+if {m.track for m in METRICS} - TRACKS.keys():
+    raise TypeError(f"a metric class names a track without a title: {sorted({m.track for m in METRICS} - TRACKS.keys())}")
 
 
 @dataclass(frozen=True)

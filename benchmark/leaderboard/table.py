@@ -20,7 +20,7 @@ from statistics import NormalDist
 from typing import Any
 from urllib.parse import quote
 
-from benchmark.leaderboard.records import METRICS, Entry, Metric
+from benchmark.leaderboard.records import METRICS, TRACKS, Entry, Metric
 from schemas import BenchmarkResult
 
 DEFAULT_SORT = METRICS[0]  # the column rows are ranked by (SG-IoU)
@@ -38,6 +38,27 @@ def metric_columns(entries: Sequence[Entry]) -> list[Metric]:
     known = [m for m in METRICS if m.key in present]
     extra = sorted(present - {m.key for m in METRICS})
     return known + [Metric(key, key, True) for key in extra]
+
+
+def track_tables(members: Sequence[Entry]) -> list[tuple[str, list[Metric], list[Entry], Metric | None]]:
+    """The tables of one benchmark set, one per track with a column present (`TRACKS` order; columns of unknown
+    keys go to CompSG-Bench's): (track, columns, entries, sort metric). A table holds the entries with a value
+    in one of its columns. CompSG-Bench's are ranked by SG-IoU (`DEFAULT_SORT`), another track's by its first
+    column; entries without the value come last."""
+    columns = metric_columns(members)
+    tables = []
+    for track in TRACKS:
+        shown = [m for m in columns if m.track == track]
+        if not shown:
+            continue
+        sort = DEFAULT_SORT if track == DEFAULT_SORT.track else shown[0]
+        sort = sort if sort in shown else None
+        ranked = [e for e in members if any(m.key in e.record.metrics for m in shown)]
+        if sort is not None:
+            sign = -1.0 if sort.higher_is_better else 1.0
+            ranked.sort(key=lambda e: sign * e.record.metrics[sort.key] if sort.key in e.record.metrics else math.inf)
+        tables.append((track, shown, ranked, sort))
+    return tables
 
 
 def benchmark_groups(entries: Sequence[Entry]) -> dict[tuple[str, str, str], list[Entry]]:

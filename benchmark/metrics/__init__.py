@@ -1,4 +1,4 @@
-"""CompSG-Bench metrics: FID, KID, CLIP-T, CLIP-I, CMMD and graph IoUs, each a `torchmetrics.Metric` class
+"""CompSG-Bench metrics: FID, KID, CLIP-T, CLIP-I, CMMD, graph IoUs and the question track's scores, each a `torchmetrics.Metric` class
 (`update()` / `compute()` / `reset()`, distributed sync) beside its functional form; and the spatial track's
 `visor` and Gen4Gen's `cp_clip` / `ti_clip` (functional only, torch-free: not columns of CompSG-Bench records, so
 not in `RECORD_METRICS`).
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
         load_inception,
     )
     from benchmark.metrics.precomputed import Precomputed
+    from benchmark.metrics.question_score import QuestionScore
     from benchmark.metrics.visor import visor, visor_details
 
     RECORD_METRICS: tuple[type[BenchmarkMetric], ...]
@@ -58,6 +59,7 @@ __all__ = [
     "InceptionFeatureExtractor",
     "KID",
     "Precomputed",
+    "QuestionScore",
     "clip_provenance",
     "clip_t_scores",
     "cmmd",
@@ -108,12 +110,13 @@ _LAZY = {
     "inception_provenance": "benchmark.metrics.inception",
     "load_inception": "benchmark.metrics.inception",
     "Precomputed": "benchmark.metrics.precomputed",
+    "QuestionScore": "benchmark.metrics.question_score",
     "visor": "benchmark.metrics.visor",
     "visor_details": "benchmark.metrics.visor",
 }
 
 # the classes of RECORD_METRICS, in leaderboard order
-_RECORD_METRICS = ("GraphIoU", "FID", "KID", "CLIPScore", "CLIPImageScore", "CMMD")
+_RECORD_METRICS = ("GraphIoU", "FID", "KID", "CLIPScore", "CLIPImageScore", "CMMD", "QuestionScore")
 
 
 def __getattr__(name: str) -> Any:

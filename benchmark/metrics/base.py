@@ -9,7 +9,8 @@ Besides torchmetrics' ``higher_is_better``, ``plot_lower_bound`` and ``plot_uppe
 it writes to a result record (`schemas.BenchmarkResult`): ``labels`` maps each key it writes to
 ``BenchmarkResult.metrics`` to its display label, and ``details_key`` names its group in
 ``BenchmarkResult.metric_details``. ``count_key``, where set, is the detail holding the number of items the
-metric averages over (the leaderboard shows a confidence interval of such a mean).
+metric averages over (the leaderboard shows a confidence interval of such a mean). ``track`` names the
+leaderboard table its columns are shown in (``compsg``: CompSG-Bench's; ``questions``: the question track's).
 """
 
 from __future__ import annotations
@@ -67,3 +68,4 @@ class BenchmarkMetric(Metric):
     labels: ClassVar[dict[str, str]] = {}
     details_key: ClassVar[str] = ""
     count_key: ClassVar[str | None] = None
+    track: ClassVar[str] = "compsg"
