@@ -6,6 +6,11 @@ subset of size N: the N rows with the smallest ``sha256(f"{seed}:{key}")``. Addi
 reshuffles that order, so a subset only changes where a new row sorts before the old ones, and the subset of
 size N is a prefix of the subset of size M > N.
 
+The prompt text comes from the exported ``caption`` column, or from another text column (``--caption-column
+paragraph``: the long-prompt track, on the ``paragraph`` task's dense descriptions); rows where such a column
+is empty are skipped and counted (``no_prompt``). The frozen file keeps the text in its ``caption`` column, so
+the content hash covers it; the manifest records the column it came from.
+
 The frozen file holds ``key, caption, scene_graph, sg_text, image`` (reference image bytes) sorted by key, with
 the Hugging Face features metadata, and a manifest ``<name>.manifest.json`` beside it: version, content hash,
 selection rule and counts. The content hash is canonical (independent of the Parquet encoding): the sha256 of
@@ -13,10 +18,11 @@ one JSON line per row, in key order, ``[key, caption, scene_graph, sg_text, sha2
 `load_benchmark` recomputes it and refuses a file that does not match.
 
     python -m benchmark.dataset --input EXPORTED_DIR --output bench.parquet --split test --min-relations 5 \\
-        [--subset N --seed 0 --benchmark-version 1.0 --config bench_set.yaml]
+        [--subset N --seed 0 --caption-column caption --benchmark-version 1.0 --config bench_set.yaml]
 
-Input that cannot give a benchmark (no such split, no image column, no row passing the selection) raises
-`BenchmarkSelectionError` with what was read; `main` prints it and exits with status 2, without a traceback.
+Input that cannot give a benchmark (no such split, no image or prompt column, no row passing the selection)
+raises `BenchmarkSelectionError` with what was read; `main` prints it and exits with status 2, without a
+traceback.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ __all__ = [
 
 BENCHMARK_NAME = "CompSG-Bench"
 SELECTION_RULE = "rows of split {split} with at least {min_relations} relations, annotation not failed, with an image"
+PROMPT_RULE = "prompt text from column {column!r}; rows where it is empty are skipped"
 SUBSET_RULE = "the {n} rows with the smallest sha256('{seed}:' + key)"
 HASH_RULE = "sha256 of JSON lines [key, caption, scene_graph, sg_text, sha256(image bytes)] in key order"
 
@@ -197,9 +204,12 @@ def build_benchmark(
     subset: int | None = None,
     seed: int = 0,
     version: str = "1.0",
+    caption_column: str = "caption",
 ) -> dict[str, Any]:
     """Select, freeze and hash a benchmark set; write the Parquet file and its manifest; return the manifest.
 
+    The prompt text is `caption_column`'s; with a column other than ``caption``, rows without text in it are
+    skipped (``counts["no_prompt"]``), while an empty ``caption`` is kept as ``""`` as in the original sets.
     Raises `BenchmarkSelectionError` when the input cannot give a benchmark set."""
     import pyarrow.dataset as pads  # imports pandas (~0.4 s): only where a set is built, not in the actors
 
@@ -211,6 +221,12 @@ def build_benchmark(
         raise BenchmarkSelectionError(
             f"{source} has no image column: the benchmark needs the reference images; export with images"
         )
+    if caption_column not in dataset.schema.names:
+        raise BenchmarkSelectionError(
+            f"{source} has no {caption_column!r} column for the prompt text (--caption-column); "
+            f"its columns: {', '.join(dataset.schema.names)}"
+        )
+    needs_text = caption_column != "caption"
     keys, counts = _eligible(files, min_relations)
     max_relations = counts.pop("max_relations")
     if not keys:
@@ -221,26 +237,31 @@ def build_benchmark(
             f"{counts['failed_annotation']} rows have a failed annotation"
         )
     table = dataset.to_table(
-        columns=["key", "caption", "scene_graph", "sg_text", "image"],
+        columns=list(dict.fromkeys(["key", caption_column, "scene_graph", "sg_text", "image"])),
         filter=pc.field("key").isin(pa.array(keys, pa.string())),
     )
     base = Path(source) if Path(source).is_dir() else Path(source).parent
     rows = []
+    counts |= {"no_image": 0, "no_prompt": 0} if needs_text else {"no_image": 0}
     for row in table.to_pylist():
         image = _cell_bytes(row["image"], base)
         if image is None:
+            counts["no_image"] += 1
+            continue
+        text = row[caption_column]
+        if needs_text and not (text and text.strip()):
+            counts["no_prompt"] += 1
             continue
         graph = scene_graph_from_arrow(row["scene_graph"])
         rows.append(
             {
                 "key": row["key"],
-                "caption": row["caption"] or "",
+                "caption": text or "",
                 "scene_graph": graph.to_dict(),
                 "sg_text": row["sg_text"] or graph.to_text(),
                 "image": {"bytes": image, "path": None},
             }
         )
-    counts["no_image"] = len(keys) - len(rows)
     counts["eligible"] = len(rows)
     if subset is not None:
         rows = sorted(rows, key=lambda r: subset_rank(r["key"], seed))[:subset]
@@ -249,6 +270,7 @@ def build_benchmark(
         raise BenchmarkSelectionError(
             f"no row of split {split!r} under {source} qualifies for the benchmark: {len(keys)} rows have at least "
             f"{min_relations} relations and a usable annotation, but none has a readable reference image"
+            + (f" and text in column {caption_column!r}" if needs_text else "")
         )
     counts["selected"] = len(rows)
 
@@ -269,6 +291,8 @@ def build_benchmark(
             "subset": subset,
             "seed": seed,
             "subset_rule": SUBSET_RULE.format(n=subset, seed=seed) if subset is not None else None,
+            "caption_column": caption_column,
+            "prompt_rule": PROMPT_RULE.format(column=caption_column) if needs_text else None,
         },
         "counts": counts,
         "source_files": [Path(f).name for f in files],
@@ -309,6 +333,9 @@ class BenchSetSettings(JobSettings):
     min_relations: int = Field(5, ge=0, description="keep graphs with at least this many relations")
     subset: int | None = Field(None, ge=1, description="keep a stable subset of this many rows")
     seed: int = Field(0, description="seed of the stable subset")
+    caption_column: str = Field(
+        "caption", min_length=1, description="the exported column the prompt text comes from (e.g. paragraph)"
+    )
     benchmark_version: str = Field("1.0", description="the benchmark version recorded in the manifest and results")
 
 
@@ -325,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             subset=settings.subset,
             seed=settings.seed,
             version=settings.benchmark_version,
+            caption_column=settings.caption_column,
         )
     except (BenchmarkSelectionError, FileNotFoundError) as exc:
         print(f"benchmark.dataset: error: {exc}", file=sys.stderr)

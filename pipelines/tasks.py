@@ -48,6 +48,7 @@ __all__ = [
     "get_task",
     "judge_task",
     "load_prompt",
+    "parse_paragraph",
     "parse_scene_graph",
     "parse_spatial_caption",
     "register_task",
@@ -57,6 +58,12 @@ __all__ = [
 PROMPTS_DIR = Path(__file__).with_name("prompts")
 INPUTS = frozenset({"image", "caption"})
 SPATIAL_CAPTION_MAX_WORDS = 80
+# A `paragraph` answer (ParaImage style): the prompt and the schema ask for 100..300 words (xgrammar 0.2.8
+# compiles the {99,299} repetition of `_WORD` in under a second); the parser, which also reads answers of
+# engines without a grammar, cuts beyond 300 words and fails under 20.
+PARAGRAPH_MIN_WORDS = 100
+PARAGRAPH_MAX_WORDS = 300
+PARAGRAPH_MIN_USABLE_WORDS = 20
 # Words of printable characters (no quotes, backslashes or control characters) separated by single spaces, the
 # length bound inside the pattern: xgrammar 0.2.8 ignores `maxLength` next to a `pattern`, and fails to compile
 # one long bounded repetition such as ``[...]{1,600}``.
@@ -233,38 +240,58 @@ def parse_scene_graph(raw: str | None, limits: Limits = DEFAULT_LIMITS) -> Parse
     return Parsed(repaired, "repaired", "repaired: " + "; ".join(notes + changes))
 
 
-def parse_spatial_caption(raw: str | None, max_words: int = SPATIAL_CAPTION_MAX_WORDS) -> Parsed:
-    """Raw model text -> a spatial caption string.
+def _parse_text(
+    raw: str | None, field: str, label: str, noun: str, max_words: int, min_words: int = 1
+) -> Parsed:
+    """Raw model text -> the string in `field`, whitespace normalised and cut to `max_words` words.
 
-    Plain prose without any JSON is accepted as the caption (status repaired), which keeps endpoints without
-    structured-output support usable.
+    Plain prose without any JSON is accepted as the value (status repaired), which keeps endpoints without
+    structured-output support usable. `label` names the value in errors, `noun` in the prose note; fewer than
+    `min_words` words fail (``{label} too short``).
     """
     try:
-        data, notes = extract_json(raw, ("spatial_caption",))
+        data, notes = extract_json(raw, (field,))
     except ValueError as exc:
         if raw and raw.strip() and "{" not in raw and failure_reason(str(exc)) != "not a JSON object":
-            data, notes = {"spatial_caption": raw}, ["the answer is not JSON; used the text as the caption"]
+            data, notes = {field: raw}, [f"the answer is not JSON; used the text as the {noun}"]
         else:
             return Parsed(None, "failed", str(exc))
-    value = data.get("spatial_caption")
+    value = data.get(field)
     if not isinstance(value, str):
         return Parsed(
-            None,
-            "failed",
-            f"invalid spatial caption: expected a string field 'spatial_caption', got {value!r:.60}",
+            None, "failed", f"invalid {label}: expected a string field '{field}', got {value!r:.60}"
         )
     words = value.split()
     if not words:
-        return Parsed(None, "failed", "empty spatial caption")
+        return Parsed(None, "failed", f"empty {label}")
+    if len(words) < min_words:
+        return Parsed(None, "failed", f"{label} too short: {len(words)} words, at least {min_words} needed")
     if len(words) > max_words:
         words = words[:max_words]
         notes.append(f"cut to {max_words} words")
     elif " ".join(words) != value:
         notes.append("normalised whitespace")
-    caption = " ".join(words)
+    text = " ".join(words)
     if notes:
-        return Parsed(caption, "repaired", "repaired: " + "; ".join(notes))
-    return Parsed(caption, "ok", None)
+        return Parsed(text, "repaired", "repaired: " + "; ".join(notes))
+    return Parsed(text, "ok", None)
+
+
+def parse_spatial_caption(raw: str | None, max_words: int = SPATIAL_CAPTION_MAX_WORDS) -> Parsed:
+    """Raw model text -> a spatial caption string (`_parse_text`: plain prose is accepted, repaired)."""
+    return _parse_text(raw, "spatial_caption", "spatial caption", "caption", max_words)
+
+
+def parse_paragraph(
+    raw: str | None, max_words: int = PARAGRAPH_MAX_WORDS, min_words: int = PARAGRAPH_MIN_USABLE_WORDS
+) -> Parsed:
+    """Raw model text -> a paragraph string (`_parse_text`): plain prose is accepted (repaired), whitespace is
+    normalised (repaired), words beyond `max_words` are cut (repaired), fewer than `min_words` fail.
+
+    Between `min_words` and `PARAGRAPH_MIN_WORDS` (the length asked for) a paragraph is kept as it is: the hf
+    engine's grammar never gives one that short, and a shorter dense description is still a usable prompt.
+    """
+    return _parse_text(raw, "paragraph", "paragraph", "paragraph", max_words, min_words)
 
 
 # ---------------------------------------------------------------------- tasks
@@ -355,26 +382,58 @@ def _scene_graph_task(name: str, limits: Limits, vocabulary: Vocabulary | None =
     )
 
 
+def _words_pattern(min_words: int, max_words: int) -> str:
+    """A `pattern` for `min_words`..`max_words` words of `_WORD` separated by single spaces."""
+    return f"^{_WORD}( {_WORD}){{{min_words - 1},{max_words - 1}}}$"
+
+
+def _text_task(
+    name: str, title: str, parser: Callable[[str | None], Parsed], variables: dict[str, Any], example: str
+) -> Task:
+    """A task whose answer is one string column `name`: ``{name: "<min_words..max_words words>"}``."""
+    pattern = _words_pattern(variables.get("min_words", 1), variables["max_words"])
+    return Task(
+        name=name,
+        prompt=load_prompt(name, "v1"),
+        schema={
+            "title": title,
+            "type": "object",
+            "properties": {name: {"type": "string", "pattern": pattern}},
+            "required": [name],
+            "additionalProperties": False,
+        },
+        parser=parser,
+        to_columns=lambda text: {name: text},
+        output_columns={name: pa.string()},
+        variables=variables,
+        example_answer=example,
+    )
+
+
 def _spatial_caption_task(limits: Limits) -> Task:
     del limits  # a caption has no graph limits
     max_words = SPATIAL_CAPTION_MAX_WORDS
-    return Task(
-        name="spatial_caption",
-        prompt=load_prompt("spatial_caption", "v1"),
-        schema={
-            "title": "SpatialCaption",
-            "type": "object",
-            "properties": {
-                "spatial_caption": {"type": "string", "pattern": f"^{_WORD}( {_WORD}){{0,{max_words - 1}}}$"}
-            },
-            "required": ["spatial_caption"],
-            "additionalProperties": False,
-        },
-        parser=lambda raw: parse_spatial_caption(raw, max_words),
-        to_columns=lambda caption: {"spatial_caption": caption},
-        output_columns={"spatial_caption": pa.string()},
-        variables={"max_words": max_words},
-        example_answer='{"spatial_caption": "an object in the center"}',
+    return _text_task(
+        "spatial_caption",
+        "SpatialCaption",
+        lambda raw: parse_spatial_caption(raw, max_words),
+        {"max_words": max_words},
+        '{"spatial_caption": "an object in the center"}',
+    )
+
+
+def _paragraph_task(limits: Limits) -> Task:
+    """ParaImage-style dense description: one paragraph of 100..300 words (`PARAGRAPH_*_WORDS`)."""
+    del limits  # a paragraph has no graph limits
+    min_words, max_words = PARAGRAPH_MIN_WORDS, PARAGRAPH_MAX_WORDS
+    sentence = "A photograph of an object in the center of a plain grey room."
+    example = " ".join([sentence] * -(-min_words // len(sentence.split())))  # the fewest repeats that suffice
+    return _text_task(
+        "paragraph",
+        "Paragraph",
+        lambda raw: parse_paragraph(raw, max_words),
+        {"min_words": min_words, "max_words": max_words},
+        json.dumps({"paragraph": example}),
     )
 
 
@@ -387,6 +446,7 @@ _REGISTRY: dict[str, Callable[[Limits], Task]] = {
     "scene_graph": lambda limits: _scene_graph_task("scene_graph", limits),
     "text_to_graph": lambda limits: _scene_graph_task("text_to_graph", limits),
     "spatial_caption": _spatial_caption_task,
+    "paragraph": _paragraph_task,
 }
 
 

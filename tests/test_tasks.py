@@ -654,10 +654,10 @@ def test_parse_spatial_caption_exact_results(
 
 
 def test_registry_names_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert task_names() == ["scene_graph", "spatial_caption", "text_to_graph"]
+    assert task_names() == ["paragraph", "scene_graph", "spatial_caption", "text_to_graph"]
     with pytest.raises(ValueError) as info:
         get_task("judge")  # needs a vocabulary: only through judge_task
-    assert str(info.value) == "unknown task 'judge'; known tasks: scene_graph, spatial_caption, text_to_graph"
+    assert str(info.value) == "unknown task 'judge'; known tasks: paragraph, scene_graph, spatial_caption, text_to_graph"
     monkeypatch.setattr(tasks, "_REGISTRY", dict(tasks._REGISTRY))
     with pytest.raises(ValueError) as info:
         register_task("scene_graph", lambda limits: get_task("text_to_graph", limits))
@@ -670,7 +670,7 @@ def test_registry_names_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
         return get_task("spatial_caption")
 
     register_task("caption_again", factory)
-    assert task_names() == ["caption_again", "scene_graph", "spatial_caption", "text_to_graph"]
+    assert task_names() == ["caption_again", "paragraph", "scene_graph", "spatial_caption", "text_to_graph"]
     get_task("caption_again")
     get_task("caption_again", LIMITS)
     assert seen == [Limits(), LIMITS]
