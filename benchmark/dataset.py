@@ -7,8 +7,10 @@ reshuffles that order, so a subset only changes where a new row sorts before the
 size N is a prefix of the subset of size M > N.
 
 The prompt text comes from the exported ``caption`` column, or from another text column (``--caption-column
-paragraph``: the long-prompt track, on the ``paragraph`` task's dense descriptions); rows where such a column
-is empty are skipped and counted (``no_prompt``). The frozen file keeps the text in its ``caption`` column, so
+paragraph``: the long-prompt track, on the ``paragraph`` task's dense descriptions), also from another annotate
+output of the same images joined by key (``--prompts PARAGRAPH_DIR``); rows where such a column is empty are
+skipped and counted (``no_prompt``). Such a set is named ``CompSG-Bench-{column}`` unless ``--name`` says
+otherwise. The frozen file keeps the text in its ``caption`` column, so
 the content hash covers it; the manifest records the column it came from.
 
 The frozen file holds ``key, caption, scene_graph, sg_text, image`` (reference image bytes) sorted by key, with
@@ -18,7 +20,8 @@ one JSON line per row, in key order, ``[key, caption, scene_graph, sg_text, sha2
 `load_benchmark` recomputes it and refuses a file that does not match.
 
     python -m benchmark.dataset --input EXPORTED_DIR --output bench.parquet --split test --min-relations 5 \\
-        [--subset N --seed 0 --caption-column caption --benchmark-version 1.0 --config bench_set.yaml]
+        [--subset N --seed 0 --caption-column caption --prompts DIR --name NAME --benchmark-version 1.0 \\
+         --config bench_set.yaml]
 
 Input that cannot give a benchmark (no such split, no image or prompt column, no row passing the selection)
 raises `BenchmarkSelectionError` with what was read; `main` prints it and exits with status 2, without a
@@ -184,6 +187,23 @@ def _eligible(files: Sequence[str], min_relations: int) -> tuple[list[str], dict
     return keys, counts
 
 
+def _prompt_texts(prompts: str | Path, column: str) -> dict[str, str | None]:
+    """Key -> `column` of an annotate output (``data/*.parquet`` under a directory, or one Parquet file)."""
+    import pyarrow.dataset as pads
+
+    path = Path(prompts)
+    files = sorted((path / "data").glob("*.parquet")) if path.is_dir() else [path]
+    if not files:
+        raise BenchmarkSelectionError(f"--prompts {path}: no data/*.parquet files (an annotate output directory?)")
+    dataset = pads.dataset([str(f) for f in files], format="parquet")
+    if column not in dataset.schema.names:
+        raise BenchmarkSelectionError(
+            f"--prompts {path} has no {column!r} column; its columns: {', '.join(dataset.schema.names)}"
+        )
+    table = dataset.to_table(columns=["key", column])
+    return dict(zip(table["key"].to_pylist(), table[column].to_pylist(), strict=True))
+
+
 def _cell_bytes(cell: dict[str, Any] | None, base: Path) -> bytes | None:
     """The bytes of a `datasets` Image cell (``{"bytes", "path"}``): its bytes, else its file (relative to `base`)."""
     if not cell:
@@ -205,11 +225,16 @@ def build_benchmark(
     seed: int = 0,
     version: str = "1.0",
     caption_column: str = "caption",
+    prompts: str | Path | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Select, freeze and hash a benchmark set; write the Parquet file and its manifest; return the manifest.
 
-    The prompt text is `caption_column`'s; with a column other than ``caption``, rows without text in it are
-    skipped (``counts["no_prompt"]``), while an empty ``caption`` is kept as ``""`` as in the original sets.
+    The prompt text is `caption_column`'s, read from the exported rows or, with `prompts`, from another annotate
+    output of the same images (its ``data/*.parquet``, or a Parquet file), joined by key; with a column other
+    than ``caption``, rows without text in it are skipped (``counts["no_prompt"]``), while an empty ``caption``
+    is kept as ``""`` as in the original sets. `name` is the set's name (default ``CompSG-Bench``, or
+    ``CompSG-Bench-{caption_column}`` for another prompt column: its own leaderboard section).
     Raises `BenchmarkSelectionError` when the input cannot give a benchmark set."""
     import pyarrow.dataset as pads  # imports pandas (~0.4 s): only where a set is built, not in the actors
 
@@ -221,12 +246,13 @@ def build_benchmark(
         raise BenchmarkSelectionError(
             f"{source} has no image column: the benchmark needs the reference images; export with images"
         )
-    if caption_column not in dataset.schema.names:
+    joined = None if prompts is None else _prompt_texts(prompts, caption_column)
+    if joined is None and caption_column not in dataset.schema.names:
         raise BenchmarkSelectionError(
             f"{source} has no {caption_column!r} column for the prompt text (--caption-column); "
             f"its columns: {', '.join(dataset.schema.names)}"
         )
-    needs_text = caption_column != "caption"
+    needs_text = caption_column != "caption" or joined is not None
     keys, counts = _eligible(files, min_relations)
     max_relations = counts.pop("max_relations")
     if not keys:
@@ -237,7 +263,7 @@ def build_benchmark(
             f"{counts['failed_annotation']} rows have a failed annotation"
         )
     table = dataset.to_table(
-        columns=list(dict.fromkeys(["key", caption_column, "scene_graph", "sg_text", "image"])),
+        columns=list(dict.fromkeys(["key", "caption" if joined is not None else caption_column, "scene_graph", "sg_text", "image"])),
         filter=pc.field("key").isin(pa.array(keys, pa.string())),
     )
     base = Path(source) if Path(source).is_dir() else Path(source).parent
@@ -248,7 +274,7 @@ def build_benchmark(
         if image is None:
             counts["no_image"] += 1
             continue
-        text = row[caption_column]
+        text = joined.get(row["key"]) if joined is not None else row[caption_column]
         if needs_text and not (text and text.strip()):
             counts["no_prompt"] += 1
             continue
@@ -278,7 +304,7 @@ def build_benchmark(
     output.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=BENCHMARK_SCHEMA), output)
     manifest = {
-        "name": BENCHMARK_NAME,
+        "name": name or (BENCHMARK_NAME if caption_column == "caption" else f"{BENCHMARK_NAME}-{caption_column}"),
         "version": version,
         "file": output.name,
         "content_hash": content_hash(rows),
@@ -292,6 +318,7 @@ def build_benchmark(
             "seed": seed,
             "subset_rule": SUBSET_RULE.format(n=subset, seed=seed) if subset is not None else None,
             "caption_column": caption_column,
+            "prompts_from": None if prompts is None else Path(prompts).name,
             "prompt_rule": PROMPT_RULE.format(column=caption_column) if needs_text else None,
         },
         "counts": counts,
@@ -336,6 +363,12 @@ class BenchSetSettings(JobSettings):
     caption_column: str = Field(
         "caption", min_length=1, description="the exported column the prompt text comes from (e.g. paragraph)"
     )
+    prompts: Path | None = Field(
+        None,
+        description="an annotate output of the same images holding --caption-column (e.g. the paragraph task's), "
+        "joined by key",
+    )
+    name: str | None = Field(None, description="the set's name (unset: CompSG-Bench, or CompSG-Bench-<column>)")
     benchmark_version: str = Field("1.0", description="the benchmark version recorded in the manifest and results")
 
 
@@ -353,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             seed=settings.seed,
             version=settings.benchmark_version,
             caption_column=settings.caption_column,
+            prompts=settings.prompts,
+            name=settings.name,
         )
     except (BenchmarkSelectionError, FileNotFoundError) as exc:
         print(f"benchmark.dataset: error: {exc}", file=sys.stderr)

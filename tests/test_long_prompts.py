@@ -303,3 +303,30 @@ def test_benchmark_refuses_a_missing_or_empty_prompt_column(tmp_path: Path) -> N
         build_benchmark(export, tmp_path / "a.parquet", caption_column="paragraph")
     with pytest.raises(BenchmarkSelectionError, match="has no 'dense' column for the prompt text"):
         build_benchmark(export, tmp_path / "b.parquet", caption_column="dense")
+
+
+def test_benchmark_joins_paragraphs_from_another_annotate_output_by_key(tmp_path: Path) -> None:
+    rows = export_rows([5, 5, 5])
+    write_export(tmp_path / "export", {"test": rows})  # graphs and images, no paragraph column
+    # the paragraph task's output over the same images: same keys, one without text, one key not exported
+    data = tmp_path / "paragraphs" / "data"
+    data.mkdir(parents=True)
+    texts = {rows[0]["key"]: _words(150), rows[2]["key"]: None, "not-exported": _words(120)}
+    pq.write_table(pa.table({"key": list(texts), "paragraph": list(texts.values())}), data / "shard-0.parquet")
+    out = tmp_path / "long.parquet"
+    manifest = build_benchmark(
+        tmp_path / "export", out, min_relations=5, caption_column="paragraph", prompts=tmp_path / "paragraphs"
+    )
+    assert manifest["name"] == "CompSG-Bench-paragraph" and manifest["selection"]["prompts_from"] == "paragraphs"
+    # row 1 has no paragraph row at all, row 2 an empty one: both skipped and counted
+    assert manifest["counts"]["no_prompt"] == 2 and manifest["counts"]["selected"] == 1
+    (sample,) = load_benchmark(out).samples
+    assert (sample.key, sample.caption) == (rows[0]["key"], texts[rows[0]["key"]])
+    assert sample.scene_graph.to_dict() == rows[0]["scene_graph"]  # the image's graph: the questions' source
+    named = build_benchmark(
+        tmp_path / "export", tmp_path / "n.parquet", caption_column="paragraph", prompts=data / "shard-0.parquet",
+        name="ParaBench",
+    )  # fmt: skip
+    assert named["name"] == "ParaBench" and named["content_hash"] == manifest["content_hash"]
+    with pytest.raises(BenchmarkSelectionError, match="--prompts .* has no 'dense' column"):
+        build_benchmark(tmp_path / "export", tmp_path / "x.parquet", caption_column="dense", prompts=data.parent)
