@@ -549,8 +549,16 @@ from metric_cases import cases  # noqa: E402
 def test_metric_classes_are_torchmetrics_metrics_naming_their_record_keys() -> None:
     import torchmetrics
 
-    from benchmark.metrics import RECORD_METRICS, GraphIoU
+    from benchmark.metrics import RECORD_METRICS, GraphIoU, QuestionScore, VISORScore
 
+    questions = {
+        "question_score": "Q-Score", "question_entity": "Q-Entity", "question_attribute": "Q-Attribute",
+        "question_relation": "Q-Relation",
+    }  # fmt: skip
+    visor = {
+        "visor_uncond": "VISOR", "visor_cond": "VISOR-cond", "oa": "OA", "visor_1": "VISOR-1", "visor_2": "VISOR-2",
+        "visor_3": "VISOR-3", "visor_4": "VISOR-4",
+    }  # fmt: skip
     expected = {
         GraphIoU: ({"sg_iou": "SG-IoU", "entity_iou": "Entity-IoU", "relation_iou": "Relation-IoU"}, True, "graph_iou"),
         FID: ({"fid": "FID"}, False, "fid"),
@@ -558,11 +566,15 @@ def test_metric_classes_are_torchmetrics_metrics_naming_their_record_keys() -> N
         CLIPScore: ({"clip_t": "CLIP-T"}, True, "clip_t"),
         CLIPImageScore: ({"clip_i": "CLIP-I"}, True, "clip_i"),
         CMMD: ({"cmmd": "CMMD"}, False, "cmmd"),
+        QuestionScore: (questions, True, "questions"),
+        VISORScore: (visor, True, "visor"),
     }
     assert tuple(expected) == RECORD_METRICS
+    tracks = {QuestionScore: "questions", VISORScore: "spatial"}
     for cls, (labels, higher, details) in expected.items():
         assert issubclass(cls, torchmetrics.Metric), cls
         assert (cls.labels, cls.higher_is_better, cls.details_key) == (labels, higher, details), cls
+        assert cls.track == tracks.get(cls, "compsg"), cls
         assert cls.is_differentiable is False and cls.full_state_update is False
 
 

@@ -74,6 +74,7 @@ METRICS = tuple(column for metric_class in RECORD_METRICS for column in Metric.o
 TRACKS = {
     "compsg": "Scene-graph IoUs and image metrics",
     "questions": "Question track: yes/no questions from each sample's graph (DSG rule)",
+    "spatial": "Spatial track: VISOR (object detector, two-object prompts)",
 }
 if {m.track for m in METRICS} - TRACKS.keys():
     raise TypeError(f"a metric class names a track without a title: {sorted({m.track for m in METRICS} - TRACKS.keys())}")

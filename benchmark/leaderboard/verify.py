@@ -1,5 +1,6 @@
 """`verify`: recompute a record's metrics from the images stored in its run directory (`verify_record`), with
-the same code as the run that wrote it (`benchmark.run.recompute`)."""
+the same code as the run that wrote it (`benchmark.run.recompute`; for a record of the spatial track's prompt set,
+`benchmark.spatial.run.recompute`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 from pathlib import Path
 
 from benchmark.leaderboard.records import load_records
+from benchmark.spatial.prompts import PROMPT_SET_NAME
 
 
 def verify_record(
@@ -20,10 +22,12 @@ def verify_record(
     """Recompute a record's metrics from the images stored in its run directory (default: the record's folder);
     return every difference found (empty when the record checks out). The images' digest is compared too.
     Tolerances allow for float differences across machines; on the same machine the numbers are identical."""
-    from benchmark.run import recompute
-
     record_path = Path(record_path)
     record = load_records([record_path])[0]
+    if record.benchmark.name == PROMPT_SET_NAME:
+        from benchmark.spatial.run import recompute
+    else:
+        from benchmark.run import recompute
     run_dir = (
         Path(run_dir)
         if run_dir is not None
@@ -31,7 +35,7 @@ def verify_record(
     )
     try:
         metrics, details = recompute(record, run_dir, num_actors=num_actors)
-    except ValueError as exc:  # missing or extra images, a changed benchmark file (BenchmarkHashError)
+    except ValueError as exc:  # missing or extra images, a changed benchmark or prompt file (its hash error)
         return [f"cannot recompute: {exc}"]
     problems = []
     stored_images = record.metric_details.get("images", {}).get("sha256")

@@ -1,7 +1,7 @@
-"""CompSG-Bench metrics: FID, KID, CLIP-T, CLIP-I, CMMD, graph IoUs and the question track's scores, each a `torchmetrics.Metric` class
-(`update()` / `compute()` / `reset()`, distributed sync) beside its functional form; and the spatial track's
-`visor` and Gen4Gen's `cp_clip` / `ti_clip` (functional only, torch-free: not columns of CompSG-Bench records, so
-not in `RECORD_METRICS`).
+"""CompSG-Bench metrics: FID, KID, CLIP-T, CLIP-I, CMMD, graph IoUs, the question track's scores and the spatial
+track's VISOR (`VISORScore`), each a `torchmetrics.Metric` class (`update()` / `compute()` / `reset()`, distributed
+sync) beside its functional form (`visor`, `visor_details`: torch-free); and Gen4Gen's `cp_clip` / `ti_clip`
+(functional only, torch-free: not columns of result records, so not in `RECORD_METRICS`).
 
 `RECORD_METRICS` lists the classes whose values a result record holds, in leaderboard order; each names its record
 keys and labels (`labels`), its `metric_details` group (`details_key`) and its better direction
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from benchmark.metrics.precomputed import Precomputed
     from benchmark.metrics.question_score import QuestionScore
     from benchmark.metrics.visor import visor, visor_details
+    from benchmark.metrics.visor_score import VISORScore
 
     RECORD_METRICS: tuple[type[BenchmarkMetric], ...]
 
@@ -60,6 +61,7 @@ __all__ = [
     "KID",
     "Precomputed",
     "QuestionScore",
+    "VISORScore",
     "clip_provenance",
     "clip_t_scores",
     "cmmd",
@@ -113,10 +115,11 @@ _LAZY = {
     "QuestionScore": "benchmark.metrics.question_score",
     "visor": "benchmark.metrics.visor",
     "visor_details": "benchmark.metrics.visor",
+    "VISORScore": "benchmark.metrics.visor_score",
 }
 
 # the classes of RECORD_METRICS, in leaderboard order
-_RECORD_METRICS = ("GraphIoU", "FID", "KID", "CLIPScore", "CLIPImageScore", "CMMD", "QuestionScore")
+_RECORD_METRICS = ("GraphIoU", "FID", "KID", "CLIPScore", "CLIPImageScore", "CMMD", "QuestionScore", "VISORScore")
 
 
 def __getattr__(name: str) -> Any:

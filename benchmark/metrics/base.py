@@ -10,7 +10,8 @@ it writes to a result record (`schemas.BenchmarkResult`): ``labels`` maps each k
 ``BenchmarkResult.metrics`` to its display label, and ``details_key`` names its group in
 ``BenchmarkResult.metric_details``. ``count_key``, where set, is the detail holding the number of items the
 metric averages over (the leaderboard shows a confidence interval of such a mean). ``track`` names the
-leaderboard table its columns are shown in (``compsg``: CompSG-Bench's; ``questions``: the question track's).
+leaderboard table its columns are shown in (``compsg``: CompSG-Bench's; ``questions``: the question track's;
+``spatial``: VISOR's).
 """
 
 from __future__ import annotations

@@ -59,6 +59,8 @@ __all__ = [
     "best_boxes",
     "centroid",
     "judge_image",
+    "judge_prompts",
+    "judgement_details",
     "relation_holds",
     "visor",
     "visor_details",
@@ -161,26 +163,38 @@ def _ordered_prompts(items: Sequence[Mapping[str, Any]]) -> dict[Any, list[Mappi
     return groups
 
 
-def _tally(items: Iterable[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Per image: both detected, relation right (float64 0/1); per prompt: right images among its first four;
-    the number of prompts with fewer than four images."""
+def judge_prompts(items: Iterable[Mapping[str, Any]]) -> dict[Any, list[tuple[Mapping[str, Any], bool, bool]]]:
+    """Each prompt's images, judged (`judge_image`) and in image order: prompt id -> [(item, both detected,
+    relation right), ...], prompts in order of first appearance. Checks the items as `visor` does."""
     items = list(items)
     if not items:
         raise ValueError("visor: no items to score")
-    groups = _ordered_prompts(items)
-    both, right, right_first = [], [], []
-    for group in groups.values():
-        judged = [judge_image(item) for item in group]
-        both += [b for b, _ in judged]
-        right += [r for _, r in judged]
-        right_first.append(sum(r for _, r in judged[:IMAGES_PER_PROMPT]))
-    short = sum(len(group) < IMAGES_PER_PROMPT for group in groups.values())
-    return (
-        np.asarray(both, dtype=np.float64),
-        np.asarray(right, dtype=np.float64),
-        np.asarray(right_first, dtype=np.int64),
-        short,
-    )
+    return {
+        prompt_id: [(item, *judge_image(item)) for item in group]
+        for prompt_id, group in _ordered_prompts(items).items()
+    }
+
+
+def judgement_details(prompts: Iterable[Sequence[tuple[bool, bool]]]) -> dict[str, float | int]:
+    """`visor_details` from judgements: each prompt's ``(both detected, relation right)`` per image, in image
+    order."""
+    both, right, right_first, short = [], [], [], 0
+    for judged in prompts:
+        both += [bool(b) for b, _ in judged]
+        right += [bool(r) for _, r in judged]
+        right_first.append(sum(bool(r) for _, r in judged[:IMAGES_PER_PROMPT]))
+        short += len(judged) < IMAGES_PER_PROMPT
+    if not both:
+        raise ValueError("visor: no items to score")
+    both_a, right_a = np.asarray(both, dtype=np.float64), np.asarray(right, dtype=np.float64)
+    return {
+        **_scores(both_a, right_a, np.asarray(right_first, dtype=np.int64)),
+        "n_images": len(both),
+        "n_both": int(both_a.sum()),
+        "n_right": int(right_a.sum()),
+        "n_prompts": len(right_first),
+        "n_prompts_short": short,
+    }
 
 
 def _scores(both: np.ndarray, right: np.ndarray, right_first: np.ndarray) -> dict[str, float]:
@@ -202,20 +216,13 @@ def visor(items: Iterable[Mapping[str, Any]]) -> dict[str, float]:
     ``object``, ``detections`` (a list of ``(label, score, (x0, y0, x1, y1))``, already thresholded) and optionally
     ``image_index``. The definitions are in the module docstring.
     """
-    both, right, right_first, _ = _tally(items)
-    return _scores(both, right, right_first)
+    details = visor_details(items)
+    return {key: float(details[key]) for key in VISOR_KEYS}
 
 
 def visor_details(items: Iterable[Mapping[str, Any]]) -> dict[str, float | int]:
     """`visor`'s scores plus the counts behind them: ``n_images``, ``n_both`` (images with both detected),
     ``n_right`` (images with the relation right), ``n_prompts``, ``n_prompts_short`` (prompts with fewer than
     four images)."""
-    both, right, right_first, short = _tally(items)
-    return {
-        **_scores(both, right, right_first),
-        "n_images": int(both.size),
-        "n_both": int(both.sum()),
-        "n_right": int(right.sum()),
-        "n_prompts": int(right_first.size),
-        "n_prompts_short": short,
-    }
+    prompts = judge_prompts(items).values()
+    return judgement_details([(both, right) for _, both, right in judged] for judged in prompts)
