@@ -5,7 +5,9 @@ Adapters (`ADAPTERS`):
 - ``diffusers-caption``: any diffusers text-to-image pipeline (`DiffusionPipeline.from_pretrained`), prompt = caption;
 - ``diffusers-sg-text``: the same, prompt = the canonical scene-graph text (`sg_text`);
 - ``sdxl-sg``: an SDXL-SG pipeline folder (`training.pipeline.SDXLSGPipeline.from_pretrained`), conditioned on
-  the scene graph itself.
+  the scene graph itself;
+- ``sdxl-lora``: a `training.lora` run (`training.lora.LoraSDXLPipeline.from_pretrained`: its base SDXL plus the
+  LoRA weights), prompt = caption.
 
 With `GenerationSettings.long_prompt` (off by default) a text adapter does not pass ``prompt=``: it encodes the
 prompt in 75-token windows (`training.long_prompt.long_prompt_embeds`, for SDXL pipelines) and passes the
@@ -115,6 +117,7 @@ def register_adapter(adapter: Adapter) -> Adapter:
 register_adapter(Adapter("diffusers-caption", "caption"))
 register_adapter(Adapter("diffusers-sg-text", "sg_text"))
 register_adapter(Adapter("sdxl-sg", "scene_graph", "training.pipeline:SDXLSGPipeline"))
+register_adapter(Adapter("sdxl-lora", "caption", "training.lora:LoraSDXLPipeline"))
 
 
 def image_seed(seed: int, key: str, image_index: int) -> int:

@@ -1,0 +1,525 @@
+"""`python -m training.lora`: SPRIGHT-style spatial LoRA fine-tuning of SDXL's UNet with Ray Train.
+
+    python -m training.lora --input DATA --model SDXL_DIR_OR_ID --output RUN --max-steps 15000 \
+        --num-workers 8 --use-gpu --batch-size 4 --resolution 1024 --rank 16 --flip swap
+
+`DATA` is an export with a ``spatial_caption`` column (`pipelines.export` of the ``spatial_caption`` task):
+each epoch exactly half of the train rows that have a spatial caption train on it and the others on their
+original caption; rows without one train on the original caption and are counted (``fallback_captions``). With
+``--flip swap`` half of the images are mirrored and their caption has left and right swapped
+(`training.lora_data`). The VAE and both text encoders are frozen; LoRA adapters (peft, as diffusers'
+``train_dreambooth_lora_sdxl.py``: rank `--rank`, alpha = rank, gaussian init, targets ``to_q``, ``to_k``,
+``to_v``, ``to_out.0`` of every attention block) are the only trained weights of the UNet. The loss is
+`training.step.diffusion_loss` (SDXL's epsilon/v MSE, time ids, pooled text embeds; noise and timesteps from
+``step_seed``), conditioned on the captions as `StableDiffusionXLPipeline.encode_prompt` encodes them (77
+tokens).
+
+Runs like `training.train`: every worker runs `run_lora_worker` in a `training.contexts.RayContext` (gradients
+of the LoRA weights averaged over the workers), a checkpoint every `--checkpoint-every` steps and at the end,
+and re-running the same command resumes from the latest one (``RUN/NAME/checkpoint_*``; `train_lora_local`
+without Ray: ``RUN/checkpoints/step_*``). A checkpoint holds ``lora.safetensors`` (the peft LoRA state),
+``optimizer.safetensors`` + ``trainer_state.json`` (AdamW moments; param groups and LR schedule),
+``state.json`` (step, epoch, batch in the epoch) and ``rng_rank<r>.safetensors``: no pickle. The result is
+``RUN/final/pytorch_lora_weights.safetensors`` in diffusers' LoRA format
+(`StableDiffusionXLPipeline.load_lora_weights(RUN/final)`) and ``RUN/final/lora.json`` (base model, settings);
+`LoraSDXLPipeline.from_pretrained(RUN)` loads both (benchmark adapter ``sdxl-lora``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from diffusers import StableDiffusionXLPipeline
+from pydantic import Field, field_validator
+
+from schemas.runs import init_ray, log_progress
+from schemas.settings import JobSettings, parse_settings
+from training.bad_rows import BadDataError, BadRows, NoUsableRowsError, first_usable_row
+from training.batches import TrainBatch
+from training.checkpoints import FINAL_DIR, STATE_JSON, TrainState
+from training.contexts import LocalContext, RayContext
+from training.image_transforms import ImageConfig
+from training.loop import BadRowMonitor
+from training.lora_data import CaptionBatch, CaptionCollator, CaptionPlanner
+from training.rows import find_splits
+from training.settings import DEFAULT_MAX_BAD_FRACTION
+from training.step import FrozenSDXL, build_lr_scheduler, diffusion_loss, step_seed
+from training.tracking import TensorBoardLog, plot_losses
+
+__all__ = [
+    "LORA_JSON",
+    "LORA_WEIGHTS",
+    "TARGET_MODULES",
+    "LoraSDXLPipeline",
+    "LoraSettings",
+    "epoch_batches",
+    "export_lora",
+    "load_lora_checkpoint",
+    "lora_config",
+    "lora_loss",
+    "lora_step",
+    "lora_unet",
+    "main",
+    "parse_config",
+    "preflight",
+    "run_lora_worker",
+    "save_lora_checkpoint",
+    "text_pipeline",
+    "train_lora",
+    "train_lora_local",
+]
+
+log = logging.getLogger(__name__)
+
+TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")  # diffusers' SDXL LoRA example
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' LoRA weight file name
+LORA_JSON = "lora.json"
+CKPT_LORA, CKPT_OPTIMIZER, CKPT_TRAINER = "lora.safetensors", "optimizer.safetensors", "trainer_state.json"
+
+
+class LoraSettings(JobSettings):
+    """Everything a LoRA run needs (`python -m training.lora --help`); a `--config` YAML sets any of it, flags
+    win."""
+
+    input: str = Field(
+        description="exported dataset (Parquet; train split) with caption and spatial_caption columns"
+    )
+    model: str = Field(description="base SDXL: diffusers directory or hub id")
+    output: str = Field(description="run directory: checkpoints in OUTPUT/NAME, the LoRA in OUTPUT/final")
+    name: str = Field(
+        "sdxl_lora", description="Ray Train run name: checkpoints and TensorBoard events in OUTPUT/NAME"
+    )
+    max_steps: int = Field(1000, ge=1, description="optimizer steps of the whole run")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (one GPU each with --use-gpu)")
+    use_gpu: bool = Field(
+        False, description="train on GPUs (frozen weights in bf16, LoRA in float32, bf16 autocast)"
+    )
+    batch_size: int = Field(1, ge=1, description="rows per batch per worker")
+    lr: float = Field(1e-4, gt=0, description="peak learning rate of AdamW (warmup, then cosine decay)")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
+    warmup_steps: int = Field(0, ge=0, description="linear warmup steps of the learning rate")
+    grad_clip: float = Field(1.0, gt=0, description="gradient norm clipping")
+    rank: int = Field(16, ge=1, description="LoRA rank (lora_alpha = rank)")
+    resolution: int = Field(1024, ge=8, multiple_of=8, description="square training resolution in pixels")
+    crop: Literal["center", "none"] = Field(
+        "center", description="center: resize the shorter side and center-crop; none: squash the whole image"
+    )
+    seed: int = Field(
+        0, description="seed of the LoRA initialisation, noise, timesteps, captions, flips, data order"
+    )
+    spatial_probability: float = Field(
+        0.5, description="share of the rows with a spatial caption that train on it in each epoch (exactly)"
+    )
+    flip: Literal["off", "swap"] = Field(
+        "swap",
+        description="swap: mirror half of the images and swap left/right in their captions; off: no flips",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="gradient checkpointing in the UNet (less memory)"
+    )
+    checkpoint_every: int = Field(
+        500,
+        ge=1,
+        description="steps between checkpoints, each reported to Ray Train (one is also written at the end)",
+    )
+    keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept (the latest ones)")
+    log_every: int = Field(
+        50, ge=1, description="steps between rank 0's progress lines (TensorBoard gets every step)"
+    )
+    shuffle_buffer: int = Field(
+        64, ge=0, description="rows in Ray Data's local shuffle buffer (0: no shuffle)"
+    )
+    max_failures: int = Field(0, ge=-1, description="worker-group restarts Ray Train allows (-1: unlimited)")
+    max_bad_fraction: float = Field(
+        DEFAULT_MAX_BAD_FRACTION, ge=0, le=1,
+        description="unusable rows (no or undecodable image, no caption) are skipped and counted; the run "
+        "fails once they exceed this fraction of the train split",
+    )  # fmt: skip
+
+    @field_validator("spatial_probability")
+    @classmethod
+    def _exact_half(cls, value: float) -> float:
+        if value != 0.5:
+            raise ValueError(
+                "only SPRIGHT's exact 50/50 mix is implemented (training.spatial_captions.plan_captions)"
+            )
+        return value
+
+    @property
+    def cache(self) -> None:
+        """No precompute cache (`training.contexts` reads ``cache or input``): captions vary per epoch."""
+        return None
+
+    @property
+    def image_config(self) -> ImageConfig:
+        return ImageConfig(
+            resolution=self.resolution, crop=self.crop, flip=self.flip == "swap", seed=self.seed
+        )
+
+
+def lora_config(config: LoraSettings):
+    """peft's `LoraConfig` of the run (diffusers' SDXL LoRA recipe)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.rank,
+        lora_alpha=config.rank,
+        init_lora_weights="gaussian",
+        target_modules=list(TARGET_MODULES),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- the step
+
+
+def text_pipeline(frozen: FrozenSDXL) -> StableDiffusionXLPipeline:
+    """An SDXL pipeline over the frozen parts, for `encode_prompt` (the very text conditioning of
+    inference)."""
+    encoders, tokenizers = frozen.text_encoders, frozen.tokenizers
+    return StableDiffusionXLPipeline(
+        vae=frozen.vae, text_encoder=encoders[0], text_encoder_2=encoders[1], tokenizer=tokenizers[0],
+        tokenizer_2=tokenizers[1], unet=frozen.unet, scheduler=frozen.noise_scheduler,
+    )  # fmt: skip
+
+
+def lora_loss(
+    frozen: FrozenSDXL, text: StableDiffusionXLPipeline, batch: CaptionBatch, *, seed: int, autocast: bool
+) -> torch.Tensor:
+    """`diffusion_loss` of the (LoRA-adapted) ``frozen.unet`` on a caption batch. The VAE latents and the
+    caption embeddings are computed here, without gradients, and handed over as a cached `TrainBatch` whose
+    `features` are ``(prompt_embeds, pooled)``; the identity plays the conditioning encoder (SDXL-SG's
+    `SGEncoder` slot)."""
+    device = frozen.vae.device
+    with torch.no_grad():
+        latents = frozen.encode_images(batch.pixel_values.to(device))
+        embeds, _, pooled, _ = text.encode_prompt(
+            batch.captions, device=device, do_classifier_free_guidance=False
+        )
+    cached = TrainBatch(
+        keys=batch.keys, time_ids=batch.time_ids.to(device), latents=latents, features=(embeds, pooled)
+    )
+    return diffusion_loss(frozen, torch.nn.Identity(), cached, seed=seed, autocast=autocast)
+
+
+def _average_gradients(params: list[torch.nn.Parameter], world_size: int) -> None:
+    """Mean of every worker's LoRA gradients (what DDP would do; the UNet stays unwrapped)."""
+    if world_size == 1:
+        return
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    torch.distributed.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
+        offset += p.numel()
+
+
+def lora_step(
+    frozen: FrozenSDXL,
+    text: StableDiffusionXLPipeline,
+    params: list[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: Any,
+    batch: CaptionBatch,
+    seed: int,
+    config: LoraSettings,
+    ctx: Any,
+) -> dict[str, float]:
+    """Forward, backward, gradients averaged over the workers, clip, optimizer and LR-scheduler step.
+    Returns this worker's loss, the gradient norm before clipping and the learning rate used."""
+    lr = lr_scheduler.get_last_lr()[0]
+    optimizer.zero_grad(set_to_none=True)
+    loss = lora_loss(frozen, text, batch, seed=seed, autocast=ctx.device.type == "cuda")
+    loss.backward()
+    _average_gradients(params, ctx.world_size)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+    optimizer.step()
+    lr_scheduler.step()
+    return {"loss": float(loss.detach()), "grad_norm": float(grad_norm), "lr": float(lr)}
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def _lora_state(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+    from peft.utils import get_peft_model_state_dict
+
+    return {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(unet).items()}
+
+
+def save_lora_checkpoint(
+    directory: Path,
+    unet: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: Any,
+    state: TrainState,
+    rank: int,
+) -> None:
+    """Rank 0 writes the LoRA weights, the optimizer and the step; every rank its RNG state (safetensors +
+    JSON)."""
+    from safetensors.torch import save_file
+
+    if rank == 0:
+        save_file(_lora_state(unet), str(directory / CKPT_LORA))
+        optimizer_state = optimizer.state_dict()
+        moments = {
+            f"{i}.{name}": t.contiguous().cpu()
+            for i, s in optimizer_state["state"].items()
+            for name, t in s.items()
+        }
+        save_file(moments, str(directory / CKPT_OPTIMIZER))
+        trainer = {"param_groups": optimizer_state["param_groups"], "lr_scheduler": lr_scheduler.state_dict()}
+        (directory / CKPT_TRAINER).write_text(json.dumps(trainer) + "\n")
+        (directory / STATE_JSON).write_text(json.dumps(state.__dict__) + "\n")
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng |= {f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    save_file(rng, str(directory / f"rng_rank{rank}.safetensors"))
+
+
+def load_lora_checkpoint(
+    directory: Path, unet: torch.nn.Module, optimizer: torch.optim.Optimizer, lr_scheduler: Any, rank: int
+) -> TrainState:
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    result = set_peft_model_state_dict(unet, load_file(str(directory / CKPT_LORA)))
+    if result.unexpected_keys:
+        raise ValueError(
+            f"checkpoint {directory} has LoRA weights this UNet lacks: {result.unexpected_keys[:3]}"
+        )
+    trainer = json.loads((directory / CKPT_TRAINER).read_text())
+    moments: dict[int, dict[str, torch.Tensor]] = {}
+    for name, tensor in load_file(str(directory / CKPT_OPTIMIZER)).items():
+        index, key = name.split(".", 1)
+        moments.setdefault(int(index), {})[key] = tensor
+    optimizer.load_state_dict({"state": moments, "param_groups": trainer["param_groups"]})
+    lr_scheduler.load_state_dict(trainer["lr_scheduler"])
+    rng_file = directory / f"rng_rank{rank}.safetensors"
+    if rng_file.exists():  # absent when the run resumes with more workers than it had
+        rng = load_file(str(rng_file))
+        torch.set_rng_state(rng["torch"])
+        if torch.cuda.is_available() and "cuda.0" in rng:
+            torch.cuda.set_rng_state_all(
+                [rng[f"cuda.{i}"] for i in range(torch.cuda.device_count()) if f"cuda.{i}" in rng]
+            )
+    return TrainState(**json.loads((directory / STATE_JSON).read_text()))
+
+
+def export_lora(checkpoint_dir: str | Path, config: LoraSettings) -> Path:
+    """Write ``output/final``: the checkpoint's LoRA in diffusers' format
+    (``pytorch_lora_weights.safetensors``, with peft's adapter config as metadata) and ``lora.json`` (base
+    model and settings)."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from safetensors.torch import load_file
+
+    final = Path(config.output) / FINAL_DIR
+    state = json.loads((Path(checkpoint_dir) / STATE_JSON).read_text())
+    StableDiffusionXLPipeline.save_lora_weights(
+        final,
+        unet_lora_layers=convert_state_dict_to_diffusers(load_file(str(Path(checkpoint_dir) / CKPT_LORA))),
+        unet_lora_adapter_metadata=lora_config(config).to_dict(),
+        weight_name=LORA_WEIGHTS,
+    )
+    meta = {"base_model": config.model, "step": state["step"], "target_modules": list(TARGET_MODULES)}
+    (final / LORA_JSON).write_text(json.dumps(meta | {"settings": config.to_record()}, indent=2) + "\n")
+    return final
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+def lora_unet(config: LoraSettings, device: torch.device) -> tuple[FrozenSDXL, list[torch.nn.Parameter]]:
+    """The frozen SDXL with LoRA adapters on its UNet (the same initial weights on every rank) and those
+    adapters' parameters, in float32."""
+    autocast = device.type == "cuda"
+    frozen = FrozenSDXL.load(config.model, device, torch.bfloat16 if autocast else torch.float32)
+    torch.manual_seed(config.seed)
+    frozen.unet.add_adapter(lora_config(config))
+    if config.gradient_checkpointing:
+        frozen.unet.enable_gradient_checkpointing()
+    params = [p for p in frozen.unet.parameters() if p.requires_grad]
+    for p in params:
+        p.data = p.data.float()
+    return frozen, params
+
+
+def epoch_batches(
+    ctx: Any, config: LoraSettings, planner: CaptionPlanner, state: TrainState, tally: BadRows | None = None
+) -> Iterator[CaptionBatch]:
+    """The train batches of `state.epoch` after the `state.batch_in_epoch` already consumed (the job's data
+    path)."""
+    collate = CaptionCollator(config.image_config, state.epoch, planner.plan(state.epoch).cut)
+    return ctx.batches("train", collate, state.epoch, skip=state.batch_in_epoch, tally=tally)
+
+
+def run_lora_worker(config: LoraSettings, ctx: Any) -> TrainState:
+    """The training loop of one worker (Ray or local). Returns the final state."""
+    frozen, params = lora_unet(config, ctx.device)
+    text = text_pipeline(frozen)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    lr_scheduler = build_lr_scheduler(optimizer, config.warmup_steps, config.max_steps)
+    with ctx.resume_dir() as directory:
+        state = (
+            TrainState()
+            if directory is None
+            else load_lora_checkpoint(directory, frozen.unet, optimizer, lr_scheduler, ctx.rank)
+        )
+    resumed_from = state.step
+    planner = CaptionPlanner(find_splits(config.input)["train"], config.seed)
+    monitor = BadRowMonitor(ctx, config)
+    with contextlib.ExitStack() as stack:
+        tensorboard = (
+            stack.enter_context(TensorBoardLog(ctx.run_dir, state.step + 1)) if ctx.rank == 0 else None
+        )
+        while state.step < config.max_steps:
+            plan, consumed, started = planner.plan(state.epoch), state.batch_in_epoch, time.perf_counter()
+            for batch in epoch_batches(ctx, config, planner, state, monitor.local):
+                seed = step_seed(config.seed, state.step, ctx.rank)
+                metrics = lora_step(frozen, text, params, optimizer, lr_scheduler, batch, seed, config, ctx)
+                state.step += 1
+                state.batch_in_epoch += 1
+                metrics |= {
+                    "step": state.step, "epoch": state.epoch, "loss": monitor.sync(metrics["loss"]),
+                    "resumed_from_step": resumed_from,
+                    "samples_per_s": batch.size * ctx.world_size / (time.perf_counter() - started),
+                    "spatial_captions": plan.spatial, "original_captions": plan.original,
+                    "fallback_captions": plan.fallback,
+                } | monitor.metrics()  # fmt: skip
+                last = state.step >= config.max_steps
+                if tensorboard is not None:
+                    tensorboard.add(metrics)
+                    if last or state.step % config.log_every == 0:
+                        log.info("step %d/%d: loss %.4g", state.step, config.max_steps, metrics["loss"])
+                if not ctx.log_step(metrics):
+                    return state
+                if last or state.step % config.checkpoint_every == 0:
+                    with tempfile.TemporaryDirectory(prefix="sdxl_lora_ckpt_") as tmp:
+                        save_lora_checkpoint(Path(tmp), frozen.unet, optimizer, lr_scheduler, state, ctx.rank)
+                        ctx.report(metrics, Path(tmp))
+                if last:
+                    return state
+                started = time.perf_counter()
+            if state.batch_in_epoch == consumed == 0:
+                raise ValueError(
+                    f"the train split has fewer than batch_size={config.batch_size} usable rows per worker"
+                )
+            state.epoch += 1
+            state.batch_in_epoch = 0
+    return state
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+def preflight(config: LoraSettings) -> dict[str, Any]:
+    """Before any worker starts: the train split has a row that decodes (`NoUsableRowsError` otherwise);
+    returns epoch 0's caption counts."""
+    files = find_splits(config.input)["train"]
+    scanned = first_usable_row(files, CaptionCollator(config.image_config, 0, 0).decode)
+    if scanned.bad == scanned.seen:
+        what = scanned.describe() if scanned.seen else "the train split has no rows"
+        raise NoUsableRowsError(f"no usable training row in {config.input}: {what}")
+    plan = CaptionPlanner(files, config.seed).plan(0)
+    if plan.fallback:
+        log.warning("%d of %d train rows have no spatial caption: they train on their original caption",
+                    plan.fallback, plan.eligible + plan.fallback)  # fmt: skip
+    return {"captions": {"spatial": plan.spatial, "original": plan.original, "fallback": plan.fallback}}
+
+
+def train_lora_local(config: LoraSettings, stop_after: int | None = None) -> tuple[LocalContext, TrainState]:
+    """Train in this process without Ray (resumes from ``output/checkpoints``); when done, export
+    ``output/final`` and draw ``output/loss.png``. `stop_after` simulates an interruption after that many
+    steps."""
+    preflight(config)
+    ctx = LocalContext(config, stop_after=stop_after)
+    state = run_lora_worker(config, ctx)
+    if state.step >= config.max_steps:
+        with ctx.resume_dir() as directory:
+            export_lora(directory, config)
+        plot_losses(ctx.run_dir)
+    return ctx, state
+
+
+def _lora_loop_per_worker(values: dict[str, Any]) -> None:
+    log_progress()
+    config = LoraSettings.model_validate(values)
+    run_lora_worker(config, RayContext(config))
+
+
+def train_lora(config: LoraSettings):
+    """Fit with Ray Train (`training.train.build_trainer`, resuming from ``output/name``), then export
+    ``output/final`` and draw ``output/name/loss.png``."""
+    from training.settings import run_dir
+    from training.train import build_trainer
+
+    result = build_trainer(config, _lora_loop_per_worker).fit()
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint")
+    with result.checkpoint.as_directory() as directory:
+        export_lora(directory, config)
+    plot_losses(run_dir(config))
+    return result
+
+
+def parse_config(argv: list[str] | None = None) -> LoraSettings:
+    """Defaults < `--config` YAML < flags; local paths made absolute (Ray workers run elsewhere), hub ids
+    kept."""
+    settings = parse_settings(
+        LoraSettings, argv, prog="python -m training.lora", description=__doc__.split("\n\n")[0]
+    )
+    absolute = {}
+    for key in ("input", "output", "model"):
+        path = getattr(settings, key)
+        if "://" not in path and (key != "model" or Path(path).exists()):
+            absolute[key] = str(Path(path).resolve())
+    return settings.model_copy(update=absolute)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit code 2 with one line on stderr when the data has no usable row (before Ray starts)."""
+    log_progress()
+    config = parse_config(argv)
+    try:
+        captions = preflight(config)
+    except (BadDataError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    init_ray()
+    result = train_lora(config)
+    summary = {"final": str(Path(config.output) / FINAL_DIR), "metrics": result.metrics} | captions
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- inference
+
+
+class LoraSDXLPipeline(StableDiffusionXLPipeline):
+    """SDXL with a `training.lora` result: the base named in ``lora.json`` plus the LoRA weights."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> LoraSDXLPipeline:
+        """`pretrained_model_name_or_path` is a run directory or its ``final/``; `kwargs` (``dtype=``, ...) go
+        to the base's `StableDiffusionXLPipeline.from_pretrained` (safetensors only)."""
+        final = Path(pretrained_model_name_or_path)
+        if not (final / LORA_JSON).exists():
+            final = final / FINAL_DIR
+        base = json.loads((final / LORA_JSON).read_text())["base_model"]
+        kwargs.setdefault("use_safetensors", True)
+        pipe = super().from_pretrained(base, **kwargs)
+        pipe.load_lora_weights(str(final), weight_name=LORA_WEIGHTS)
+        return pipe
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
