@@ -118,6 +118,8 @@ def _image_metrics(
         metrics |= values
         results[metric.details_key] = details
     results[CLIPScore.details_key]["text"] = settings.clip.text
+    # a long prompt (a paragraph) is scored on its first window only, as the long-prompt track states
+    results[CLIPScore.details_key]["text_tokens"] = "the first window: the CLIP tokenizer's context (77 tokens)"
     return metrics, results
 
 

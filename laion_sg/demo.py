@@ -1,8 +1,10 @@
 """`laion-sg demo` / `make demo`: the whole product offline, on a local in-process Ray, with tiny random-weight models.
 
-Chain: tiny models -> annotate scikit-image's sample photographs (scene_graph and spatial_caption tasks) ->
-export (splits, card, statistics, plots) -> train SDXL-SG for a few steps -> freeze a CompSG-Bench set ->
-benchmark a baseline (tiny SDXL prompted with the SG text) and the trained SDXL-SG -> leaderboard.
+Chain: tiny models -> annotate scikit-image's sample photographs (scene_graph, spatial_caption and paragraph
+tasks) -> export (splits, card, statistics, plots) -> train SDXL-SG for a few steps -> freeze a CompSG-Bench set
+-> benchmark a baseline (tiny SDXL prompted with the SG text) and the trained SDXL-SG (graph IoUs, image metrics,
+question track) -> the long-prompt track (the test images prompted with their paragraphs) -> the spatial track
+(VISOR prompts, OWLv2 detections) -> leaderboard.
 
 Every stage is the same job module a cluster runs (`python -m pipelines.annotate ...`), called through its `main()`.
 The models are random-weight stand-ins, so the graphs, images and metrics are meaningless; the README shows the
@@ -59,6 +61,8 @@ class Stage:
 
 
 RUNS = {"baseline": "diffusers-sg-text", "sdxl_sg": "sdxl-sg"}
+# runs of the other tracks (the long-prompt and the spatial track): name -> adapter; on the same leaderboard
+TRACK_RUNS = {"long_prompts": "diffusers-caption", "spatial": "diffusers-caption"}
 # The file that marks a directory as made by the demo: only such a directory is ever emptied.
 DEMO_MARKER = ".laion-sg-demo"
 
@@ -126,11 +130,18 @@ def plan(output: Path, models: dict[str, Path], photos: Path, train_steps: int =
         "--generation.steps", "2", "--kid.subsets", "10",
     ]
     run_models = {"baseline": models["sdxl"], "sdxl_sg": output / "train" / "final"}
+    long_file = output / "bench" / "long_prompts.parquet"
+    spatial_file = output / "bench" / "spatial_prompts.parquet"
+    all_runs = [*RUNS, *TRACK_RUNS]
     return [
         Stage("annotate (scene_graph)", "pipelines.annotate", [
             "--input", str(photos), "--output", str(output / "annotated"), "--task", "scene_graph", *annotate]),
         Stage("annotate (spatial_caption)", "pipelines.annotate", [
             "--input", str(photos), "--output", str(output / "spatial"), "--task", "spatial_caption", *annotate]),
+        # 100 to 300 words: the token budget of a whole paragraph
+        Stage("annotate (paragraph)", "pipelines.annotate", [
+            "--input", str(photos), "--output", str(output / "paragraph"), "--task", "paragraph", *annotate,
+            "--engine-options.max-new-tokens", "512"]),
         Stage("export", "pipelines.export", [
             "--input", str(output / "annotated"), "--output", str(output / "dataset"), "--split-proportions", "6,2,2"]),
         Stage("train SDXL-SG", "training.train", [
@@ -143,8 +154,25 @@ def plan(output: Path, models: dict[str, Path], photos: Path, train_steps: int =
         *(Stage(f"CompSG-Bench: {name}", "benchmark.run", [
             "--input", str(bench_file), "--adapter", adapter, "--model", str(run_models[name]),
             "--output", str(output / "runs" / name), *metric_models]) for name, adapter in RUNS.items()),
+        # the long-prompt track: images prompted with their paragraphs, scored with the questions of their graphs
+        # (and CLIP-T on the first window); the text adapter encodes every 75-token window. The tiny annotator
+        # finishes few paragraphs within its token budget, none of the 3 test images': the demo takes the train
+        # split (a real run freezes the test split, the default)
+        Stage("freeze the long-prompt set", "benchmark.dataset", [
+            "--input", str(output / "dataset"), "--output", str(long_file), "--min-relations", "0", "--split", "train",
+            "--caption-column", "paragraph", "--prompts", str(output / "paragraph")]),
+        Stage("long prompts: tiny SDXL", "benchmark.run", [
+            "--input", str(long_file), "--adapter", TRACK_RUNS["long_prompts"], "--model", str(models["sdxl"]),
+            "--output", str(output / "runs" / "long_prompts"), "--generation.long-prompt", *metric_models]),
+        # the spatial track: VISOR's two-object prompts (a stable sample), four images each, detected by OWLv2
+        Stage("spatial prompts (VISOR SR2D sample)", "benchmark.spatial.prompts", [
+            "--output", str(spatial_file), "--max-prompts", "4"]),
+        Stage("spatial track: tiny SDXL", "benchmark.spatial.run", [
+            "--input", str(spatial_file), "--adapter", TRACK_RUNS["spatial"], "--model", str(models["sdxl"]),
+            "--output", str(output / "runs" / "spatial"), "--detector.model", str(models["owlv2"]),
+            "--generation.height", "64", "--generation.width", "64", "--generation.steps", "2"]),
         Stage("leaderboard", "benchmark.leaderboard", [
-            "render", *(str(output / "runs" / name) for name in RUNS), "--output", str(output / "leaderboard")]),
+            "render", *(str(output / "runs" / name) for name in all_runs), "--output", str(output / "leaderboard")]),
     ]  # fmt: skip
 
 
@@ -156,7 +184,9 @@ def artifacts(output: Path) -> dict[str, Path]:
         "dataset card": output / "dataset" / "README.md",
         "SDXL-SG pipeline (SDXLSGPipeline.from_pretrained)": output / "train" / "final",
         "benchmark set": output / "bench" / "compsg_bench.parquet",
-        **{f"result record ({name})": output / "runs" / name / "result.json" for name in RUNS},
+        "long-prompt set": output / "bench" / "long_prompts.parquet",
+        "spatial prompt set": output / "bench" / "spatial_prompts.parquet",
+        **{f"result record ({name})": output / "runs" / name / "result.json" for name in [*RUNS, *TRACK_RUNS]},
         "leaderboard (Markdown)": output / "leaderboard" / "leaderboard.md",
         "leaderboard (HTML)": output / "leaderboard" / "index.html",
     }
@@ -181,7 +211,10 @@ def verify_artifacts(output: Path) -> dict[str, str]:
     if not isinstance(first["image"], Image.Image) or not isinstance(first["scene_graph"]["objects"], list):
         raise RuntimeError("the exported dataset does not decode images and graphs")
     pipeline = SDXLSGPipeline.from_pretrained(str(paths["SDXL-SG pipeline (SDXLSGPipeline.from_pretrained)"]))
-    records = {name: BenchmarkResult.from_json((output / "runs" / name / "result.json").read_text()) for name in RUNS}
+    records = {
+        name: BenchmarkResult.from_json((output / "runs" / name / "result.json").read_text())
+        for name in [*RUNS, *TRACK_RUNS]
+    }
     page = paths["leaderboard (HTML)"].read_text()
     if not all(record.model.adapter in page for record in records.values()):
         raise RuntimeError("the leaderboard page does not list every record")

@@ -76,6 +76,7 @@ def check_artifacts(output: Path, models: dict[str, Path]) -> None:
         first = dataset["train"][0]
         assert first["image"].size[0] > 0 and isinstance(first["scene_graph"]["objects"], list)
         test_keys = sorted(dataset["test"]["key"])
+        train_keys = sorted(dataset["train"]["key"])
     # the benchmark set is the test split
     bench = load_benchmark(output / "bench" / "compsg_bench.parquet")
     assert sorted(s.key for s in bench.samples) == test_keys
@@ -93,13 +94,21 @@ def check_artifacts(output: Path, models: dict[str, Path]) -> None:
     for name, record in records.items():
         assert (record.model.model_id, record.model.adapter) == (model_ids[name], ADAPTERS[name])
         assert record.benchmark.n_samples == len(bench.samples)
-        assert set(record.metrics) == set(COLUMNS.values()) | set(QUESTION_COLUMNS.values())
+        # a question category is scored when some sample's graph has a question of it (the demo's few test
+        # samples may have no relation)
+        asked = {"question_score", "question_entity"}
+        asked |= {"question_attribute"} if any(o.attributes for s in bench.samples for o in s.scene_graph.objects) else set()
+        asked |= {"question_relation"} if any(s.scene_graph.relations for s in bench.samples) else set()
+        assert set(record.metrics) == set(COLUMNS.values()) | asked
         assert all(math.isfinite(v) for v in record.metrics.values()), record.metrics
         assert record.metric_details["questions"]["n_items"] == len(bench.samples)
 
     # the leaderboard: per track a table, one row per record, its model and adapter, every metric as its
     # record's number (4 digits)
-    tables = leaderboard_rows((output / "leaderboard" / "leaderboard.md").read_text())
+    markdown = (output / "leaderboard" / "leaderboard.md").read_text()
+    groups = {part.split(" ", 1)[0]: part for part in markdown.split("\n## ")[1:]}
+    assert sorted(groups) == ["CompSG-Bench", "CompSG-Bench-paragraph", "VISOR-SR2D-spatial"]  # one per set
+    tables = leaderboard_rows(groups["CompSG-Bench"])
     assert len(tables) == 2
     for table, columns in zip(tables, (COLUMNS, QUESTION_COLUMNS), strict=True):
         rows = {row["Model"]: row for row in table}
@@ -108,23 +117,68 @@ def check_artifacts(output: Path, models: dict[str, Path]) -> None:
             row = rows[model_ids[name]]
             assert row["Adapter"] == ADAPTERS[name]
             for label, key in columns.items():
+                if key not in record.metrics:  # no column when no record has it, else a dash
+                    assert row.get(label, "–") == "–"
+                    continue
                 value = row[label].split(" ± ")[0].strip("*")  # the best value is bold; CLIP and KID carry a ±
                 assert float(value) == pytest.approx(record.metrics[key], rel=1e-3, abs=1e-12), (name, label)
     page = (output / "leaderboard" / "index.html").read_text()
     assert all(html.escape(model_id) in page for model_id in model_ids.values())
+    check_long_prompt_track(output, train_keys, model_ids["baseline"], leaderboard_rows(groups["CompSG-Bench-paragraph"]))
+    check_spatial_track(output, model_ids["baseline"], leaderboard_rows(groups["VISOR-SR2D-spatial"]))
+
+
+def check_spatial_track(output: Path, model_id: str, tables: list) -> None:
+    """The spatial run: 4 prompts x 4 images, every image detected, VISOR's keys in [0, 1] and on the
+    leaderboard's spatial table only."""
+    from benchmark.spatial.prompts import load_prompts
+    from schemas import BenchmarkResult
+
+    prompts = load_prompts(output / "bench" / "spatial_prompts.parquet").prompts
+    record = BenchmarkResult.from_json((output / "runs" / "spatial" / "result.json").read_text())
+    assert (record.model.model_id, record.model.adapter) == (model_id, "diffusers-caption")
+    assert record.benchmark.n_samples == len(prompts) == 4
+    assert set(record.metrics) == {"oa", "visor_uncond", "visor_cond", "visor_1", "visor_2", "visor_3", "visor_4"}
+    assert all(0.0 <= v <= 1.0 for v in record.metrics.values())
+    detections = pa.concat_tables(pq.read_table(p) for p in (output / "runs" / "spatial" / "detections").glob("*.parquet"))
+    assert detections.num_rows == 16 and set(detections.column("status").to_pylist()) == {"ok"}
+    (table,) = tables
+    assert [row["Model"] for row in table] == [model_id]
+
+
+def check_long_prompt_track(output: Path, keys: list[str], model_id: str, tables: list) -> None:
+    """The long-prompt set holds images of the split it was frozen from (`keys`) prompted with their paragraphs
+    (from the paragraph task's output, by key), and its run used the long-prompt encoding and scored the
+    question track."""
+    from benchmark.dataset import load_benchmark
+    from schemas import BenchmarkResult
+
+    paragraphs = pa.concat_tables(pq.read_table(p) for p in sorted((output / "paragraph" / "data").glob("*.parquet")))
+    by_key = dict(zip(paragraphs.column("key").to_pylist(), paragraphs.column("paragraph").to_pylist(), strict=True))
+    long_set = load_benchmark(output / "bench" / "long_prompts.parquet")
+    assert long_set.samples and {s.key for s in long_set.samples} <= set(keys)
+    assert all(s.caption == by_key[s.key] and len(s.caption.split()) >= 20 for s in long_set.samples)
+    record = BenchmarkResult.from_json((output / "runs" / "long_prompts" / "result.json").read_text())
+    assert (record.model.model_id, record.model.adapter) == (model_id, "diffusers-caption")
+    assert record.benchmark.name == "CompSG-Bench-paragraph" and record.generation.long_prompt is True
+    assert record.benchmark.n_samples == len(long_set.samples) and "question_score" in record.metrics
+    assert record.metric_details["clip_t"]["text_tokens"].startswith("the first window")
+    main_table, question_table = tables
+    assert [row["Model"] for row in main_table] == [row["Model"] for row in question_table] == [model_id]
 
 
 @pytest.mark.slow
 def test_chain_as_ray_jobs_on_a_local_cluster(tiny_models_dir: Path, tmp_path: Path) -> None:
-    models = {name: tiny_models_dir / name for name in ("qwen2_5_vl", "sdxl", "open_clip")}
+    models = {name: tiny_models_dir / name for name in ("qwen2_5_vl", "sdxl", "open_clip", "owlv2")}
     models["inception"] = tiny_models_dir / "inception" / "pt_inception-random.pth"
     output = tmp_path / "chain"
     output.mkdir()
     models, photos = prepare_inputs(output, models)
     stages = plan(output, models, photos, train_steps=2)
     assert [s.module for s in stages] == [
-        "pipelines.annotate", "pipelines.annotate", "pipelines.export", "training.train", "benchmark.dataset",
-        "benchmark.run", "benchmark.run", "benchmark.leaderboard",
+        "pipelines.annotate", "pipelines.annotate", "pipelines.annotate", "pipelines.export", "training.train",
+        "benchmark.dataset", "benchmark.run", "benchmark.run", "benchmark.dataset", "benchmark.run",
+        "benchmark.spatial.prompts", "benchmark.spatial.run", "benchmark.leaderboard",
     ]  # fmt: skip
     with local_ray_cluster(tmp_path, num_cpus=4) as cluster:
         for stage in stages:
@@ -133,7 +187,9 @@ def test_chain_as_ray_jobs_on_a_local_cluster(tiny_models_dir: Path, tmp_path: P
                 f"{stage.title}: {job.stdout[-3000:]}{job.stderr[-3000:]}"
             )
     checks = verify_artifacts(output)
-    assert set(checks) == {"dataset", "pipeline", "record baseline", "record sdxl_sg"}
+    assert set(checks) == {
+        "dataset", "pipeline", "record baseline", "record sdxl_sg", "record long_prompts", "record spatial"
+    }  # fmt: skip
     check_artifacts(output, models)
 
 
