@@ -21,7 +21,7 @@ run and `benchmark.leaderboard verify` compute the same numbers:
 - CLIP-T (100·max(cos, 0) between a generated image and the sample's caption, or its SG text) and CLIP-I (cosine
   to the reference image), with ``--clip.model``; CMMD with ``--cmmd.model`` (ViT-L/14@336 by default);
 - SG-IoU, Entity-IoU, Relation-IoU of the judge's graphs (`benchmark.judge`);
-- the question track (on unless ``--questions.enabled false``): the judge answers the yes/no questions of each
+- the question track (on unless ``--no-questions.enabled``): the judge answers the yes/no questions of each
   sample's graph about each image (`benchmark.questions`), scored DSG-style per entity, attribute, relation and
   overall (``question_score``).
 

@@ -18,8 +18,12 @@ JOBS: dict[str, tuple[str, str]] = {
     "export": ("pipelines.export", "annotated shards -> splits, dataset card, statistics and plots"),
     "precompute": ("training.precompute", "cache VAE latents and frozen text-encoder outputs (Ray Data)"),
     "train": ("training.train", "fine-tune SDXL-SG (Ray Train)"),
-    "bench-set": ("benchmark.dataset", "freeze the CompSG-Bench sample set"),
-    "bench": ("benchmark.run", "run CompSG-Bench for one model -> result record"),
+    "lora": ("training.lora", "SPRIGHT-style spatial LoRA fine-tuning of SDXL's UNet (Ray Train)"),
+    "bench-set": ("benchmark.dataset", "freeze the CompSG-Bench sample set (or a long-prompt set)"),
+    "bench": ("benchmark.run", "run CompSG-Bench (and its question track) for one model -> result record"),
+    "long-prompts": ("benchmark.long_prompts", "a ParaPrompts-style CSV -> keyed captions Parquet"),
+    "spatial-prompts": ("benchmark.spatial.prompts", "write VISOR's SR2D spatial prompt set (or a stable sample)"),
+    "spatial": ("benchmark.spatial.run", "run the spatial track (VISOR) for one model -> result record"),
     "leaderboard": ("benchmark.leaderboard", "render or verify leaderboard records"),
     "demo": ("laion_sg.demo", "the whole chain offline with tiny random-weight models"),
 }
@@ -38,7 +42,7 @@ def _make_tiny_models_main(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {**{name: help_ for name, (_, help_) in JOBS.items()},
-                "make-tiny-models": "write tiny random-weight models (Qwen2.5-VL, SDXL, open_clip, Inception)"}
+                "make-tiny-models": "write tiny random-weight models (Qwen2.5-VL, SDXL, open_clip, Inception, OWLv2)"}
     if not argv or argv[0] in {"-h", "--help"} or argv[0] not in commands:
         width = max(map(len, commands))
         print("usage: laion-sg COMMAND [ARGS...]\n\ncommands:")

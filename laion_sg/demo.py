@@ -4,7 +4,8 @@ Chain: tiny models -> annotate scikit-image's sample photographs (scene_graph, s
 tasks) -> export (splits, card, statistics, plots) -> train SDXL-SG for a few steps -> freeze a CompSG-Bench set
 -> benchmark a baseline (tiny SDXL prompted with the SG text) and the trained SDXL-SG (graph IoUs, image metrics,
 question track) -> the long-prompt track (the test images prompted with their paragraphs) -> the spatial track
-(VISOR prompts, OWLv2 detections) -> leaderboard.
+(VISOR prompts, OWLv2 detections) for the tiny SDXL and a SPRIGHT LoRA trained on the spatial captions ->
+leaderboard.
 
 Every stage is the same job module a cluster runs (`python -m pipelines.annotate ...`), called through its `main()`.
 The models are random-weight stand-ins, so the graphs, images and metrics are meaningless; the README shows the
@@ -25,19 +26,33 @@ from pathlib import Path
 
 from PIL import Image
 
-# scikit-image ships these photographs with the package (no download).
-SAMPLE_PHOTOS = (
-    "astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
-    "camera", "coins", "moon", "horse", "clock", "colorwheel",
-)
+# scikit-image ships these photographs with the package (no download); each gets a short alt-text caption, as
+# LAION rows have (a sidecar .txt, which the folder reader takes as the caption).
+SAMPLE_PHOTOS = {
+    "astronaut": "an astronaut in a white spacesuit holding a helmet, a flag on the left",
+    "chelsea": "a tabby cat looking up at the camera",
+    "coffee": "a cup of coffee on a saucer with a spoon on the right",
+    "rocket": "a rocket standing on a launch pad under a blue sky",
+    "hubble_deep_field": "many small galaxies in dark space",
+    "immunohistochemistry": "a stained tissue sample under a microscope",
+    "camera": "a man standing behind a camera on a tripod",
+    "coins": "rows of old coins on a grey table",
+    "moon": "the cratered surface of the moon",
+    "horse": "the black silhouette of a horse on a white background",
+    "clock": "a clock on a wall above a shelf",
+    "colorwheel": "a round color wheel on a white background",
+    "motorcycle_left": "a motorcycle in a garage, seen from the left",
+    "motorcycle_right": "a motorcycle in a garage, seen from the right",
+}
 
 
 def write_sample_photos(folder: Path) -> list[Path]:
-    """scikit-image's sample photographs (and the stereo motorcycle pair) as JPEG files in `folder`."""
+    """scikit-image's sample photographs (and the stereo motorcycle pair) as JPEG files in `folder`, each with its
+    caption beside it (``{name}.txt``)."""
     from skimage import data, img_as_ubyte
 
     folder.mkdir(parents=True, exist_ok=True)
-    arrays = {name: getattr(data, name)() for name in SAMPLE_PHOTOS}
+    arrays = {name: getattr(data, name)() for name in SAMPLE_PHOTOS if not name.startswith("motorcycle")}
     left, right, _ = data.stereo_motorcycle()
     arrays.update(motorcycle_left=left, motorcycle_right=right)
     paths = []
@@ -47,6 +62,7 @@ def write_sample_photos(folder: Path) -> list[Path]:
         image.save(buffer, format="JPEG", quality=90)
         path = folder / f"{name}.jpg"
         path.write_bytes(buffer.getvalue())
+        path.with_suffix(".txt").write_text(SAMPLE_PHOTOS[name])
         paths.append(path)
     return paths
 
@@ -62,7 +78,7 @@ class Stage:
 
 RUNS = {"baseline": "diffusers-sg-text", "sdxl_sg": "sdxl-sg"}
 # runs of the other tracks (the long-prompt and the spatial track): name -> adapter; on the same leaderboard
-TRACK_RUNS = {"long_prompts": "diffusers-caption", "spatial": "diffusers-caption"}
+TRACK_RUNS = {"long_prompts": "diffusers-caption", "spatial": "diffusers-caption", "spatial_lora": "sdxl-lora"}
 # The file that marks a directory as made by the demo: only such a directory is ever emptied.
 DEMO_MARKER = ".laion-sg-demo"
 
@@ -171,6 +187,19 @@ def plan(output: Path, models: dict[str, Path], photos: Path, train_steps: int =
             "--input", str(spatial_file), "--adapter", TRACK_RUNS["spatial"], "--model", str(models["sdxl"]),
             "--output", str(output / "runs" / "spatial"), "--detector.model", str(models["owlv2"]),
             "--generation.height", "64", "--generation.width", "64", "--generation.steps", "2"]),
+        # SPRIGHT: LoRA on SDXL's UNet from the spatial captions (half of each epoch's samples), then the same
+        # spatial track for the LoRA model, beside the plain tiny SDXL
+        Stage("export (spatial captions)", "pipelines.export", [
+            "--input", str(output / "spatial"), "--output", str(output / "dataset_spatial"),
+            "--split-proportions", "6,2,2"]),
+        Stage("SPRIGHT LoRA", "training.lora", [
+            "--input", str(output / "dataset_spatial"), "--model", str(models["sdxl"]), "--output", str(output / "lora"),
+            "--max-steps", str(train_steps), "--num-workers", "1", "--resolution", "64", "--rank", "4",
+            "--checkpoint-every", "2", "--lr", "0.02"]),
+        Stage("spatial track: SPRIGHT LoRA", "benchmark.spatial.run", [
+            "--input", str(spatial_file), "--adapter", TRACK_RUNS["spatial_lora"], "--model", str(output / "lora"),
+            "--output", str(output / "runs" / "spatial_lora"), "--detector.model", str(models["owlv2"]),
+            "--generation.height", "64", "--generation.width", "64", "--generation.steps", "2"]),
         Stage("leaderboard", "benchmark.leaderboard", [
             "render", *(str(output / "runs" / name) for name in all_runs), "--output", str(output / "leaderboard")]),
     ]  # fmt: skip
@@ -186,6 +215,7 @@ def artifacts(output: Path) -> dict[str, Path]:
         "benchmark set": output / "bench" / "compsg_bench.parquet",
         "long-prompt set": output / "bench" / "long_prompts.parquet",
         "spatial prompt set": output / "bench" / "spatial_prompts.parquet",
+        "SPRIGHT LoRA (load_lora_weights)": output / "lora" / "final",
         **{f"result record ({name})": output / "runs" / name / "result.json" for name in [*RUNS, *TRACK_RUNS]},
         "leaderboard (Markdown)": output / "leaderboard" / "leaderboard.md",
         "leaderboard (HTML)": output / "leaderboard" / "index.html",

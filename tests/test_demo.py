@@ -12,6 +12,7 @@ import re
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -126,6 +127,28 @@ def check_artifacts(output: Path, models: dict[str, Path]) -> None:
     assert all(html.escape(model_id) in page for model_id in model_ids.values())
     check_long_prompt_track(output, train_keys, model_ids["baseline"], leaderboard_rows(groups["CompSG-Bench-paragraph"]))
     check_spatial_track(output, model_ids["baseline"], leaderboard_rows(groups["VISOR-SR2D-spatial"]))
+    check_spright_lora(output, models["sdxl"])
+
+
+def check_spright_lora(output: Path, base: Path) -> None:
+    """The LoRA loads into a plain SDXL pipeline with `load_lora_weights` and changes its output; its spatial
+    run names it with the sdxl-lora adapter."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    from schemas import BenchmarkResult
+
+    def image(pipe: StableDiffusionXLPipeline) -> np.ndarray:
+        generator = torch.Generator().manual_seed(0)
+        kwargs = {"num_inference_steps": 2, "height": 64, "width": 64, "output_type": "np", "generator": generator}
+        return pipe("a dog to the left of a cat", **kwargs).images[0]
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(base))
+    plain = image(pipe)
+    pipe.load_lora_weights(str(output / "lora" / "final"), weight_name="pytorch_lora_weights.safetensors")
+    assert not np.array_equal(plain, image(pipe))
+    record = BenchmarkResult.from_json((output / "runs" / "spatial_lora" / "result.json").read_text())
+    assert record.model.adapter == "sdxl-lora" and record.model.model_id == str((output / "lora").resolve())
 
 
 def check_spatial_track(output: Path, model_id: str, tables: list) -> None:
@@ -143,7 +166,7 @@ def check_spatial_track(output: Path, model_id: str, tables: list) -> None:
     detections = pa.concat_tables(pq.read_table(p) for p in (output / "runs" / "spatial" / "detections").glob("*.parquet"))
     assert detections.num_rows == 16 and set(detections.column("status").to_pylist()) == {"ok"}
     (table,) = tables
-    assert [row["Model"] for row in table] == [model_id]
+    assert sorted(row["Model"] for row in table) == sorted([model_id, str((output / "lora").resolve())])
 
 
 def check_long_prompt_track(output: Path, keys: list[str], model_id: str, tables: list) -> None:
@@ -178,7 +201,8 @@ def test_chain_as_ray_jobs_on_a_local_cluster(tiny_models_dir: Path, tmp_path: P
     assert [s.module for s in stages] == [
         "pipelines.annotate", "pipelines.annotate", "pipelines.annotate", "pipelines.export", "training.train",
         "benchmark.dataset", "benchmark.run", "benchmark.run", "benchmark.dataset", "benchmark.run",
-        "benchmark.spatial.prompts", "benchmark.spatial.run", "benchmark.leaderboard",
+        "benchmark.spatial.prompts", "benchmark.spatial.run", "pipelines.export", "training.lora",
+        "benchmark.spatial.run", "benchmark.leaderboard",
     ]  # fmt: skip
     with local_ray_cluster(tmp_path, num_cpus=4) as cluster:
         for stage in stages:
@@ -188,7 +212,8 @@ def test_chain_as_ray_jobs_on_a_local_cluster(tiny_models_dir: Path, tmp_path: P
             )
     checks = verify_artifacts(output)
     assert set(checks) == {
-        "dataset", "pipeline", "record baseline", "record sdxl_sg", "record long_prompts", "record spatial"
+        "dataset", "pipeline", "record baseline", "record sdxl_sg", "record long_prompts", "record spatial",
+        "record spatial_lora",
     }  # fmt: skip
     check_artifacts(output, models)
 

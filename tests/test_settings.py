@@ -164,6 +164,7 @@ JOB_SETTINGS = {
             "inception": {"weights": "pt_inception.pth", "allow_download": True},
             "kid": {"subsets": 10, "subset_size": 50},
             "features": {"batch_size": 8},
+            "questions": {"enabled": False, "max_new_tokens": 8},
         },
     ),
     "benchmark.dataset": (
@@ -214,6 +215,27 @@ JOB_SETTINGS = {
         },
     ),
     "training.sg_encoder": ("SGEncoderSettings", {"count_params": True}),
+    "training.lora": (
+        "LoraSettings",
+        {"input": "dataset_spatial", "model": "sdxl", "output": "runs/lora", "max_steps": 20, "rank": 4, "flip": "off"},
+    ),
+    "training.pretrain_sg": (
+        "PretrainSettings",
+        {"input": "dataset", "model": "sdxl", "output": "runs/pre", "max_steps": 20, "encoder": {"hidden_dim": 16}},
+    ),
+    "benchmark.spatial.run": (
+        "SpatialRunSettings",
+        {
+            "input": "sr2d.parquet",
+            "adapter": "sdxl-sg",
+            "model": "runs/final",
+            "output": "runs/spatial",
+            "generation": {"steps": 20, "images_per_sample": 2},
+            "detector": {"model": "owlvit", "threshold": 0.2},
+        },
+    ),
+    "benchmark.spatial.prompts": ("SpatialPromptSettings", {"output": "sr2d.parquet", "max_prompts": 5, "seed": 1}),
+    "benchmark.long_prompts": ("LongPromptsSettings", {"input": "paraprompts.csv", "output": "captions.parquet"}),
 }
 JOBS = [(module, name) for module, (name, _) in JOB_SETTINGS.items()]
 
@@ -261,7 +283,7 @@ def _as_flags(values: dict, prefix: str = "--") -> list[str]:
         if isinstance(value, dict):
             argv += _as_flags(value, flag + ".")
         elif isinstance(value, bool):
-            argv.append(flag if value else prefix + "no-" + name.replace("_", "-"))
+            argv.append(flag if value else "--no-" + flag.removeprefix("--"))  # --no-questions.enabled
         elif isinstance(value, list):
             argv += [flag, ",".join(map(str, value))]
         else:
