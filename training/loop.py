@@ -141,7 +141,7 @@ def run_worker(config: TrainSettings, ctx: Any) -> TrainState:
     if config.gradient_checkpointing:
         frozen.unet.enable_gradient_checkpointing()
     torch.manual_seed(config.seed)  # the same initial encoder on every rank
-    encoder = SGEncoder.for_text_encoders(*frozen.text_encoders, **config.encoder.model_dump()).to(ctx.device)
+    encoder = config.initial_encoder(frozen.text_encoders).to(ctx.device)
     optimizer = build_optimizer(encoder, config.lr, config.weight_decay)
     lr_scheduler = build_lr_scheduler(optimizer, config.warmup_steps, config.max_steps)
     with ctx.resume_dir() as directory:

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import inspect
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from torch import nn
 
 from schemas.settings import JobSettings
 from training.image_transforms import ImageConfig
@@ -16,6 +19,8 @@ from training.sg_encoder import POOLINGS, SGEncoder
 __all__ = ["DEFAULT_MAX_BAD_FRACTION", "EncoderSettings", "TrainConfig", "TrainSettings", "run_dir"]
 
 DEFAULT_MAX_BAD_FRACTION = 0.01
+
+log = logging.getLogger(__name__)
 
 _ENCODER_ARGS = inspect.signature(SGEncoder.__init__).parameters
 
@@ -88,6 +93,43 @@ class TrainSettings(JobSettings):
         "train split (0 fails on the first, 1 never). Rows whose annotation failed are skipped but not counted",
     )
     encoder: EncoderSettings = Field(default_factory=EncoderSettings, description="SG encoder widths")
+    init_sg_encoder: Path | None = Field(
+        None,
+        description="start from this SGEncoder folder (e.g. training.pretrain_sg's OUTPUT/final) instead of a "
+        "random graph network; its widths must equal --encoder.*; its gate alpha is reset to 0",
+    )
+
+    @model_validator(mode="after")
+    def _init_encoder_matches(self) -> TrainSettings:
+        """Refuse an `init_sg_encoder` saved with other widths than `encoder` (the run's record must not lie)."""
+        if self.init_sg_encoder is not None:
+            if not (self.init_sg_encoder / SGEncoder.config_name).is_file():
+                missing = SGEncoder.config_name
+                raise ValueError(f"{self.init_sg_encoder} is not an SGEncoder folder (no {missing})")
+            saved = SGEncoder.load_config(self.init_sg_encoder)
+            wanted = self.encoder.model_dump()
+            if wrong := {k: saved.get(k) for k, v in wanted.items() if saved.get(k) != v}:
+                raise ValueError(
+                    f"{self.init_sg_encoder} was saved with {wrong}, but --encoder.* give "
+                    f"{ {k: wanted[k] for k in wrong} }: pass the pre-training's --encoder.* widths"
+                )
+        return self
+
+    def initial_encoder(self, text_encoders: Sequence[nn.Module]) -> SGEncoder:
+        """The SG encoder before step 1: `init_sg_encoder` loaded, else a fresh one of `encoder`'s widths
+        (random graph network). Either way alpha is 0, so training starts from plain SDXL."""
+        if self.init_sg_encoder is None:
+            return SGEncoder.for_text_encoders(*text_encoders, **self.encoder.model_dump())
+        encoder = SGEncoder.from_pretrained(self.init_sg_encoder)
+        text_dim = sum(e.config.hidden_size for e in text_encoders)
+        if encoder.config.text_dim != text_dim:
+            raise ValueError(f"{self.init_sg_encoder} has text_dim {encoder.config.text_dim}, {self.model}'s "
+                             f"text encoders give {text_dim}")  # fmt: skip
+        if float(encoder.alpha.detach()) != 0.0:
+            log.warning("%s has alpha %g: reset to 0 (training starts from plain SDXL)", self.init_sg_encoder,
+                        float(encoder.alpha.detach()))  # fmt: skip
+            encoder.alpha.data.zero_()
+        return encoder
 
     @field_validator("flip")
     @classmethod

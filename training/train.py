@@ -18,6 +18,11 @@ latest checkpoint. The final pipeline lands in ``RUNS/final``: a complete diffus
 SDXL given by `--model` plus the trained SG encoder, `model_index.json` naming both) that
 `SDXLSGPipeline.from_pretrained(RUNS/final)` loads.
 
+`--init-sg-encoder DIR` starts from an `SGEncoder` folder (`training.pretrain_sg`'s ``OUTPUT/final``) instead of a
+random graph network (`TrainSettings.initial_encoder`): a folder saved with other widths than `--encoder.*` is
+refused (exit 2, naming both), and its gate alpha is reset to 0, so training still starts from plain SDXL. The
+path is part of the run's settings and of the summary `main` prints.
+
 Metrics: rank 0 writes every step's loss, learning rate, gradient norm, samples/s, alpha and validation loss as
 TensorBoard events into the run directory ``RUNS/<name>`` (`tensorboard --logdir RUNS`) and logs a progress line
 every `--log-every` steps; the end of training draws ``RUNS/<name>/loss.png`` from the events
@@ -194,6 +199,8 @@ def parse_config(argv: list[str] | None = None) -> TrainSettings:
         path = getattr(settings, key)
         if path and "://" not in path and (key != "model" or Path(path).exists()):
             absolute[key] = str(Path(path).resolve())
+    if settings.init_sg_encoder:
+        absolute["init_sg_encoder"] = settings.init_sg_encoder.resolve()
     return settings.model_copy(update=absolute)
 
 
@@ -233,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {line}", file=sys.stderr)
         return 2
     summary = {"final": str(Path(config.output) / FINAL_DIR), "tensorboard": str(run_dir(config))}
-    summary |= {"metrics": result.metrics} | checks
+    summary |= {"init_sg_encoder": config.init_sg_encoder, "metrics": result.metrics} | checks
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
