@@ -1,7 +1,8 @@
 """`laion-sg demo` / `make demo`: the whole product offline, on a local in-process Ray, with tiny random-weight models.
 
 Chain: tiny models -> annotate scikit-image's sample photographs (scene_graph, spatial_caption and paragraph
-tasks) -> export (splits, card, statistics, plots) -> train SDXL-SG for a few steps -> freeze a CompSG-Bench set
+tasks) -> export (splits, card, statistics, plots) -> pre-train the SG encoder (SGDiff) -> train SDXL-SG from it
+for a few steps -> freeze a CompSG-Bench set
 -> benchmark a baseline (tiny SDXL prompted with the SG text) and the trained SDXL-SG (graph IoUs, image metrics,
 question track) -> the long-prompt track (the test images prompted with their paragraphs) -> the spatial track
 (VISOR prompts, OWLv2 detections) for the tiny SDXL and a SPRIGHT LoRA trained on the spatial captions ->
@@ -160,10 +161,16 @@ def plan(output: Path, models: dict[str, Path], photos: Path, train_steps: int =
             "--engine-options.max-new-tokens", "512"]),
         Stage("export", "pipelines.export", [
             "--input", str(output / "annotated"), "--output", str(output / "dataset"), "--split-proportions", "6,2,2"]),
+        # SGDiff: pre-train the SG encoder against CLIP image embeddings (and masked graphs), then fine-tune from it
+        Stage("SGDiff pre-training of the SG encoder", "training.pretrain_sg", [
+            "--input", str(output / "dataset"), "--model", str(models["sdxl"]), "--output", str(output / "pretrain"),
+            "--clip.model", str(models["open_clip"]), "--max-steps", str(train_steps), "--num-workers", "1",
+            "--batch-size", "4", "--warmup-steps", "1", "--checkpoint-every", "2"]),
         Stage("train SDXL-SG", "training.train", [
             "--input", str(output / "dataset"), "--model", str(models["sdxl"]), "--output", str(output / "train"),
             "--max-steps", str(train_steps), "--num-workers", "1", "--resolution", "64", "--warmup-steps", "1",
-            "--checkpoint-every", "2", "--val-every", "0", "--lr", "0.02"]),  # a visible change in a few steps
+            "--checkpoint-every", "2", "--val-every", "0", "--lr", "0.02",  # a visible change in a few steps
+            "--init-sg-encoder", str(output / "pretrain" / "final")]),
         # The random annotator rarely writes more than 4 relations: the demo keeps every test row.
         Stage("freeze the benchmark set", "benchmark.dataset", [
             "--input", str(output / "dataset"), "--output", str(bench_file), "--min-relations", "0"]),
@@ -211,6 +218,7 @@ def artifacts(output: Path) -> dict[str, Path]:
         "annotated Parquet (spatial_caption)": output / "spatial" / "data",
         "dataset (datasets.load_dataset)": output / "dataset",
         "dataset card": output / "dataset" / "README.md",
+        "pre-trained SG encoder (SGEncoder.from_pretrained)": output / "pretrain" / "final",
         "SDXL-SG pipeline (SDXLSGPipeline.from_pretrained)": output / "train" / "final",
         "benchmark set": output / "bench" / "compsg_bench.parquet",
         "long-prompt set": output / "bench" / "long_prompts.parquet",

@@ -81,7 +81,10 @@ def check_artifacts(output: Path, models: dict[str, Path]) -> None:
     # the benchmark set is the test split
     bench = load_benchmark(output / "bench" / "compsg_bench.parquet")
     assert sorted(s.key for s in bench.samples) == test_keys
-    # the trained pipeline loads, with its SG encoder
+    # the pre-trained SG encoder loads (gate closed), and the trained pipeline loads, with its SG encoder
+    from training.sg_encoder import SGEncoder
+
+    assert float(SGEncoder.from_pretrained(str(output / "pretrain" / "final")).alpha) == 0.0
     trained = output / "train" / "final"
     pipeline = SDXLSGPipeline.from_pretrained(str(trained))
     assert pipeline.sg_encoder is not None and math.isfinite(float(pipeline.sg_encoder.alpha))
@@ -199,7 +202,8 @@ def test_chain_as_ray_jobs_on_a_local_cluster(tiny_models_dir: Path, tmp_path: P
     models, photos = prepare_inputs(output, models)
     stages = plan(output, models, photos, train_steps=2)
     assert [s.module for s in stages] == [
-        "pipelines.annotate", "pipelines.annotate", "pipelines.annotate", "pipelines.export", "training.train",
+        "pipelines.annotate", "pipelines.annotate", "pipelines.annotate", "pipelines.export", "training.pretrain_sg",
+        "training.train",
         "benchmark.dataset", "benchmark.run", "benchmark.run", "benchmark.dataset", "benchmark.run",
         "benchmark.spatial.prompts", "benchmark.spatial.run", "pipelines.export", "training.lora",
         "benchmark.spatial.run", "benchmark.leaderboard",
