@@ -45,7 +45,7 @@ from schemas.runs import init_ray, log_progress
 from schemas.settings import JobSettings, parse_settings
 from training.bad_rows import BadDataError, BadRows, NoUsableRowsError, first_usable_row
 from training.batches import TrainBatch
-from training.checkpoints import FINAL_DIR, STATE_JSON, TrainState
+from training.checkpoints import FINAL_DIR, STATE_JSON, TrainState, load_training_state, save_training_state
 from training.contexts import LocalContext, RayContext
 from training.image_transforms import ImageConfig
 from training.loop import BadRowMonitor
@@ -83,7 +83,7 @@ log = logging.getLogger(__name__)
 TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")  # diffusers' SDXL LoRA example
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' LoRA weight file name
 LORA_JSON = "lora.json"
-CKPT_LORA, CKPT_OPTIMIZER, CKPT_TRAINER = "lora.safetensors", "optimizer.safetensors", "trainer_state.json"
+CKPT_LORA = "lora.safetensors"
 
 
 class LoraSettings(JobSettings):
@@ -270,20 +270,7 @@ def save_lora_checkpoint(
 
     if rank == 0:
         save_file(_lora_state(unet), str(directory / CKPT_LORA))
-        optimizer_state = optimizer.state_dict()
-        moments = {
-            f"{i}.{name}": t.contiguous().cpu()
-            for i, s in optimizer_state["state"].items()
-            for name, t in s.items()
-        }
-        save_file(moments, str(directory / CKPT_OPTIMIZER))
-        trainer = {"param_groups": optimizer_state["param_groups"], "lr_scheduler": lr_scheduler.state_dict()}
-        (directory / CKPT_TRAINER).write_text(json.dumps(trainer) + "\n")
-        (directory / STATE_JSON).write_text(json.dumps(state.__dict__) + "\n")
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng |= {f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
-    save_file(rng, str(directory / f"rng_rank{rank}.safetensors"))
+    save_training_state(directory, optimizer, lr_scheduler, state, rank)
 
 
 def load_lora_checkpoint(
@@ -297,22 +284,7 @@ def load_lora_checkpoint(
         raise ValueError(
             f"checkpoint {directory} has LoRA weights this UNet lacks: {result.unexpected_keys[:3]}"
         )
-    trainer = json.loads((directory / CKPT_TRAINER).read_text())
-    moments: dict[int, dict[str, torch.Tensor]] = {}
-    for name, tensor in load_file(str(directory / CKPT_OPTIMIZER)).items():
-        index, key = name.split(".", 1)
-        moments.setdefault(int(index), {})[key] = tensor
-    optimizer.load_state_dict({"state": moments, "param_groups": trainer["param_groups"]})
-    lr_scheduler.load_state_dict(trainer["lr_scheduler"])
-    rng_file = directory / f"rng_rank{rank}.safetensors"
-    if rng_file.exists():  # absent when the run resumes with more workers than it had
-        rng = load_file(str(rng_file))
-        torch.set_rng_state(rng["torch"])
-        if torch.cuda.is_available() and "cuda.0" in rng:
-            torch.cuda.set_rng_state_all(
-                [rng[f"cuda.{i}"] for i in range(torch.cuda.device_count()) if f"cuda.{i}" in rng]
-            )
-    return TrainState(**json.loads((directory / STATE_JSON).read_text()))
+    return load_training_state(directory, optimizer, lr_scheduler, rank)
 
 
 def export_lora(checkpoint_dir: str | Path, config: LoraSettings) -> Path:

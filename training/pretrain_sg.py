@@ -66,7 +66,14 @@ from schemas.runs import init_ray, log_progress
 from schemas.settings import JobSettings, parse_settings
 from training.bad_rows import BadDataError, NoUsableRowsError, first_usable_row
 from training.batches import RowCollator, TrainBatch
-from training.checkpoints import FINAL_DIR, SG_ENCODER_DIR, STATE_JSON, TrainState
+from training.checkpoints import (
+    FINAL_DIR,
+    SG_ENCODER_DIR,
+    STATE_JSON,
+    TrainState,
+    load_training_state,
+    save_training_state,
+)
 from training.contexts import LocalContext, RayContext
 from training.image_transforms import ImageConfig
 from training.loop import BadRowMonitor
@@ -99,7 +106,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PRETRAIN_JSON = "pretrain_sg.json"
-CKPT_HEADS, CKPT_OPTIMIZER, CKPT_TRAINER = "heads.safetensors", "optimizer.safetensors", "trainer_state.json"
+CKPT_HEADS = "heads.safetensors"
 EXTRA_SCALARS = {"contrastive": "train/contrastive", "masked": "train/masked"}  # beside `tracking.SCALARS`
 
 
@@ -280,20 +287,7 @@ def save_pretrain_checkpoint(
         model.encoder.save_pretrained(directory / SG_ENCODER_DIR)
         save_file({k: v.detach().contiguous().cpu() for k, v in model.heads.state_dict().items()},
                   str(directory / CKPT_HEADS))  # fmt: skip
-        optimizer_state = optimizer.state_dict()
-        moments = {
-            f"{i}.{k}": t.contiguous().cpu()
-            for i, s in optimizer_state["state"].items()
-            for k, t in s.items()
-        }
-        save_file(moments, str(directory / CKPT_OPTIMIZER))
-        trainer = {"param_groups": optimizer_state["param_groups"], "lr_scheduler": lr_scheduler.state_dict()}
-        (directory / CKPT_TRAINER).write_text(json.dumps(trainer) + "\n")
-        (directory / STATE_JSON).write_text(json.dumps(state.__dict__) + "\n")
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng |= {f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
-    save_file(rng, str(directory / f"rng_rank{rank}.safetensors"))
+    save_training_state(directory, optimizer, lr_scheduler, state, rank)
 
 
 def load_pretrain_checkpoint(
@@ -304,22 +298,7 @@ def load_pretrain_checkpoint(
 
     model.encoder.load_state_dict(load_file(str(directory / SG_ENCODER_DIR / SAFETENSORS_WEIGHTS_NAME)))
     model.heads.load_state_dict(load_file(str(directory / CKPT_HEADS)))
-    trainer = json.loads((directory / CKPT_TRAINER).read_text())
-    moments: dict[int, dict[str, torch.Tensor]] = {}
-    for name, tensor in load_file(str(directory / CKPT_OPTIMIZER)).items():
-        index, key = name.split(".", 1)
-        moments.setdefault(int(index), {})[key] = tensor
-    optimizer.load_state_dict({"state": moments, "param_groups": trainer["param_groups"]})
-    lr_scheduler.load_state_dict(trainer["lr_scheduler"])
-    rng_file = directory / f"rng_rank{rank}.safetensors"
-    if rng_file.exists():  # absent when the run resumes with more workers than it had
-        rng = load_file(str(rng_file))
-        torch.set_rng_state(rng["torch"])
-        if torch.cuda.is_available() and "cuda.0" in rng:
-            torch.cuda.set_rng_state_all(
-                [rng[f"cuda.{i}"] for i in range(torch.cuda.device_count()) if f"cuda.{i}" in rng]
-            )
-    return TrainState(**json.loads((directory / STATE_JSON).read_text()))
+    return load_training_state(directory, optimizer, lr_scheduler, rank)
 
 
 def export_pretrained(checkpoint_dir: str | Path, config: PretrainSettings) -> Path:
