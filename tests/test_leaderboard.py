@@ -188,6 +188,38 @@ def test_html_question_track_in_headless_chromium(tmp_path):
     check_page_in_browser(page, ["model-a", "model-c", "model-b"], track="questions", sorted_by="Q-Score")
 
 
+def spatial_record(model_id: str, visor: float) -> BenchmarkResult:
+    """A spatial-track record: its own benchmark set (the prompt set) and VISOR's keys only."""
+    base = record(model_id, 0.0, 0.0, content_hash="d" * 64)
+    keys = ("oa", "visor_uncond", "visor_cond", "visor_1", "visor_2", "visor_3", "visor_4")
+    return base.model_copy(
+        update={
+            "benchmark": base.benchmark.model_copy(update={"name": "VISOR-SR2D-spatial", "n_samples": 4}),
+            "metrics": {key: visor if key == "visor_uncond" else 0.5 for key in keys},
+        }
+    )
+
+
+def test_html_sections_per_benchmark_set_and_track_in_headless_chromium(tmp_path):
+    """CompSG-Bench (two tracks), a long-prompt set and the spatial track: a section each, every table sorted by
+    its own first column in the browser."""
+    long_prompt = with_questions(record("model-long", 0.1, 50.0, content_hash="e" * 64), 0.6, 0.4)
+    long_prompt = long_prompt.model_copy(
+        update={"benchmark": long_prompt.benchmark.model_copy(update={"name": "CompSG-Bench-paragraph"})}
+    )
+    records = [*TRACK_RECORDS, long_prompt, spatial_record("spatial-a", 0.2), spatial_record("spatial-b", 0.7)]
+    page = tmp_path / "index.html"
+    page.write_text(render_html(records), encoding="utf-8")
+    text = page.read_text()
+    assert [h for h in re.findall(r"<h2>([^<]*?) ", text)] == ["CompSG-Bench", "CompSG-Bench-paragraph", "VISOR-SR2D-spatial"]
+    assert text.count("data-track='compsg'") == 2 and text.count("data-track='questions'") == 2
+    assert text.count("data-track='spatial'") == 1
+    check_page_in_browser(page, ["spatial-b", "spatial-a"], track="spatial", sorted_by="VISOR")
+    # the question tables of both sets, each ranked on its own
+    questions = ["model-a", "model-c", "model-b", "model-long"]
+    check_page_in_browser(page, questions, [1, 2, 3, 1], track="questions", sorted_by="Q-Score")
+
+
 # ---------------------------------------------------------------------- hostile text in every cell
 
 HOSTILE_MODEL = "evil\n<script>alert(1)</script>\r\n| x | y |\n[click](javascript:alert(1)) ![i](x.png) `code` *b* _i_ ~~s~~\\"
