@@ -42,7 +42,7 @@ from diffusers import StableDiffusionXLPipeline
 from pydantic import Field, field_validator
 
 from schemas.runs import init_ray, log_progress
-from schemas.settings import JobSettings, parse_settings
+from schemas.settings import parse_settings
 from training.bad_rows import BadDataError, BadRows, NoUsableRowsError, first_usable_row
 from training.batches import TrainBatch
 from training.checkpoints import FINAL_DIR, STATE_JSON, TrainState, load_training_state, save_training_state
@@ -51,7 +51,7 @@ from training.image_transforms import ImageConfig
 from training.loop import BadRowMonitor
 from training.lora_data import CaptionBatch, CaptionCollator, CaptionPlanner
 from training.rows import find_splits
-from training.settings import DEFAULT_MAX_BAD_FRACTION
+from training.settings import RayTrainJobSettings
 from training.step import FrozenSDXL, build_lr_scheduler, diffusion_loss, step_seed
 from training.tracking import TensorBoardLog, plot_losses
 
@@ -86,7 +86,7 @@ LORA_JSON = "lora.json"
 CKPT_LORA = "lora.safetensors"
 
 
-class LoraSettings(JobSettings):
+class LoraSettings(RayTrainJobSettings):
     """Everything a LoRA run needs (`python -m training.lora --help`); a `--config` YAML sets any of it, flags
     win."""
 
@@ -126,24 +126,6 @@ class LoraSettings(JobSettings):
     gradient_checkpointing: bool = Field(
         False, description="gradient checkpointing in the UNet (less memory)"
     )
-    checkpoint_every: int = Field(
-        500,
-        ge=1,
-        description="steps between checkpoints, each reported to Ray Train (one is also written at the end)",
-    )
-    keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept (the latest ones)")
-    log_every: int = Field(
-        50, ge=1, description="steps between rank 0's progress lines (TensorBoard gets every step)"
-    )
-    shuffle_buffer: int = Field(
-        64, ge=0, description="rows in Ray Data's local shuffle buffer (0: no shuffle)"
-    )
-    max_failures: int = Field(0, ge=-1, description="worker-group restarts Ray Train allows (-1: unlimited)")
-    max_bad_fraction: float = Field(
-        DEFAULT_MAX_BAD_FRACTION, ge=0, le=1,
-        description="unusable rows (no or undecodable image, no caption) are skipped and counted; the run "
-        "fails once they exceed this fraction of the train split",
-    )  # fmt: skip
 
     @field_validator("spatial_probability")
     @classmethod

@@ -63,7 +63,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from schemas.runs import init_ray, log_progress
-from schemas.settings import JobSettings, parse_settings
+from schemas.settings import parse_settings
 from training.bad_rows import BadDataError, NoUsableRowsError, first_usable_row
 from training.batches import RowCollator, TrainBatch
 from training.checkpoints import (
@@ -79,7 +79,7 @@ from training.image_transforms import ImageConfig
 from training.loop import BadRowMonitor
 from training.pretrain_losses import SGPretrainModel, mask_items
 from training.rows import find_splits
-from training.settings import DEFAULT_MAX_BAD_FRACTION, EncoderSettings, run_dir
+from training.settings import EncoderSettings, RayTrainJobSettings, run_dir
 from training.sg_encoder import SGEncoder
 from training.sg_features import SGFeatures, encode_graphs
 from training.step import FrozenSDXL, build_lr_scheduler, build_optimizer, step_seed
@@ -138,7 +138,7 @@ class LossWeights(BaseModel):
     masked: float = Field(1.0, ge=0, description="weight of the masked-item reconstruction loss")
 
 
-class PretrainSettings(JobSettings):
+class PretrainSettings(RayTrainJobSettings):
     """Everything a pre-training run needs (`python -m training.pretrain_sg --help`); a `--config` YAML sets
     any of it, flags win."""
 
@@ -168,24 +168,6 @@ class PretrainSettings(JobSettings):
         description="share of graph items (nodes and relations) masked per batch (at least one)",
     )
     loss_weights: LossWeights = Field(default_factory=LossWeights, description="weights of the two losses")
-    checkpoint_every: int = Field(
-        500,
-        ge=1,
-        description="steps between checkpoints, each reported to Ray Train (one is also written at the end)",
-    )
-    keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept (the latest ones)")
-    log_every: int = Field(
-        50, ge=1, description="steps between rank 0's progress lines (TensorBoard gets every step)"
-    )
-    shuffle_buffer: int = Field(
-        64, ge=0, description="rows in Ray Data's local shuffle buffer (0: no shuffle)"
-    )
-    max_failures: int = Field(0, ge=-1, description="worker-group restarts Ray Train allows (-1: unlimited)")
-    max_bad_fraction: float = Field(
-        DEFAULT_MAX_BAD_FRACTION, ge=0, le=1,
-        description="unusable rows are skipped and counted; the run fails once they exceed this fraction "
-        "of the train split",
-    )  # fmt: skip
     encoder: EncoderSettings = Field(default_factory=EncoderSettings, description="SG encoder widths")
 
     @property

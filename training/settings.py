@@ -16,7 +16,7 @@ from schemas.settings import JobSettings
 from training.image_transforms import ImageConfig
 from training.sg_encoder import POOLINGS, SGEncoder
 
-__all__ = ["DEFAULT_MAX_BAD_FRACTION", "EncoderSettings", "TrainConfig", "TrainSettings", "run_dir"]
+__all__ = ["DEFAULT_MAX_BAD_FRACTION", "EncoderSettings", "RayTrainJobSettings", "TrainConfig", "TrainSettings", "run_dir"]
 
 DEFAULT_MAX_BAD_FRACTION = 0.01
 
@@ -49,6 +49,26 @@ class EncoderSettings(BaseModel):
 # EncoderSettings mirrors SGEncoder's arguments; an argument added there must be added here.
 if set(EncoderSettings.model_fields) != set(_ENCODER_ARGS) - {"self", "text_dim", "sequence_length"}:
     raise TypeError("EncoderSettings and SGEncoder.__init__ have different arguments")
+
+
+class RayTrainJobSettings(JobSettings):
+    """Checkpointing, logging, data and failure settings of the newer Ray Train jobs (`training.lora`,
+    `training.pretrain_sg`), with `training.train`'s defaults."""
+
+    checkpoint_every: int = Field(
+        500, ge=1, description="steps between checkpoints, each reported to Ray Train (one is also written at the end)"
+    )
+    keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept (the latest ones)")
+    log_every: int = Field(50, ge=1, description="steps between rank 0's progress lines (TensorBoard gets every step)")
+    shuffle_buffer: int = Field(64, ge=0, description="rows in Ray Data's local shuffle buffer (0: no shuffle)")
+    max_failures: int = Field(0, ge=-1, description="worker-group restarts Ray Train allows (-1: unlimited)")
+    max_bad_fraction: float = Field(
+        DEFAULT_MAX_BAD_FRACTION,
+        ge=0,
+        le=1,
+        description="unusable rows (the job's docstring says which) are skipped and counted; the run fails once "
+        "they exceed this fraction of the train split",
+    )
 
 
 class TrainSettings(JobSettings):
