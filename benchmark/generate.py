@@ -6,7 +6,7 @@ Adapters (`ADAPTERS`):
 - ``diffusers-sg-text``: the same, prompt = the canonical scene-graph text (`sg_text`);
 - ``sdxl-sg``: an SDXL-SG pipeline folder (`training.pipeline.SDXLSGPipeline.from_pretrained`), conditioned on
   the scene graph itself;
-- ``sdxl-lora``: a `training.lora` run (`training.lora.LoraSDXLPipeline.from_pretrained`: its base SDXL plus the
+- ``sdxl-lora``: a `training.lora` run (`training.lora_pipeline.LoraSDXLPipeline.from_pretrained`: its base SDXL plus the
   LoRA weights), prompt = caption.
 
 With `GenerationSettings.long_prompt` (off by default) a text adapter does not pass ``prompt=``: it encodes the
@@ -33,7 +33,8 @@ import pyarrow as pa
 
 from benchmark.chunks import chunk_name, iter_chunks, map_chunks, write_chunk
 from benchmark.dataset import BenchmarkSample
-from schemas import GenerationSettings, SceneGraph
+from benchmark.provenance import weights_sha256
+from schemas import GenerationSettings, ModelInfo, SceneGraph
 
 __all__ = [
     "ADAPTERS",
@@ -41,12 +42,16 @@ __all__ = [
     "Adapter",
     "GenerationTask",
     "ImageGenerator",
+    "check_adapter",
     "generate_images",
     "image_index",
     "image_seed",
     "images_digest",
     "iter_images",
+    "local_model",
+    "model_info",
     "register_adapter",
+    "stored_image_ids",
 ]
 
 Conditioning = Literal["caption", "sg_text", "scene_graph"]
@@ -117,7 +122,29 @@ def register_adapter(adapter: Adapter) -> Adapter:
 register_adapter(Adapter("diffusers-caption", "caption"))
 register_adapter(Adapter("diffusers-sg-text", "sg_text"))
 register_adapter(Adapter("sdxl-sg", "scene_graph", "training.pipeline:SDXLSGPipeline"))
-register_adapter(Adapter("sdxl-lora", "caption", "training.lora:LoraSDXLPipeline"))
+register_adapter(Adapter("sdxl-lora", "caption", "training.lora_pipeline:LoraSDXLPipeline"))
+
+
+def check_adapter(name: str) -> str:
+    """`name` if it is a registered adapter, else `ValueError` listing them (a settings validator)."""
+    if name not in ADAPTERS:
+        raise ValueError(f"unknown adapter; choose one of {', '.join(sorted(ADAPTERS))}")
+    return name
+
+
+def local_model(model: str) -> str:
+    """A model directory made absolute; a hub id as it is (so a record points at the same files from anywhere)."""
+    return str(Path(model).resolve()) if Path(model).exists() else model
+
+
+def model_info(adapter: str, model: str) -> ModelInfo:
+    """The `model` part of a result record: adapter, model id, weights hash and conditioning."""
+    return ModelInfo(
+        adapter=adapter,
+        model_id=model,
+        weights_hash=weights_sha256(model),
+        conditioning=ADAPTERS[adapter].conditioning,
+    )
 
 
 def image_seed(seed: int, key: str, image_index: int) -> int:
@@ -202,6 +229,20 @@ def images_digest(run_dir: str | Path) -> str:
         for row in table.to_pylist():
             lines.append(f"{row['key']}\t{row['image_index']}\t{row['seed']}\t{hashlib.sha256(row['png']).hexdigest()}\n")
     return hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
+
+
+def stored_image_ids(run_dir: str | Path, keys: Sequence[str], images_per_key: int, noun: str) -> set[tuple[str, int]]:
+    """The (key, image_index) of every image stored under `run_dir`; `ValueError` unless they are exactly
+    `images_per_key` images for each of `keys` (`noun` names them in the message: "samples", "prompts")."""
+    stored = image_index(run_dir)
+    expected = {(key, i) for key in keys for i in range(images_per_key)}
+    found = set(zip(stored.column("key").to_pylist(), stored.column("image_index").to_pylist(), strict=True))
+    if found != expected:
+        raise ValueError(
+            f"{run_dir}: {len(expected - found)} images missing and {len(found - expected)} unexpected "
+            f"for {len(keys)} {noun} x {images_per_key} images"
+        )
+    return found
 
 
 def generate_images(

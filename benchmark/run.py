@@ -50,14 +50,14 @@ from typing import Any
 
 from benchmark.dataset import BenchmarkSample, BenchmarkSet, load_benchmark
 from benchmark.features import REFERENCE_INDEX, FeatureItem, extract_features
-from benchmark.generate import ADAPTERS, generate_images, image_index, images_digest, iter_images
+from benchmark.generate import generate_images, images_digest, iter_images, model_info, stored_image_ids
 from benchmark.judge import judge_images, score_judgements
 from benchmark.metrics.graph_iou import GraphIoU
 from benchmark.metrics.question_score import QuestionScore
 from benchmark.provenance import provenance, weights_sha256
 from benchmark.questions.answer import answer_questions, item_scores, question_versions
 from benchmark.run_settings import BenchRunSettings, upgrade_run_identity
-from schemas import BenchmarkResult, ModelInfo
+from schemas import BenchmarkResult
 from schemas.layout import RESULT_FILE
 from schemas.runs import check_run_identity, pin_run_identity
 from schemas.settings import parse_settings
@@ -165,14 +165,7 @@ def compute_metrics(
     """Every metric of a run from its stored images. Judgements and image features are stored under, or resumed
     from, `state_dir` (``judge/``, ``features/``)."""
     samples = bench.samples
-    stored = image_index(run_dir)
-    expected = {(s.key, i) for s in samples for i in range(settings.generation.images_per_sample)}
-    found = set(zip(stored.column("key").to_pylist(), stored.column("image_index").to_pylist(), strict=True))
-    if found != expected:
-        raise ValueError(
-            f"{run_dir}: {len(expected - found)} images missing and {len(found - expected)} unexpected "
-            f"for {len(samples)} samples x {settings.generation.images_per_sample} images"
-        )
+    found = stored_image_ids(run_dir, [s.key for s in samples], settings.generation.images_per_sample, "samples")
     synonyms = _read_synonyms(settings.judge.synonyms)
     judge = settings.judge_settings()
     judgements = judge_images(
@@ -211,12 +204,7 @@ def run_benchmark(settings: BenchRunSettings) -> BenchmarkResult:
     bench = load_benchmark(settings.input)
     run_dir = settings.output
     generation = settings.generation_settings()
-    model = ModelInfo(
-        adapter=settings.adapter,
-        model_id=settings.model,
-        weights_hash=weights_sha256(settings.model),
-        conditioning=ADAPTERS[settings.adapter].conditioning,
-    )
+    model = model_info(settings.adapter, settings.model)
     identity = {
         "benchmark": bench.info().model_dump(),
         "model": model.model_dump(),

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from benchmark.features import FeatureSettings
-from benchmark.generate import ADAPTERS
+from benchmark.generate import ADAPTERS, check_adapter, local_model
 from benchmark.judge import FLAT_LIMITS, JudgeSettings, nest_limits
 from schemas import GenerationSettings, Limits
 from schemas.settings import JobSettings
@@ -190,12 +190,7 @@ class BenchRunSettings(JobSettings):
     kid: KidOptions = Field(default_factory=KidOptions, description="KID")
     features: FeatureOptions = Field(default_factory=FeatureOptions, description="image feature extraction")
 
-    @field_validator("adapter")
-    @classmethod
-    def _known_adapter(cls, value: str) -> str:
-        if value not in ADAPTERS:
-            raise ValueError(f"unknown adapter; choose one of {', '.join(sorted(ADAPTERS))}")
-        return value
+    _known_adapter = field_validator("adapter")(check_adapter)
 
     @classmethod
     def from_record(cls, config: Mapping[str, Any]) -> BenchRunSettings:
@@ -237,9 +232,6 @@ class BenchRunSettings(JobSettings):
         """Local paths made absolute (hub ids stay as they are, model directories become absolute), so the
         record points at the same files from anywhere."""
 
-        def local(model: str) -> str:
-            return str(Path(model).resolve()) if Path(model).exists() else model
-
         def absolute(path: Path | None) -> Path | None:
             return None if path is None else path.resolve()
 
@@ -248,11 +240,11 @@ class BenchRunSettings(JobSettings):
             | {
                 "input": self.input.resolve(),
                 "output": self.output.resolve(),
-                "model": local(self.model),
+                "model": local_model(self.model),
                 "judge": self.judge.model_dump()
-                | {"model": local(self.judge.model), "synonyms": absolute(self.judge.synonyms)},
-                "clip": self.clip.model_dump() | {"model": local(self.clip.model)},
-                "cmmd": self.cmmd.model_dump() | {"model": local(self.cmmd.model)},
+                | {"model": local_model(self.judge.model), "synonyms": absolute(self.judge.synonyms)},
+                "clip": self.clip.model_dump() | {"model": local_model(self.clip.model)},
+                "cmmd": self.cmmd.model_dump() | {"model": local_model(self.cmmd.model)},
                 "inception": self.inception.model_dump() | {"weights": absolute(self.inception.weights)},
             }
         )

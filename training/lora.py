@@ -35,11 +35,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from diffusers import StableDiffusionXLPipeline
-from pydantic import Field, field_validator
 
 from schemas.runs import init_ray, log_progress
 from schemas.settings import parse_settings
@@ -47,11 +46,11 @@ from training.bad_rows import BadDataError, BadRows, NoUsableRowsError, first_us
 from training.batches import TrainBatch
 from training.checkpoints import FINAL_DIR, STATE_JSON, TrainState, load_training_state, save_training_state
 from training.contexts import LocalContext, RayContext
-from training.image_transforms import ImageConfig
 from training.loop import BadRowMonitor
 from training.lora_data import CaptionBatch, CaptionCollator, CaptionPlanner
+from training.lora_pipeline import LORA_JSON, LORA_WEIGHTS, LoraSDXLPipeline
+from training.lora_settings import TARGET_MODULES, LoraSettings, lora_config
 from training.rows import find_splits
-from training.settings import RayTrainJobSettings
 from training.step import FrozenSDXL, build_lr_scheduler, diffusion_loss, step_seed
 from training.tracking import TensorBoardLog, plot_losses
 
@@ -80,84 +79,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")  # diffusers' SDXL LoRA example
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' LoRA weight file name
-LORA_JSON = "lora.json"
 CKPT_LORA = "lora.safetensors"
-
-
-class LoraSettings(RayTrainJobSettings):
-    """Everything a LoRA run needs (`python -m training.lora --help`); a `--config` YAML sets any of it, flags
-    win."""
-
-    input: str = Field(
-        description="exported dataset (Parquet; train split) with caption and spatial_caption columns"
-    )
-    model: str = Field(description="base SDXL: diffusers directory or hub id")
-    output: str = Field(description="run directory: checkpoints in OUTPUT/NAME, the LoRA in OUTPUT/final")
-    name: str = Field(
-        "sdxl_lora", description="Ray Train run name: checkpoints and TensorBoard events in OUTPUT/NAME"
-    )
-    max_steps: int = Field(1000, ge=1, description="optimizer steps of the whole run")
-    num_workers: int = Field(1, ge=1, description="Ray Train workers (one GPU each with --use-gpu)")
-    use_gpu: bool = Field(
-        False, description="train on GPUs (frozen weights in bf16, LoRA in float32, bf16 autocast)"
-    )
-    batch_size: int = Field(1, ge=1, description="rows per batch per worker")
-    lr: float = Field(1e-4, gt=0, description="peak learning rate of AdamW (warmup, then cosine decay)")
-    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
-    warmup_steps: int = Field(0, ge=0, description="linear warmup steps of the learning rate")
-    grad_clip: float = Field(1.0, gt=0, description="gradient norm clipping")
-    rank: int = Field(16, ge=1, description="LoRA rank (lora_alpha = rank)")
-    resolution: int = Field(1024, ge=8, multiple_of=8, description="square training resolution in pixels")
-    crop: Literal["center", "none"] = Field(
-        "center", description="center: resize the shorter side and center-crop; none: squash the whole image"
-    )
-    seed: int = Field(
-        0, description="seed of the LoRA initialisation, noise, timesteps, captions, flips, data order"
-    )
-    spatial_probability: float = Field(
-        0.5, description="share of the rows with a spatial caption that train on it in each epoch (exactly)"
-    )
-    flip: Literal["off", "swap"] = Field(
-        "swap",
-        description="swap: mirror half of the images and swap left/right in their captions; off: no flips",
-    )
-    gradient_checkpointing: bool = Field(
-        False, description="gradient checkpointing in the UNet (less memory)"
-    )
-
-    @field_validator("spatial_probability")
-    @classmethod
-    def _exact_half(cls, value: float) -> float:
-        if value != 0.5:
-            raise ValueError(
-                "only SPRIGHT's exact 50/50 mix is implemented (training.spatial_captions.plan_captions)"
-            )
-        return value
-
-    @property
-    def cache(self) -> None:
-        """No precompute cache (`training.contexts` reads ``cache or input``): captions vary per epoch."""
-        return None
-
-    @property
-    def image_config(self) -> ImageConfig:
-        return ImageConfig(
-            resolution=self.resolution, crop=self.crop, flip=self.flip == "swap", seed=self.seed
-        )
-
-
-def lora_config(config: LoraSettings):
-    """peft's `LoraConfig` of the run (diffusers' SDXL LoRA recipe)."""
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=config.rank,
-        lora_alpha=config.rank,
-        init_lora_weights="gaussian",
-        target_modules=list(TARGET_MODULES),
-    )
 
 
 # ---------------------------------------------------------------------------------------------- the step
@@ -453,26 +375,6 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"final": str(Path(config.output) / FINAL_DIR), "metrics": result.metrics} | captions
     print(json.dumps(summary, indent=2, default=str))
     return 0
-
-
-# ---------------------------------------------------------------------------------------------- inference
-
-
-class LoraSDXLPipeline(StableDiffusionXLPipeline):
-    """SDXL with a `training.lora` result: the base named in ``lora.json`` plus the LoRA weights."""
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> LoraSDXLPipeline:
-        """`pretrained_model_name_or_path` is a run directory or its ``final/``; `kwargs` (``dtype=``, ...) go
-        to the base's `StableDiffusionXLPipeline.from_pretrained` (safetensors only)."""
-        final = Path(pretrained_model_name_or_path)
-        if not (final / LORA_JSON).exists():
-            final = final / FINAL_DIR
-        base = json.loads((final / LORA_JSON).read_text())["base_model"]
-        kwargs.setdefault("use_safetensors", True)
-        pipe = super().from_pretrained(base, **kwargs)
-        pipe.load_lora_weights(str(final), weight_name=LORA_WEIGHTS)
-        return pipe
 
 
 if __name__ == "__main__":

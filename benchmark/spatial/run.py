@@ -39,14 +39,23 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from benchmark.dataset import BenchmarkSample
-from benchmark.generate import ADAPTERS, generate_images, image_index, images_digest, iter_images
+from benchmark.generate import (
+    ADAPTERS,
+    check_adapter,
+    generate_images,
+    images_digest,
+    iter_images,
+    local_model,
+    model_info,
+    stored_image_ids,
+)
 from benchmark.metrics.visor import IMAGES_PER_PROMPT
 from benchmark.metrics.visor_score import VISORScore
 from benchmark.provenance import provenance, weights_sha256
 from benchmark.run_settings import GenerationOptions
 from benchmark.spatial.detect import DetectorSettings, detect_images, detect_items, visor_items
 from benchmark.spatial.prompts import RELATION_PHRASES, PromptSet, SpatialPrompt, load_prompts
-from schemas import BenchmarkInfo, BenchmarkResult, ModelInfo, SceneGraph, SGObject, SGRelation
+from schemas import BenchmarkInfo, BenchmarkResult, SceneGraph, SGObject, SGRelation
 from schemas.layout import RESULT_FILE
 from schemas.runs import check_run_identity, pin_run_identity
 from schemas.settings import JobSettings, parse_settings
@@ -113,27 +122,18 @@ class SpatialRunSettings(JobSettings):
     )
     detector: DetectorOptions = Field(default_factory=DetectorOptions, description="the object detector")
 
-    @field_validator("adapter")
-    @classmethod
-    def _known_adapter(cls, value: str) -> str:
-        if value not in ADAPTERS:
-            raise ValueError(f"unknown adapter; choose one of {', '.join(sorted(ADAPTERS))}")
-        return value
+    _known_adapter = field_validator("adapter")(check_adapter)
 
     def resolved(self) -> SpatialRunSettings:
         """Local paths made absolute (hub ids stay as they are), so the record points at the same files from
         anywhere."""
-
-        def local(model: str) -> str:
-            return str(Path(model).resolve()) if Path(model).exists() else model
-
         return self.model_validate(
             self.model_dump()
             | {
                 "input": self.input.resolve(),
                 "output": self.output.resolve(),
-                "model": local(self.model),
-                "detector": self.detector.model_dump() | {"model": local(self.detector.model)},
+                "model": local_model(self.model),
+                "detector": self.detector.model_dump() | {"model": local_model(self.detector.model)},
             }
         )
 
@@ -170,15 +170,8 @@ def compute_metrics(
     settings: SpatialRunSettings, prompt_set: PromptSet, run_dir: Path, state_dir: Path
 ) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
     """VISOR of a run's stored images; detections are stored under, or resumed from, `state_dir/detections/`."""
-    n_images = settings.generation.images_per_sample
-    expected = {(p.prompt_id, i) for p in prompt_set.prompts for i in range(n_images)}
-    stored = image_index(run_dir)
-    found = set(zip(stored.column("key").to_pylist(), stored.column("image_index").to_pylist(), strict=True))
-    if found != expected:
-        raise ValueError(
-            f"{run_dir}: {len(expected - found)} images missing and {len(found - expected)} unexpected "
-            f"for {len(prompt_set.prompts)} prompts x {n_images} images"
-        )
+    keys = [p.prompt_id for p in prompt_set.prompts]
+    found = stored_image_ids(run_dir, keys, settings.generation.images_per_sample, "prompts")
     prompts_by_id = {p.prompt_id: p for p in prompt_set.prompts}
     detector = settings.detector.settings()
     detections = detect_images(
@@ -208,12 +201,7 @@ def run_spatial(settings: SpatialRunSettings) -> BenchmarkResult:
     prompt_set = load_prompts(settings.input)
     run_dir = settings.output
     generation = settings.generation.settings(settings.model)
-    model = ModelInfo(
-        adapter=settings.adapter,
-        model_id=settings.model,
-        weights_hash=weights_sha256(settings.model),
-        conditioning=ADAPTERS[settings.adapter].conditioning,
-    )
+    model = model_info(settings.adapter, settings.model)
     identity = {
         "benchmark": prompt_info(prompt_set).model_dump(),
         "model": model.model_dump(),
