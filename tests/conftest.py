@@ -19,7 +19,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Root holding what `laion-sg make-tiny-models` writes: qwen2_5_vl/, sdxl/, open_clip/, owlv2/,
-    inception/*.pth.
+    clipseg/, inception/*.pth.
 
     With ``LAION_SG_TINY_MODELS=DIR`` the models come from DIR, built there once if DIR is empty (`make mutation`
     runs the unit tests once per mutant and sets it); tests only read them."""

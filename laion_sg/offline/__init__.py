@@ -8,6 +8,7 @@ loads a stand-in exactly as it loads the real model. Nothing here is a usable mo
 - `tiny_clip`: open_clip (CLIP-T, CLIP-I, CMMD)
 - `tiny_inception`: FID-Inception weights in pytorch-fid's format (FID, KID)
 - `tiny_owlv2`: OWLv2 open-vocabulary detector (the spatial track's VISOR detections)
+- `tiny_clipseg`: CLIPSeg text-prompted segmenter (compositing's concept masks)
 - `fixtures`: a small LAION-SG-shaped dataset of scikit-image photos with hand-written scene graphs
 """
 
@@ -21,6 +22,7 @@ __all__ = ["make_tiny_models"]
 def make_tiny_models(root: str | Path, seed: int = 0) -> dict[str, Path]:
     """Write every tiny random-weight stand-in model under `root`; returns the path of each."""
     from laion_sg.offline.tiny_clip import build_tiny_open_clip
+    from laion_sg.offline.tiny_clipseg import build_tiny_clipseg
     from laion_sg.offline.tiny_inception import build_random_inception
     from laion_sg.offline.tiny_owlv2 import build_tiny_owlv2
     from laion_sg.offline.tiny_qwen import build_tiny_qwen2_5_vl
@@ -34,4 +36,5 @@ def make_tiny_models(root: str | Path, seed: int = 0) -> dict[str, Path]:
         # a weights file in pytorch-fid's format, like the real pt_inception-2015-12-05-6726825d.pth
         "inception": build_random_inception(root / "inception" / "pt_inception-random.pth", seed=seed),
         "owlv2": build_tiny_owlv2(root / "owlv2", seed=seed),
+        "clipseg": build_tiny_clipseg(root / "clipseg", seed=seed),
     }
