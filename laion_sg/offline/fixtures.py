@@ -10,7 +10,13 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-__all__ = ["FIXTURE_GRAPHS", "write_fixture_dataset"]
+__all__ = [
+    "CONCEPT_SCENES",
+    "FIXTURE_GRAPHS",
+    "write_concept_scenes",
+    "write_fixture_dataset",
+    "write_layout_answers",
+]
 
 # image name in skimage.data -> (split, caption, graph as our JSON shape)
 FIXTURE_GRAPHS: dict[str, tuple[str, str, dict]] = {
@@ -210,3 +216,46 @@ def write_fixture_dataset(out_dir: str | Path, max_side: int = 128) -> Path:
         table = pa.Table.from_pylist(split_rows, schema=schema)
         pq.write_table(table, out / "data" / f"{split}-00000-of-00001.parquet")
     return out
+
+
+# Gen4Gen-layout concept folders for the compositing job: scene -> concept -> scikit-image sample names (a name
+# with "_flipped" is the sample mirrored, a second reference image of the same concept)
+CONCEPT_SCENES: dict[str, dict[str, tuple[str, ...]]] = {
+    "desk": {"coffee": ("coffee", "coffee_flipped"), "rocket": ("rocket",)},
+    "yard": {"astronaut": ("astronaut",), "cat": ("chelsea", "chelsea_flipped")},
+}
+
+
+def write_concept_scenes(out_dir: str | Path, max_side: int = 64) -> Path:
+    """Write `CONCEPT_SCENES` as ``out_dir/scene/concept/*.png``; return `out_dir`."""
+    from PIL import Image
+
+    out = Path(out_dir)
+    for scene, concepts in CONCEPT_SCENES.items():
+        for concept, samples in concepts.items():
+            folder = out / scene / concept
+            folder.mkdir(parents=True, exist_ok=True)
+            for sample in samples:
+                data, _, _ = _sample_jpeg(sample.removesuffix("_flipped"), max_side)
+                image = Image.open(io.BytesIO(data))
+                if sample.endswith("_flipped"):
+                    image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+                image.save(folder / f"{sample}.png")
+    return out
+
+
+def write_layout_answers(scenes_dir: str | Path, per_scene: int, path: str | Path) -> Path:
+    """A hand-made layout answer per composition of `scenes_dir` (`per_scene` each, in plan order), as the
+    JSON Lines answer file of the fixed engine (``--layout-engine fixed --layout-model PATH``): the concepts side
+    by side on the 512 x 512 canvas, a fixed background. A dry-run layout, not a model's."""
+    import json
+
+    from pipelines.compositing.plan import scan_scenes
+
+    lines = []
+    for scene in scan_scenes(scenes_dir):
+        width = 512 // len(scene.concepts)
+        boxes = {c.phrase: [i * width + 8, 160, width - 16, 240] for i, c in enumerate(scene.concepts)}
+        lines += [json.dumps({"boxes": boxes, "background": "a plain wooden table in a bright room"})] * per_scene
+    Path(path).write_text("\n".join(lines) + "\n")
+    return Path(path)

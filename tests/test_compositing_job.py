@@ -1,0 +1,182 @@
+"""The compositing job (Gen4Gen) end to end on tiny stand-ins: plan, layout, masks, composite, inpaint, scene
+graphs, output rows, resume and the run-identity guard.
+
+The layout step runs twice: once through the fixed engine with hand-made layouts (a dry-run layout, so the mask and
+composite steps have boxes to work with: a tiny random model's boxes are unusable) and once through the tiny
+Qwen2.5-VL with the hf engine (the real path: every row must come out with its reason).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from laion_sg.offline.fixtures import write_concept_scenes, write_layout_answers
+from pipelines.compositing.job import output_schema, run
+from pipelines.compositing.layout import overlap
+from pipelines.compositing.layout_task import layout_request, layout_task
+from pipelines.compositing.plan import concept_phrase, plan_compositions, scan_scenes
+from pipelines.compositing.settings import CompositingSettings
+from schemas.runs import RunIdentityError
+
+PER_SCENE = 2
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("compositing")
+    scenes = write_concept_scenes(root / "scenes")
+    (scenes / "attic" / "ghost").mkdir(parents=True)
+    (scenes / "attic" / "ghost" / "broken.png").write_bytes(b"not an image")
+    return {
+        "root": root,
+        "scenes": scenes,
+        "answers": write_layout_answers(scenes, PER_SCENE, root / "layouts.jsonl"),
+        "qwen": tiny_models_dir / "qwen2_5_vl",
+        "clipseg": tiny_models_dir / "clipseg",
+        "sdxl": tiny_models_dir / "sdxl",
+    }
+
+
+def _settings(setup: dict[str, Path], output: Path, **overrides) -> CompositingSettings:
+    values = {
+        "input": str(setup["scenes"]),
+        "output": str(output),
+        "model": str(setup["qwen"]),
+        "layout_engine": "fixed",
+        "layout_model": str(setup["answers"]),
+        "compositions_per_scene": PER_SCENE,
+        "rows_per_shard": 4,
+        "masks": {"model": str(setup["clipseg"])},
+        "compositor": {"model": str(setup["sdxl"]), "inpaint_model": None, "size": SIZE, "steps": 2},
+        "engine_options": {"max_new_tokens": 64},
+    } | overrides
+    return CompositingSettings.model_validate(values)
+
+
+def _rows(output: Path) -> list[dict]:
+    return pq.read_table(output / "data", schema=output_schema()).to_pylist()
+
+
+def test_plan_is_deterministic_and_draws_from_each_concept(setup):
+    scenes = scan_scenes(setup["scenes"])
+    assert [s.name for s in scenes] == ["attic", "desk", "yard"]
+    plan = plan_compositions(scenes, 3, seed=7)
+    assert plan == plan_compositions(scenes, 3, seed=7)
+    assert len({c.key for c in plan}) == 9
+    assert [c.key for c in plan] != [c.key for c in plan_compositions(scenes, 3, seed=8)]
+    for c in plan:
+        assert [Path(r).parts[:2] for r in c.references] == [(c.scene, name) for name in c.concepts]
+    assert concept_phrase("red_tea-pot") == "red tea pot"
+
+
+def test_layout_request_carries_each_rows_concepts_as_the_schema():
+    request = layout_task().request(layout_request(["cat", "red teapot"], "a kitchen"))
+    boxes = request.schema["properties"]["boxes"]
+    assert boxes["required"] == ["cat", "red teapot"] and boxes["additionalProperties"] is False
+    assert "cat, red teapot" in request.user and "a kitchen" in request.user and "512 x 512" in request.user
+
+
+@pytest.mark.slow
+def test_compositing_job_end_to_end(setup, tmp_path, ray_local):
+    """Every planned composition exactly once with a status; boxes inside the canvas and within the overlap
+    bound; composites readable with `datasets`; a re-run resumes; recomputing a shard gives identical bytes."""
+    import datasets
+
+    output = tmp_path / "out"
+    config = _settings(setup, output)
+    summary = run(config)
+    plan = plan_compositions(scan_scenes(setup["scenes"]), PER_SCENE, seed=0)
+    rows = _rows(output)
+    assert sorted(r["key"] for r in rows) == sorted(c.key for c in plan)
+    assert summary["rows_written"] == len(plan) == 6
+    by_scene = {}
+    for row in rows:
+        by_scene.setdefault(row["scene"], []).append(row)
+
+    for row in by_scene["attic"]:  # the unreadable reference image fails its row, with the reason
+        assert row["compositing"]["status"] == "failed" and row["compositing"]["stage"] == "mask"
+        assert row["compositing"]["error"].startswith("unreadable reference image")
+        assert row["image"] is None and row["annotation"]["status"] == "failed"
+        assert row["annotation"]["error"].startswith("no image")
+
+    answers = [json.loads(line) for line in setup["answers"].read_text().splitlines()]
+    composed = [r for r in rows if r["compositing"]["status"] == "ok"]
+    assert composed, summary
+    for row in rows:
+        if row["scene"] == "attic":
+            continue
+        if row["compositing"]["status"] == "failed":  # a random segmenter may find no object: then it says so
+            assert row["compositing"]["stage"] == "mask", row["compositing"]
+            assert row["compositing"]["error"].split(":")[0] in {"empty mask", "whole frame"}
+            continue
+        # the boxes: the hand-made layout scaled from 512 to 64 pixels (exactly: by 1/8), inside the canvas,
+        # overlap bounded
+        answer = answers[[c.key for c in plan].index(row["key"])]["boxes"]
+        expected = {p: (x / 8, y / 8, (x + w) / 8, (y + h) / 8) for p, (x, y, w, h) in answer.items()}
+        got = {b["concept"]: (b["x0"], b["y0"], b["x1"], b["y1"]) for b in row["boxes"]}
+        assert got == expected and list(got) == [concept_phrase(c) for c in row["concepts"]]
+        for box in row["boxes"]:
+            assert 0 <= box["x0"] < box["x1"] <= SIZE and 0 <= box["y0"] < box["y1"] <= SIZE
+        assert all(overlap(a, b) <= config.max_overlap for a, b in _box_pairs(row["boxes"]))
+        image = Image.open(io.BytesIO(row["image"]["bytes"]))
+        assert image.size == (SIZE, SIZE) and (row["width"], row["height"]) == (SIZE, SIZE)
+        assert row["caption"].endswith(", a plain wooden table in a bright room")
+        assert row["annotation"]["task"] == "scene_graph" and row["annotation"]["model"] == str(setup["qwen"])
+        assert (row["scene_graph"] is None) == (row["annotation"]["status"] == "failed")
+
+    loaded = datasets.load_dataset("parquet", data_files=str(output / "data" / "*.parquet"), split="train")
+    assert loaded.num_rows == 6
+    first = next(r for r in loaded if r["image"] is not None)
+    assert first["image"].size == (SIZE, SIZE) and first["boxes"][0]["concept"]
+
+    # resume: nothing is redone, files unchanged
+    before = {p.name: p.read_bytes() for p in (output / "data").glob("*.parquet")}
+    assert run(config)["shards_skipped"] == 2
+    assert {p.name: p.read_bytes() for p in (output / "data").glob("*.parquet")} == before
+    # a shard lost whole (composites and rows) is recomputed to the same rows, images byte for byte (only the
+    # annotation's timing differs)
+    rows_before = _comparable(_rows(output))
+    for directory in ("data", "composites"):
+        (output / directory / "00001.parquet").unlink()
+    shutil.rmtree(output / "annotations")
+    run(config)
+    assert _comparable(_rows(output)) == rows_before
+    # other settings into the same output are refused
+    with pytest.raises(RunIdentityError, match="seed"):
+        run(_settings(setup, output, seed=1))
+
+
+def _comparable(rows: list[dict]) -> list[dict]:
+    for row in rows:
+        row["annotation"]["seconds"] = None
+    return sorted(rows, key=lambda row: row["key"])
+
+
+def _box_pairs(boxes):
+    from pipelines.compositing.layout import Box
+
+    objs = [Box(**b) for b in boxes]
+    return [(a, b) for i, a in enumerate(objs) for b in objs[i + 1 :]]
+
+
+@pytest.mark.slow
+def test_model_layouts_that_fail_are_reported_per_row(setup, tmp_path, ray_local):
+    """The layout through the tiny Qwen2.5-VL (hf engine, per-row schema): its boxes are unusable, and every row
+    comes out failed at the layout step with the checker's reason, none lost."""
+    output = tmp_path / "out"
+    summary = run(_settings(setup, output, layout_engine=None, layout_model=None, compositions_per_scene=1))
+    rows = _rows(output)
+    assert len(rows) == summary["rows_written"] == 3
+    for row in rows:
+        assert row["compositing"]["stage"] == "layout" and row["image"] is None
+        reason = row["compositing"]["error"].split(":")[0]  # the answer checker's or the JSON reader's category
+        assert reason in {"too small", "overlap", "outside the canvas", "truncated JSON"}, row["compositing"]
+    assert sum(summary["failed"].values()) == 3
