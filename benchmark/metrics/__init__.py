@@ -1,7 +1,8 @@
 """CompSG-Bench metrics: FID, KID, CLIP-T, CLIP-I, CMMD, graph IoUs, the question track's scores and the spatial
 track's VISOR (`VISORScore`), each a `torchmetrics.Metric` class (`update()` / `compute()` / `reset()`, distributed
 sync) beside its functional form (`visor`, `visor_details`: torch-free); and Gen4Gen's `cp_clip` / `ti_clip`
-(functional only, torch-free: not columns of result records, so not in `RECORD_METRICS`).
+(torch-free) with their classes `CPCLIPScore` / `TICLIPScore` (track ``compositing``: they score a compositing
+output, `benchmark.compositing`; not columns of result records, so not in `RECORD_METRICS`).
 
 `RECORD_METRICS` lists the classes whose values a result record holds, in leaderboard order; each names its record
 keys and labels (`labels`), its `metric_details` group (`details_key`) and its better direction
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from benchmark.metrics.clip_score import CLIPImageScore, CLIPScore
     from benchmark.metrics.cmmd import CMMD, cmmd
     from benchmark.metrics.concept_clip import cp_clip, cp_clip_scores, ti_clip, ti_clip_scores
+    from benchmark.metrics.concept_clip_score import CPCLIPScore, TICLIPScore
     from benchmark.metrics.fid import FID, KID, kernel_inception_distance
     from benchmark.metrics.frechet import (
         covariance_factor,
@@ -55,12 +57,14 @@ __all__ = [
     "CLIPImageScore",
     "CLIPScore",
     "CMMD",
+    "CPCLIPScore",
     "FID",
     "GraphIoU",
     "InceptionFeatureExtractor",
     "KID",
     "Precomputed",
     "QuestionScore",
+    "TICLIPScore",
     "VISORScore",
     "clip_provenance",
     "clip_t_scores",
@@ -94,6 +98,8 @@ _LAZY = {
     "cosine_scores": "benchmark.metrics.clip_embedding",
     "CMMD": "benchmark.metrics.cmmd",
     "cmmd": "benchmark.metrics.cmmd",
+    "CPCLIPScore": "benchmark.metrics.concept_clip_score",
+    "TICLIPScore": "benchmark.metrics.concept_clip_score",
     "cp_clip": "benchmark.metrics.concept_clip",
     "cp_clip_scores": "benchmark.metrics.concept_clip",
     "ti_clip": "benchmark.metrics.concept_clip",

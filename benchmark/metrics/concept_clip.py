@@ -30,6 +30,8 @@ undetected one (0); the cosine is not clamped because the clamp is not part of e
 
 Embeddings need not be unit vectors (they are normalised here); a zero vector, a NaN or an infinity, mismatched
 dimensions or counts, a concept without reference images and empty input raise ValueError.
+
+Their torchmetrics classes are in `benchmark.metrics.concept_clip_score`.
 """
 
 from __future__ import annotations
