@@ -16,6 +16,7 @@ from laion_sg.offline import make_tiny_models
 JOBS: dict[str, tuple[str, str]] = {
     "annotate": ("pipelines.annotate", "images -> scene graphs (Ray Data; hf | vllm | openai engines)"),
     "export": ("pipelines.export", "annotated shards -> splits, dataset card, statistics and plots"),
+    "compose": ("pipelines.compositing", "Gen4Gen: concept folders -> composites with boxes and scene graphs"),
     "precompute": ("training.precompute", "cache VAE latents and frozen text-encoder outputs (Ray Data)"),
     "train": ("training.train", "fine-tune SDXL-SG (Ray Train)"),
     "lora": ("training.lora", "SPRIGHT-style spatial LoRA fine-tuning of SDXL's UNet (Ray Train)"),
@@ -24,6 +25,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "long-prompts": ("benchmark.long_prompts", "a ParaPrompts-style CSV -> keyed captions Parquet"),
     "spatial-prompts": ("benchmark.spatial.prompts", "write VISOR's SR2D spatial prompt set (or a stable sample)"),
     "spatial": ("benchmark.spatial.run", "run the spatial track (VISOR) for one model -> result record"),
+    "compose-scores": ("benchmark.compositing", "CP-CLIP and TI-CLIP of a compositing output"),
     "leaderboard": ("benchmark.leaderboard", "render or verify leaderboard records"),
     "demo": ("laion_sg.demo", "the whole chain offline with tiny random-weight models"),
 }

@@ -6,7 +6,8 @@ for a few steps -> freeze a CompSG-Bench set
 -> benchmark a baseline (tiny SDXL prompted with the SG text) and the trained SDXL-SG (graph IoUs, image metrics,
 question track) -> the long-prompt track (the test images prompted with their paragraphs) -> the spatial track
 (VISOR prompts, OWLv2 detections) for the tiny SDXL and a SPRIGHT LoRA trained on the spatial captions ->
-leaderboard.
+Gen4Gen compositing of concept folders (layout, CLIPSeg masks, SDXL inpainting, scene graphs) and its CP-CLIP /
+TI-CLIP scores -> leaderboard.
 
 Every stage is the same job module a cluster runs (`python -m pipelines.annotate ...`), called through its `main()`.
 The models are random-weight stand-ins, so the graphs, images and metrics are meaningless; the README shows the
@@ -79,6 +80,7 @@ class Stage:
 
 RUNS = {"baseline": "diffusers-sg-text", "sdxl_sg": "sdxl-sg"}
 # runs of the other tracks (the long-prompt and the spatial track): name -> adapter; on the same leaderboard
+COMPOSITIONS_PER_SCENE = 2
 TRACK_RUNS = {"long_prompts": "diffusers-caption", "spatial": "diffusers-caption", "spatial_lora": "sdxl-lora"}
 # The file that marks a directory as made by the demo: only such a directory is ever emptied.
 DEMO_MARKER = ".laion-sg-demo"
@@ -120,6 +122,7 @@ def prepare_output(output: Path) -> Path:
 def prepare_inputs(output: Path, models: dict[str, Path] | None = None) -> tuple[dict[str, Path], Path]:
     """Tiny models (built unless given), the sample photographs and the annotate config, under `output`."""
     from laion_sg.offline import make_tiny_models
+    from laion_sg.offline.fixtures import write_concept_scenes, write_layout_answers
 
     if models is None:
         print("Building tiny random-weight models (stand-ins: every number below is meaningless).", flush=True)
@@ -132,6 +135,10 @@ def prepare_inputs(output: Path, models: dict[str, Path] | None = None) -> tuple
         "limits:\n  max_objects: 3\n  max_relations: 3\n  max_attributes: 1\n"
         "  text_pattern: '^[a-z][a-z ]{0,7}$'\n"
     )
+    # Gen4Gen: concept folders, and a hand-made layout per composition for the fixed engine (the tiny model's
+    # boxes are unusable; a real run asks Qwen2.5-VL, see README)
+    write_concept_scenes(output / "scenes")
+    write_layout_answers(output / "scenes", COMPOSITIONS_PER_SCENE, output / "layouts.jsonl")
     return models, output / "photos"
 
 
@@ -207,6 +214,18 @@ def plan(output: Path, models: dict[str, Path], photos: Path, train_steps: int =
             "--input", str(spatial_file), "--adapter", TRACK_RUNS["spatial_lora"], "--model", str(output / "lora"),
             "--output", str(output / "runs" / "spatial_lora"), "--detector.model", str(models["owlv2"]),
             "--generation.height", "64", "--generation.width", "64", "--generation.steps", "2"]),
+        # Gen4Gen: compose the concept folders into new scenes (layout, CLIPSeg masks, SDXL background and inpainting,
+        # scene graphs of the composites), then score them with CP-CLIP and TI-CLIP
+        Stage("Gen4Gen compositing", "pipelines.compositing", [
+            "--input", str(output / "scenes"), "--output", str(output / "compositing"), "--model",
+            str(models["qwen2_5_vl"]), "--layout-engine", "fixed", "--layout-model", str(output / "layouts.jsonl"),
+            "--compositions-per-scene", str(COMPOSITIONS_PER_SCENE), "--masks.model", str(models["clipseg"]),
+            "--compositor.model", str(models["sdxl"]), "--compositor.inpaint-model", str(models["sdxl"]),
+            "--compositor.size", "64", "--compositor.steps", "2", "--engine-options.max-new-tokens", "256",
+            "--limits.max-objects", "3", "--limits.max-relations", "3", "--limits.max-attributes", "1"]),
+        Stage("Gen4Gen scores (CP-CLIP, TI-CLIP)", "benchmark.compositing", [
+            "--input", str(output / "compositing"), "--output", str(output / "compositing_scores"),
+            "--detector.model", str(models["owlv2"]), "--clip.model", str(models["open_clip"])]),
         Stage("leaderboard", "benchmark.leaderboard", [
             "render", *(str(output / "runs" / name) for name in all_runs), "--output", str(output / "leaderboard")]),
     ]  # fmt: skip
@@ -224,6 +243,8 @@ def artifacts(output: Path) -> dict[str, Path]:
         "long-prompt set": output / "bench" / "long_prompts.parquet",
         "spatial prompt set": output / "bench" / "spatial_prompts.parquet",
         "SPRIGHT LoRA (load_lora_weights)": output / "lora" / "final",
+        "Gen4Gen composites (datasets.load_dataset)": output / "compositing" / "data",
+        "Gen4Gen scores (CP-CLIP, TI-CLIP)": output / "compositing_scores" / "scores.json",
         **{f"result record ({name})": output / "runs" / name / "result.json" for name in [*RUNS, *TRACK_RUNS]},
         "leaderboard (Markdown)": output / "leaderboard" / "leaderboard.md",
         "leaderboard (HTML)": output / "leaderboard" / "index.html",

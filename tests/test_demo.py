@@ -131,6 +131,31 @@ def check_artifacts(output: Path, models: dict[str, Path]) -> None:
     check_long_prompt_track(output, train_keys, model_ids["baseline"], leaderboard_rows(groups["CompSG-Bench-paragraph"]))
     check_spatial_track(output, model_ids["baseline"], leaderboard_rows(groups["VISOR-SR2D-spatial"]))
     check_spright_lora(output, models["sdxl"])
+    check_gen4gen(output)
+
+
+def check_gen4gen(output: Path) -> None:
+    """Every planned composition once, with a status; boxes inside the 64 x 64 canvas; the scores are the means
+    of the composed images' per-image scores."""
+    import json
+
+    from laion_sg.offline.fixtures import CONCEPT_SCENES
+
+    rows = pq.read_table(output / "compositing" / "data").to_pylist()
+    assert len(rows) == len({r["key"] for r in rows}) == 2 * len(CONCEPT_SCENES)
+    composed = [r for r in rows if r["compositing"]["status"] == "ok"]
+    for row in composed:
+        assert row["image"]["bytes"] and all(0 <= b["x0"] < b["x1"] <= 64 for b in row["boxes"])
+    for row in rows:
+        if row["compositing"]["status"] != "ok":
+            assert row["compositing"]["stage"] and row["compositing"]["error"] and row["image"] is None
+    scores = json.loads((output / "compositing_scores" / "scores.json").read_text())
+    per_image = pq.read_table(output / "compositing_scores" / "per_image.parquet").to_pylist()
+    scored = [r for r in per_image if r["status"] == "scored"]
+    assert scores["n_images"] == len(scored) == len(composed)
+    if scored:
+        assert scores["cp_clip"] == pytest.approx(sum(r["cp_clip"] for r in scored) / len(scored))
+        assert scores["ti_clip"] == pytest.approx(sum(r["ti_clip"] for r in scored) / len(scored))
 
 
 def check_spright_lora(output: Path, base: Path) -> None:
@@ -195,7 +220,7 @@ def check_long_prompt_track(output: Path, keys: list[str], model_id: str, tables
 
 @pytest.mark.slow
 def test_chain_as_ray_jobs_on_a_local_cluster(tiny_models_dir: Path, tmp_path: Path) -> None:
-    models = {name: tiny_models_dir / name for name in ("qwen2_5_vl", "sdxl", "open_clip", "owlv2")}
+    models = {name: tiny_models_dir / name for name in ("qwen2_5_vl", "sdxl", "open_clip", "owlv2", "clipseg")}
     models["inception"] = tiny_models_dir / "inception" / "pt_inception-random.pth"
     output = tmp_path / "chain"
     output.mkdir()
@@ -206,7 +231,7 @@ def test_chain_as_ray_jobs_on_a_local_cluster(tiny_models_dir: Path, tmp_path: P
         "training.train",
         "benchmark.dataset", "benchmark.run", "benchmark.run", "benchmark.dataset", "benchmark.run",
         "benchmark.spatial.prompts", "benchmark.spatial.run", "pipelines.export", "training.lora",
-        "benchmark.spatial.run", "benchmark.leaderboard",
+        "benchmark.spatial.run", "pipelines.compositing", "benchmark.compositing", "benchmark.leaderboard",
     ]  # fmt: skip
     with local_ray_cluster(tmp_path, num_cpus=4) as cluster:
         for stage in stages:
