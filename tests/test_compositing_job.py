@@ -21,7 +21,13 @@ from laion_sg.offline.fixtures import write_concept_scenes, write_layout_answers
 from pipelines.compositing.job import output_schema, run
 from pipelines.compositing.layout import overlap
 from pipelines.compositing.layout_task import layout_request, layout_task
-from pipelines.compositing.plan import concept_phrase, plan_compositions, scan_scenes
+from pipelines.compositing.plan import (
+    Background,
+    concept_phrase,
+    plan_compositions,
+    read_backgrounds,
+    scan_scenes,
+)
 from pipelines.compositing.settings import CompositingSettings
 from schemas.runs import RunIdentityError
 
@@ -177,6 +183,82 @@ def test_model_layouts_that_fail_are_reported_per_row(setup, tmp_path, ray_local
     assert len(rows) == summary["rows_written"] == 3
     for row in rows:
         assert row["compositing"]["stage"] == "layout" and row["image"] is None
-        reason = row["compositing"]["error"].split(":")[0]  # the answer checker's or the JSON reader's category
+        reason = row["compositing"]["error"].split(":")[
+            0
+        ]  # the answer checker's or the JSON reader's category
         assert reason in {"too small", "overlap", "outside the canvas", "truncated JSON"}, row["compositing"]
     assert sum(summary["failed"].values()) == 3
+
+
+def test_backgrounds_come_from_a_prompt_file_or_an_image_folder(setup, tmp_path):
+    prompts = tmp_path / "backgrounds.txt"
+    prompts.write_text("a sunny beach\n\n  a   snowy   forest \n")
+    assert read_backgrounds(prompts) == [
+        Background(prompt="a sunny beach"),
+        Background(prompt="a snowy forest"),
+    ]
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("b.png", "sub/a.jpg", ".hidden.png", "notes.txt"):
+        (folder / name).write_bytes(b"x")
+    assert read_backgrounds(folder) == [Background(image="b.png"), Background(image="sub/a.jpg")]
+    assert read_backgrounds(None) == []
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(ValueError, match="no images or prompts"):
+        read_backgrounds(tmp_path / "empty.txt")
+    # each composition draws one, deterministically, and its key depends on it
+    scenes = scan_scenes(setup["scenes"])
+    plan = plan_compositions(scenes, 4, seed=0, backgrounds=read_backgrounds(prompts))
+    assert plan == plan_compositions(scenes, 4, seed=0, backgrounds=read_backgrounds(prompts))
+    assert {c.background.prompt for c in plan} == {"a sunny beach", "a snowy forest"}
+    assert {c.key for c in plan}.isdisjoint(c.key for c in plan_compositions(scenes, 4, seed=0))
+
+
+def test_composite_stage_uses_a_given_background_and_generates_one_otherwise(setup, monkeypatch):
+    """The composite stage in this process: a row with a background image never asks SDXL for a background;
+    a row without one gets the background generated from the engine's description."""
+
+    from pipelines.compositing import job
+
+    asked = []
+    original = job.Compositor.background
+    monkeypatch.setattr(
+        job.Compositor,
+        "background",
+        lambda self, prompt, seed: asked.append(prompt) or original(self, prompt, seed),
+    )
+    given = setup["root"] / "background.png"
+    Image.new("RGB", (80, 48), (0, 90, 200)).save(given)
+    cutout = io.BytesIO()
+    Image.new("RGBA", (16, 16), (255, 0, 0, 255)).save(cutout, format="PNG")
+    box = {"concept": "cat", "x0": 8.0, "y0": 8.0, "x1": 40.0, "y1": 40.0}
+    common = {
+        "phrases": ["cat"],
+        "boxes": [box],
+        "caption": "a cat, a field",
+        "seed": 3,
+        "cutouts": [cutout.getvalue()],
+    }
+    rows = [
+        {"key": "given", "background_prompt": "a field", "background_image": str(given), **common},
+        {"key": "drawn", "background_prompt": "a field of flowers", **common},
+        {"key": "broken", "background_prompt": "a field", "background_image": str(setup["root"]), **common},
+    ]
+    stage = job._Compose(
+        CompositingSettings.model_validate(
+            {
+                "input": ".",
+                "output": ".",
+                "compositor": {"model": str(setup["sdxl"]), "inpaint_model": None, "size": SIZE, "steps": 2},
+            }
+        ).compositor,
+        cpus=1,
+    )
+    out = {r["key"]: r for r in stage(job._table(rows, job._STAGE_SCHEMA)).to_pylist()}
+    assert asked == ["a field of flowers"]
+    for key in ("given", "drawn"):
+        image = Image.open(io.BytesIO(out[key]["png"]))
+        assert image.size == (SIZE, SIZE) and out[key]["error"] is None
+        assert image.getpixel((24, 24)) == (255, 0, 0)  # the concept's pixels are kept
+    assert out["broken"]["png"] is None and out["broken"]["stage"] == "composite"
+    assert "IsADirectoryError" in out["broken"]["error"] or "Errno" in out["broken"]["error"]
