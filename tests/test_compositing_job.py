@@ -262,3 +262,18 @@ def test_composite_stage_uses_a_given_background_and_generates_one_otherwise(set
         assert image.getpixel((24, 24)) == (255, 0, 0)  # the concept's pixels are kept
     assert out["broken"]["png"] is None and out["broken"]["stage"] == "composite"
     assert "IsADirectoryError" in out["broken"]["error"] or "Errno" in out["broken"]["error"]
+
+
+def test_main_refuses_a_bad_input_with_exit_code_2(tmp_path, capsys):
+    from pipelines.compositing import main
+
+    (tmp_path / "scenes" / "desk" / "cat").mkdir(parents=True)  # a concept folder without images
+    code = main(["--input", str(tmp_path / "scenes"), "--output", str(tmp_path / "out")])
+    assert code == 2 and "desk/cat: no images" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    for flag in ("--layout-engine", "--backgrounds", "--masks.model", "--compositor.inpaint-model", "--max-overlap"):
+        assert flag in help_text
