@@ -216,10 +216,8 @@ SIZE, SEAM = 64, 4
 
 
 @pytest.fixture(scope="module")
-def sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from laion_sg.offline.tiny_sdxl import build_tiny_sdxl
-
-    return build_tiny_sdxl(tmp_path_factory.mktemp("compositing") / "sdxl")
+def sdxl_dir(tiny_models_dir: Path) -> Path:
+    return tiny_models_dir / "sdxl"
 
 
 def load(sdxl_dir: Path, inpaint_model: str | None) -> Compositor:

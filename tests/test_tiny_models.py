@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from laion_sg.offline.tiny_clip import build_tiny_open_clip
+from laion_sg.offline.tiny_clipseg import build_tiny_clipseg
 from laion_sg.offline.tiny_owlv2 import build_tiny_owlv2
 from laion_sg.offline.tiny_qwen import build_tiny_qwen2_5_vl
 from laion_sg.offline.tiny_sdxl import build_tiny_sdxl
@@ -105,6 +106,7 @@ def _files(root: Path) -> dict[str, bytes]:
         ("sdxl", build_tiny_sdxl),
         ("open_clip", build_tiny_open_clip),
         ("owlv2", build_tiny_owlv2),
+        ("clipseg", build_tiny_clipseg),
     ],
 )
 def test_build_is_deterministic(name: str, build, tiny_models_dir: Path, tmp_path: Path) -> None:
