@@ -11,7 +11,8 @@ Adapters (`ADAPTERS`):
 
 With `GenerationSettings.long_prompt` (off by default) a text adapter does not pass ``prompt=``: it encodes the
 prompt in 75-token windows (`training.long_prompt.long_prompt_embeds`, for SDXL pipelines) and passes the
-embeddings, so text beyond CLIP's 77 tokens conditions the image. The scene-graph adapter refuses the setting.
+embeddings, so text beyond CLIP's 77 tokens conditions the image; the scene-graph adapter encodes the graph's SG
+text in the same windows (`SDXLSGPipeline(..., long_prompt=True)`).
 
 Image i of sample k is generated alone (batch of one) from its own seed, `image_seed(seed, key, i)`, drawn on a
 CPU generator, so the pixels depend neither on how samples were split across actors nor on the device's RNG.
@@ -101,14 +102,6 @@ class Adapter:
             return {"scene_graph": SceneGraph.from_json(task.scene_graph_json, record=task.key)}
         return {"prompt": task.caption if self.conditioning == "caption" else task.sg_text}
 
-    def check(self, settings: GenerationSettings) -> None:
-        """Refuse settings this adapter cannot honour (`long_prompt` with a scene-graph adapter)."""
-        if settings.long_prompt and self.conditioning == "scene_graph":
-            raise ValueError(
-                f"adapter {self.name!r} is conditioned on the scene graph, whose text its SG encoder reads in one "
-                "77-token window; long_prompt applies to the text adapters only"
-            )
-
 
 ADAPTERS: dict[str, Adapter] = {}
 
@@ -169,7 +162,6 @@ class ImageGenerator:
         import torch
 
         self.adapter = ADAPTERS[adapter] if isinstance(adapter, str) else adapter
-        self.adapter.check(settings)
         self.settings = settings
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         torch.backends.cudnn.benchmark = False
@@ -187,7 +179,9 @@ class ImageGenerator:
         import torch
 
         condition = self.adapter.condition(task)
-        if self.settings.long_prompt:
+        if self.settings.long_prompt and "scene_graph" in condition:
+            condition["long_prompt"] = True  # the SG text in windows (`SDXLSGPipeline.encode_scene_graphs`)
+        elif self.settings.long_prompt:
             from training.long_prompt import long_prompt_embeds
 
             condition = long_prompt_embeds(self.pipe, condition.pop("prompt")) | condition
@@ -262,7 +256,6 @@ def generate_images(
     """
     if adapter not in ADAPTERS:
         raise KeyError(f"unknown adapter {adapter!r}; known: {', '.join(sorted(ADAPTERS))}")
-    ADAPTERS[adapter].check(settings)
     out = _images_dir(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     done = set(image_index(run_dir).column("key").to_pylist())

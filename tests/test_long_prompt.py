@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from benchmark.generate import GenerationTask, ImageGenerator, generate_images
+from benchmark.generate import GenerationTask, ImageGenerator
 from schemas import BenchmarkInfo, BenchmarkResult, GenerationSettings, ModelInfo, Provenance
 from schemas.runs import RunIdentityError, check_run_identity, pin_run_identity
 from training.long_prompt import encode_long_prompt, long_prompt_embeds, prompt_windows
@@ -180,13 +180,6 @@ def test_flag_off_by_default_generates_what_the_plain_pipeline_call_did(sdxl_dir
     assert on[0]["png"] == off[0]["png"] and on[0]["seed"] == seed
     paragraph = generator([task(words(160, {150: "dog"}))])
     assert paragraph[0]["png"].startswith(b"\x89PNG")
-
-
-def test_the_scene_graph_adapter_refuses_long_prompt(tmp_path):
-    with pytest.raises(ValueError, match="long_prompt applies to the text adapters only"):
-        generate_images([], "sdxl-sg", "/nonexistent", settings(long_prompt=True), tmp_path)
-    with pytest.raises(ValueError, match="long_prompt applies to the text adapters only"):
-        ImageGenerator("sdxl-sg", "/nonexistent", settings(long_prompt=True), device="cpu")
 
 
 def _record(generation: GenerationSettings) -> BenchmarkResult:

@@ -85,9 +85,14 @@ class SDXLSGPipeline(StableDiffusionXLPipeline):
         self.register_modules(sg_encoder=sg_encoder)
 
     @torch.no_grad()
-    def encode_scene_graphs(self, graphs: GraphLike | Sequence[GraphLike]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(prompt_embeds, pooled_prompt_embeds) of one graph or a list, on the execution device."""
-        inputs = prepare_graphs(_as_graph_list(graphs), [self.tokenizer, self.tokenizer_2])
+    def encode_scene_graphs(
+        self, graphs: GraphLike | Sequence[GraphLike], long_prompt: bool = False, min_windows: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prompt_embeds, pooled_prompt_embeds) of one graph or a list, on the execution device. With
+        `long_prompt` the SG text is encoded in 75-token windows (at least `min_windows`), concatenated along the
+        sequence, so a graph whose text passes 77 tokens keeps all of it (`training.sg_graphs.prepare_graphs`)."""
+        window = self.tokenizer.model_max_length - 2 if long_prompt else None
+        inputs = prepare_graphs(_as_graph_list(graphs), [self.tokenizer, self.tokenizer_2], window, min_windows)
         features = encode_graphs(inputs, [self.text_encoder, self.text_encoder_2])
         prompt_embeds, pooled = self.sg_encoder(features.to(self.sg_encoder.device))
         dtype, device = self.text_encoder_2.dtype, self._execution_device
@@ -99,18 +104,27 @@ class SDXLSGPipeline(StableDiffusionXLPipeline):
         scene_graph: GraphLike | Sequence[GraphLike] | None = None,
         *,
         negative_scene_graph: GraphLike | Sequence[GraphLike] | None = None,
+        long_prompt: bool = False,
         **kwargs: Any,
     ):
-        """Generate from `scene_graph`; other arguments as `StableDiffusionXLPipeline.__call__`."""
+        """Generate from `scene_graph`; other arguments as `StableDiffusionXLPipeline.__call__`. `long_prompt`
+        encodes graph texts beyond 77 tokens in windows (`encode_scene_graphs`); its unconditional branch is
+        zeros or `negative_scene_graph` (a `negative_prompt` text would be cut at 77 tokens: refused)."""
         if scene_graph is None:
             raise ValueError("SDXLSGPipeline needs scene_graph=; turn a text prompt into a graph first")
         if kwargs.get("prompt") is not None or kwargs.get("prompt_embeds") is not None:
             raise ValueError("SDXLSGPipeline is conditioned by scene_graph=, not prompt= or prompt_embeds=")
-        prompt_embeds, pooled = self.encode_scene_graphs(scene_graph)
+        if long_prompt and kwargs.get("negative_prompt") is not None:
+            raise ValueError("long_prompt takes negative_scene_graph=, not a negative_prompt text")
+        prompt_embeds, pooled = self.encode_scene_graphs(scene_graph, long_prompt)
         if negative_scene_graph is not None:
             if kwargs.get("negative_prompt") is not None:
                 raise ValueError("pass negative_scene_graph= or negative_prompt=, not both")
-            negative, negative_pooled = self.encode_scene_graphs(negative_scene_graph)
+            windows = prompt_embeds.shape[1] // self.tokenizer.model_max_length
+            negative, negative_pooled = self.encode_scene_graphs(negative_scene_graph, long_prompt, windows)
+            if negative.shape[1] > prompt_embeds.shape[1]:  # a longer negative: both in as many windows
+                windows = negative.shape[1] // self.tokenizer.model_max_length
+                prompt_embeds, pooled = self.encode_scene_graphs(scene_graph, long_prompt, windows)
             if negative.shape[0] == 1:  # one negative graph for the whole batch
                 negative = negative.expand(prompt_embeds.shape[0], -1, -1)
                 negative_pooled = negative_pooled.expand(pooled.shape[0], -1)

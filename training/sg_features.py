@@ -71,17 +71,29 @@ class SGFeatures:
 
 
 @torch.no_grad()
+def _encode_windows(encoder: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Penultimate hidden states of (B, n * 77) ids, each 77-token window encoded on its own (one window: the
+    plain SDXL call), concatenated along the sequence (`training.long_prompt`'s route for long prompts), and the
+    encoder's first output (the pooled projection of a `CLIPTextModelWithProjection`) of the first window."""
+    length = int(encoder.config.max_position_embeddings)
+    if not ids.shape[1] or ids.shape[1] % length:
+        raise ValueError(f"SG text ids of length {ids.shape[1]} are not windows of {length} tokens")
+    windows = [encoder(ids[:, k : k + length], output_hidden_states=True) for k in range(0, ids.shape[1], length)]
+    return torch.cat([out.hidden_states[-2] for out in windows], dim=1), windows[0][0]
+
+
 def encode_graphs(inputs: GraphInputs, text_encoders: Sequence[nn.Module]) -> SGFeatures:
-    """Run the frozen text encoders the way SDXL does (penultimate layer; pooled from the last encoder)."""
+    """Run the frozen text encoders the way SDXL does (penultimate layer; pooled from the last encoder; with
+    windowed SG text, `training.sg_graphs.prepare_graphs`'s `window`, each window encoded alone and the pooled
+    projection taken from the first, as for SDXL's long prompts)."""
     device = next(text_encoders[0].parameters()).device
     hidden, phrase_parts = [], []
     pooled = None
     for encoder, ids, phrase_ids, lengths in zip(
         text_encoders, inputs.text_ids, inputs.phrase_ids, inputs.phrase_lengths, strict=True
     ):
-        out = encoder(ids.to(device), output_hidden_states=True)
-        hidden.append(out.hidden_states[-2])
-        pooled = out[0]
+        states, pooled = _encode_windows(encoder, ids.to(device))
+        hidden.append(states)
         width = encoder.config.hidden_size
         if len(phrase_ids):
             states = encoder(phrase_ids.to(device), output_hidden_states=True).hidden_states[-2]

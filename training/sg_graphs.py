@@ -67,7 +67,9 @@ class BatchIndex:
             source = np.asarray(g.token_source, dtype=np.int64)
             is_node = source < g.num_nodes
             token_source.append(
-                np.where(is_node, node_offset[b] + source, total_nodes + edge_offset[b] + source - g.num_nodes)
+                np.where(
+                    is_node, node_offset[b] + source, total_nodes + edge_offset[b] + source - g.num_nodes
+                )
             )
 
         def cat(parts: list[np.ndarray], shape: tuple[int, ...]) -> torch.Tensor:
@@ -91,12 +93,15 @@ class BatchIndex:
         out = []
         for b, (n, e, t) in enumerate(zip(nodes, edges, tokens, strict=True)):
             source = self.token_source[token_offset : token_offset + t].numpy()
-            local = np.where(source < total_nodes, source - node_offset, source - total_nodes - edge_offset + n)
+            local = np.where(
+                source < total_nodes, source - node_offset, source - total_nodes - edge_offset + n
+            )
             out.append(
                 GraphIndex(
                     num_nodes=n,
                     edges=self.edges[edge_offset : edge_offset + e].numpy() - node_offset,
-                    token_pos=self.token_index[token_offset : token_offset + t].numpy() - b * self.sequence_length,
+                    token_pos=self.token_index[token_offset : token_offset + t].numpy()
+                    - b * self.sequence_length,
                     token_source=local,
                 )
             )
@@ -105,7 +110,9 @@ class BatchIndex:
 
     def to(self, device: torch.device | str) -> BatchIndex:
         tensors = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sequence_length"}
-        return BatchIndex(**{k: v.to(device) for k, v in tensors.items()}, sequence_length=self.sequence_length)
+        return BatchIndex(
+            **{k: v.to(device) for k, v in tensors.items()}, sequence_length=self.sequence_length
+        )
 
 
 def text_spans(graph: SceneGraph) -> tuple[str, list[tuple[int, int]], list[tuple[int, int, int]]]:
@@ -175,41 +182,79 @@ class GraphInputs:
     index: BatchIndex
 
 
-def prepare_graphs(graphs: Sequence[SceneGraph], tokenizers: Sequence[Any]) -> GraphInputs:
+def _window_ids(tokenizer: Any, texts: list[str], window: int, count: int) -> torch.Tensor:
+    """(B, count * (window + 2)) ids: each text in windows ``[BOS, tokens..., EOS, PAD...]`` (the long-prompt
+    layout, `training.long_prompt.prompt_windows`), padded with empty windows to `count`."""
+    from training.long_prompt import prompt_windows
+
+    rows = []
+    for text in texts:
+        windows = prompt_windows(tokenizer, text, window)
+        windows += [prompt_windows(tokenizer, "", window)[0]] * (count - len(windows))
+        rows.append([token for w in windows for token in w])
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def prepare_graphs(
+    graphs: Sequence[SceneGraph], tokenizers: Sequence[Any], window: int | None = None, min_windows: int = 1
+) -> GraphInputs:
     """Tokenize the SG texts (as SDXL tokenizes a prompt) and the phrases; map tokens to nodes/edges.
 
     Token positions come from the first tokenizer's offsets; SDXL's two tokenizers share the CLIP vocabulary
     (only the padding token differs), so positions agree between the two encoders, which SDXL itself relies on
     when it concatenates their hidden states position by position.
+
+    With `window` (tokens per window, 75 for SDXL) the SG text is not truncated at 77 tokens: it is laid out in
+    windows of ``window + 2`` ids as `training.long_prompt` lays out a long prompt, every graph of the batch in as
+    many windows as the longest needs (at least `min_windows`), and token positions count across the windows;
+    `training.sg_features.encode_graphs` encodes each window and concatenates them. A text of at most `window`
+    tokens gives exactly the ids (and positions) of the plain layout.
     """
-    length = tokenizers[0].model_max_length
+    length = phrase_length = tokenizers[0].model_max_length
     laid_out = [text_spans(g) for g in graphs]
     texts = [text for text, _, _ in laid_out]
-    first = tokenizers[0](
-        texts,
-        padding="max_length",
-        max_length=length,
-        truncation=True,
-        return_offsets_mapping=True,
-        return_special_tokens_mask=True,
-        return_tensors="np",
-    )
-    text_ids = [torch.from_numpy(first["input_ids"]).long()]
-    for tokenizer in tokenizers[1:]:
-        ids = tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
-        text_ids.append(ids["input_ids"].long())
+    if window is None:
+        first = tokenizers[0](
+            texts,
+            padding="max_length",
+            max_length=length,
+            truncation=True,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+            return_tensors="np",
+        )
+        text_ids = [torch.from_numpy(first["input_ids"]).long()]
+        for tokenizer in tokenizers[1:]:
+            ids = tokenizer(
+                texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+            )
+            text_ids.append(ids["input_ids"].long())
+        positions = [np.arange(length)] * len(texts)  # offset row -> position in the sequence
+    else:
+        if not 1 <= window <= length - 2:
+            raise ValueError(f"window must be between 1 and {length - 2} tokens, got {window}")
+        first = tokenizers[0](
+            texts, add_special_tokens=False, return_offsets_mapping=True, return_special_tokens_mask=True
+        )
+        count = max([min_windows, *(max(1, -(-len(ids) // window)) for ids in first["input_ids"])])
+        text_ids = [_window_ids(tokenizer, texts, window, count) for tokenizer in tokenizers]
+        positions = [
+            (i // window) * (window + 2) + 1 + i % window
+            for i in map(np.arange, map(len, first["input_ids"]))
+        ]
+        length = count * (window + 2)
 
     indices = []
     for b, (graph, (_, edges, spans)) in enumerate(zip(graphs, laid_out, strict=True)):
         offsets, special = first["offset_mapping"][b], first["special_tokens_mask"][b]
         token_pos, token_source = [], []
         starts = np.array([s for s, _, _ in spans], dtype=np.int64)
-        for position, ((start, end), is_special) in enumerate(zip(offsets, special, strict=True)):
+        for position, (start, end), is_special in zip(positions[b], offsets, special, strict=True):
             if is_special or end <= start:
                 continue
             k = int(np.searchsorted(starts, start, side="right")) - 1
             if k >= 0 and start >= spans[k][0] and end <= spans[k][1]:
-                token_pos.append(position)
+                token_pos.append(int(position))
                 token_source.append(spans[k][2])
         indices.append(
             GraphIndex(
@@ -233,7 +278,9 @@ def prepare_graphs(graphs: Sequence[SceneGraph], tokenizers: Sequence[Any]) -> G
     phrase_ids, phrase_lengths = [], []
     for tokenizer in tokenizers:
         if phrase_list:
-            enc = tokenizer(phrase_list, padding="longest", max_length=length, truncation=True, return_tensors="pt")
+            enc = tokenizer(
+                phrase_list, padding="longest", max_length=phrase_length, truncation=True, return_tensors="pt"
+            )
             phrase_ids.append(enc["input_ids"].long())
             phrase_lengths.append(enc["attention_mask"].sum(1).long())
         else:
