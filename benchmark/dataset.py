@@ -19,9 +19,21 @@ selection rule and counts. The content hash is canonical (independent of the Par
 one JSON line per row, in key order, ``[key, caption, scene_graph, sg_text, sha256(image bytes)]``.
 `load_benchmark` recomputes it and refuses a file that does not match.
 
+A reference-free set (``--reference-free``: a prompt set without images, e.g. ParaPrompts-400) is frozen from a
+text-only annotate output, the ``text_to_graph`` task's over a captions Parquet (`benchmark.long_prompts`): its
+``data/*.parquet`` under the directory, or one Parquet file; ``--split`` is not used. It keeps the rows whose
+annotation is ``ok`` or ``repaired`` and whose graph has an object and at least ``--min-relations`` relations
+(default 0 here; counted: ``failed_annotation``, ``no_graph``, ``too_few_relations``). The file has the same
+columns with a null ``image``, the hash line has null for the image hash, and the manifest says
+``"reference_free": true`` (absent in a set with references); it is named ``CompSG-Bench-reference-free`` unless
+``--name`` says otherwise (``--name ParaPrompts``). `benchmark.run` skips the metrics that need reference images
+(FID, KID, CLIP-I, CMMD) on such a set and says so in the record.
+
     python -m benchmark.dataset --input EXPORTED_DIR --output bench.parquet --split test --min-relations 5 \\
         [--subset N --seed 0 --caption-column caption --prompts DIR --name NAME --benchmark-version 1.0 \\
          --config bench_set.yaml]
+    python -m benchmark.dataset --reference-free --input TEXT_TO_GRAPH_DIR --output paraprompts.parquet \
+        --name ParaPrompts [--min-relations 0 --subset N --seed 0]
 
 Input that cannot give a benchmark (no such split, no image or prompt column, no row passing the selection)
 raises `BenchmarkSelectionError` with what was read; `main` prints it and exits with status 2, without a
@@ -75,6 +87,12 @@ SELECTION_RULE = "rows of split {split} with at least {min_relations} relations,
 PROMPT_RULE = "prompt text from column {column!r}; rows where it is empty are skipped"
 SUBSET_RULE = "the {n} rows with the smallest sha256('{seed}:' + key)"
 HASH_RULE = "sha256 of JSON lines [key, caption, scene_graph, sg_text, sha256(image bytes)] in key order"
+REFERENCE_FREE_NAME = f"{BENCHMARK_NAME}-reference-free"
+REFERENCE_FREE_RULE = (
+    "rows of a text-only annotate output with an ok or repaired annotation and a graph of at least one object "
+    "and {min_relations} relations; no reference images"
+)
+REFERENCE_FREE_HASH_RULE = "sha256 of JSON lines [key, caption, scene_graph, sg_text, null] in key order (no images)"
 
 BENCHMARK_SCHEMA = with_hf_metadata(
     pa.schema(
@@ -99,13 +117,14 @@ class BenchmarkSelectionError(ValueError):
 
 @dataclass(frozen=True)
 class BenchmarkSample:
-    """One prompt of the benchmark: what to generate from, and the real image to compare with."""
+    """One prompt of the benchmark: what to generate from, and the real image to compare with (None in a
+    reference-free set)."""
 
     key: str
     caption: str
     scene_graph: SceneGraph
     sg_text: str
-    image: bytes
+    image: bytes | None
 
 
 @dataclass(frozen=True)
@@ -115,6 +134,11 @@ class BenchmarkSet:
     path: Path
     manifest: dict[str, Any]
     samples: tuple[BenchmarkSample, ...]
+
+    @property
+    def reference_free(self) -> bool:
+        """Whether the set has no reference images (frozen with ``--reference-free``)."""
+        return bool(self.manifest.get("reference_free", False))
 
     def info(self) -> BenchmarkInfo:
         """The `benchmark` part of a result record."""
@@ -138,12 +162,14 @@ def subset_rank(key: str, seed: int) -> str:
 
 
 def content_hash(rows: Iterable[dict[str, Any]]) -> str:
-    """The canonical hash of benchmark rows (dicts with key, caption, scene_graph, sg_text, image), in key order."""
+    """The canonical hash of benchmark rows (dicts with key, caption, scene_graph, sg_text, image), in key order;
+    a row without an image (a reference-free set) has null in the image hash's place."""
     digest = hashlib.sha256()
     for row in sorted(rows, key=lambda r: r["key"]):
         graph = scene_graph_from_arrow(row["scene_graph"])
-        image = row["image"]["bytes"]
-        line = [row["key"], row["caption"], graph.to_dict(), row["sg_text"], hashlib.sha256(image).hexdigest()]
+        image = (row["image"] or {}).get("bytes")
+        image_hash = None if image is None else hashlib.sha256(image).hexdigest()
+        line = [row["key"], row["caption"], graph.to_dict(), row["sg_text"], image_hash]
         digest.update(json.dumps(line, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode())
         digest.update(b"\n")
     return digest.hexdigest()
@@ -215,18 +241,87 @@ def _cell_bytes(cell: dict[str, Any] | None, base: Path) -> bytes | None:
     return None
 
 
+def _annotate_files(source: str | Path, flag: str) -> list[str]:
+    """The Parquet files of an annotate output: its ``data/*.parquet``, or `source` itself if a file."""
+    path = Path(source)
+    if path.is_file():
+        return [str(path)]
+    files = sorted((path / "data").glob("*.parquet")) if path.is_dir() else []
+    if not files:
+        raise BenchmarkSelectionError(f"{flag} {path}: no data/*.parquet files (an annotate output directory?)")
+    return [str(f) for f in files]
+
+
+def _reference_free_rows(
+    source: str | Path, min_relations: int, caption_column: str, prompts: str | Path | None
+) -> tuple[list[str], list[dict[str, Any]], dict[str, int]]:
+    """The files read, the rows (``image`` null) and the counts of a reference-free set from a text-only
+    annotate output (e.g. the ``text_to_graph`` task's): rows with an ok or repaired annotation and a graph of at
+    least one object and `min_relations` relations, and text in `caption_column` (or `prompts`' one)."""
+    import pyarrow.dataset as pads
+
+    files = _annotate_files(source, "--input")
+    dataset = pads.dataset(files, format="parquet")
+    joined = None if prompts is None else _prompt_texts(prompts, caption_column)
+    needed = ["key", "scene_graph", "annotation"] + ([caption_column] if joined is None else [])
+    if missing := [c for c in needed if c not in dataset.schema.names]:
+        raise BenchmarkSelectionError(
+            f"{source} has no {', '.join(map(repr, missing))} column (a text_to_graph annotate output?); "
+            f"its columns: {', '.join(dataset.schema.names)}"
+        )
+    columns = list(dict.fromkeys([*needed, "sg_text"] if "sg_text" in dataset.schema.names else needed))
+    counts = {"rows": 0, "failed_annotation": 0, "no_graph": 0, "too_few_relations": 0, "no_prompt": 0}
+    rows, seen = [], set()
+    for row in dataset.to_table(columns=columns).to_pylist():
+        counts["rows"] += 1
+        if (row["annotation"] or {}).get("status") not in ("ok", "repaired"):
+            counts["failed_annotation"] += 1
+            continue
+        graph = None if row["scene_graph"] is None else scene_graph_from_arrow(row["scene_graph"])
+        if graph is None or not graph.objects:
+            counts["no_graph"] += 1
+            continue
+        if len(graph.relations) < min_relations:
+            counts["too_few_relations"] += 1
+            continue
+        text = joined.get(row["key"]) if joined is not None else row[caption_column]
+        if not (text and text.strip()):
+            counts["no_prompt"] += 1
+            continue
+        if row["key"] in seen:
+            raise ValueError("duplicate keys among the selected rows; keys must be unique")
+        seen.add(row["key"])
+        rows.append(
+            {
+                "key": row["key"],
+                "caption": text,
+                "scene_graph": graph.to_dict(),
+                "sg_text": row.get("sg_text") or graph.to_text(),
+                "image": None,
+            }
+        )
+    if not rows:
+        raise BenchmarkSelectionError(
+            f"no row of {source} qualifies for a reference-free benchmark (an ok or repaired annotation, a graph "
+            f"with an object and at least {min_relations} relations, text in column {caption_column!r}): "
+            + ", ".join(f"{k} {v}" for k, v in counts.items())
+        )
+    return files, rows, counts
+
+
 def build_benchmark(
     source: str | Path,
     output: str | Path,
     *,
     split: str = "test",
-    min_relations: int = 5,
+    min_relations: int | None = None,
     subset: int | None = None,
     seed: int = 0,
     version: str = "1.0",
     caption_column: str = "caption",
     prompts: str | Path | None = None,
     name: str | None = None,
+    reference_free: bool = False,
 ) -> dict[str, Any]:
     """Select, freeze and hash a benchmark set; write the Parquet file and its manifest; return the manifest.
 
@@ -235,16 +330,47 @@ def build_benchmark(
     than ``caption``, rows without text in it are skipped (``counts["no_prompt"]``), while an empty ``caption``
     is kept as ``""`` as in the original sets. `name` is the set's name (default ``CompSG-Bench``, or
     ``CompSG-Bench-{caption_column}`` for another prompt column: its own leaderboard section).
-    Raises `BenchmarkSelectionError` when the input cannot give a benchmark set."""
-    import pyarrow.dataset as pads  # imports pandas (~0.4 s): only where a set is built, not in the actors
+    `min_relations` defaults to 5 (0 for a reference-free set).
 
+    With `reference_free`, `source` is a text-only annotate output (`_reference_free_rows`; `split` is not
+    used) and the set has no reference images (module docstring); its default name is
+    ``CompSG-Bench-reference-free``.
+    Raises `BenchmarkSelectionError` when the input cannot give a benchmark set."""
     if subset is not None and subset < 1:
         raise BenchmarkSelectionError(f"the subset size must be at least 1, got {subset}")
+    if reference_free:
+        min_relations = 0 if min_relations is None else min_relations
+        files, rows, counts = _reference_free_rows(source, min_relations, caption_column, prompts)
+        counts["eligible"] = len(rows)
+        default_name = REFERENCE_FREE_NAME if caption_column == "caption" else f"{REFERENCE_FREE_NAME}-{caption_column}"
+        return _freeze(
+            rows,
+            counts,
+            output,
+            name=name or default_name,
+            version=version,
+            selection={
+                "split": None,
+                "min_relations": min_relations,
+                "rule": REFERENCE_FREE_RULE.format(min_relations=min_relations),
+                "caption_column": caption_column,
+                "prompts_from": None if prompts is None else Path(prompts).name,
+                "prompt_rule": PROMPT_RULE.format(column=caption_column),
+            },
+            subset=subset,
+            seed=seed,
+            files=files,
+            reference_free=True,
+        )
+    min_relations = 5 if min_relations is None else min_relations
+    import pyarrow.dataset as pads  # imports pandas (~0.4 s): only where a set is built, not in the actors
+
     files = split_files(source, split)
     dataset = pads.dataset(files, format="parquet")
     if "image" not in dataset.schema.names:
         raise BenchmarkSelectionError(
-            f"{source} has no image column: the benchmark needs the reference images; export with images"
+            f"{source} has no image column: the benchmark needs the reference images; export with images "
+            "(or freeze a set without references: --reference-free)"
         )
     joined = None if prompts is None else _prompt_texts(prompts, caption_column)
     if joined is None and caption_column not in dataset.schema.names:
@@ -289,41 +415,70 @@ def build_benchmark(
             }
         )
     counts["eligible"] = len(rows)
-    if subset is not None:
-        rows = sorted(rows, key=lambda r: subset_rank(r["key"], seed))[:subset]
-    rows.sort(key=lambda r: r["key"])
     if not rows:
         raise BenchmarkSelectionError(
             f"no row of split {split!r} under {source} qualifies for the benchmark: {len(keys)} rows have at least "
             f"{min_relations} relations and a usable annotation, but none has a readable reference image"
             + (f" and text in column {caption_column!r}" if needs_text else "")
         )
+    return _freeze(
+        rows,
+        counts,
+        output,
+        name=name or (BENCHMARK_NAME if caption_column == "caption" else f"{BENCHMARK_NAME}-{caption_column}"),
+        version=version,
+        selection={
+            "split": split,
+            "min_relations": min_relations,
+            "rule": SELECTION_RULE.format(split=split, min_relations=min_relations),
+            "caption_column": caption_column,
+            "prompts_from": None if prompts is None else Path(prompts).name,
+            "prompt_rule": PROMPT_RULE.format(column=caption_column) if needs_text else None,
+        },
+        subset=subset,
+        seed=seed,
+        files=files,
+        reference_free=False,
+    )
+
+
+def _freeze(
+    rows: list[dict[str, Any]],
+    counts: dict[str, int],
+    output: str | Path,
+    *,
+    name: str,
+    version: str,
+    selection: dict[str, Any],
+    subset: int | None,
+    seed: int,
+    files: Sequence[str],
+    reference_free: bool,
+) -> dict[str, Any]:
+    """Take the stable subset of `rows`, write them in key order and the manifest; return the manifest (which
+    says ``"reference_free": true`` only for a set without reference images, so a set with them is as before)."""
+    if subset is not None:
+        rows = sorted(rows, key=lambda r: subset_rank(r["key"], seed))[:subset]
+    rows = sorted(rows, key=lambda r: r["key"])
     counts["selected"] = len(rows)
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=BENCHMARK_SCHEMA), output)
+    subset_rule = SUBSET_RULE.format(n=subset, seed=seed) if subset is not None else None
     manifest = {
-        "name": name or (BENCHMARK_NAME if caption_column == "caption" else f"{BENCHMARK_NAME}-{caption_column}"),
+        "name": name,
         "version": version,
         "file": output.name,
         "content_hash": content_hash(rows),
-        "hash_rule": HASH_RULE,
+        "hash_rule": REFERENCE_FREE_HASH_RULE if reference_free else HASH_RULE,
         "file_sha256": hashlib.sha256(output.read_bytes()).hexdigest(),
-        "selection": {
-            "split": split,
-            "min_relations": min_relations,
-            "rule": SELECTION_RULE.format(split=split, min_relations=min_relations),
-            "subset": subset,
-            "seed": seed,
-            "subset_rule": SUBSET_RULE.format(n=subset, seed=seed) if subset is not None else None,
-            "caption_column": caption_column,
-            "prompts_from": None if prompts is None else Path(prompts).name,
-            "prompt_rule": PROMPT_RULE.format(column=caption_column) if needs_text else None,
-        },
+        "selection": selection | {"subset": subset, "seed": seed, "subset_rule": subset_rule},
         "counts": counts,
         "source_files": [Path(f).name for f in files],
     }
+    if reference_free:
+        manifest["reference_free"] = True
     manifest_path(output).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
@@ -344,7 +499,7 @@ def load_benchmark(path: str | Path) -> BenchmarkSet:
             caption=r["caption"],
             scene_graph=scene_graph_from_arrow(r["scene_graph"]),
             sg_text=r["sg_text"],
-            image=r["image"]["bytes"],
+            image=(r["image"] or {}).get("bytes"),
         )
         for r in sorted(rows, key=lambda r: r["key"])
     )
@@ -357,7 +512,9 @@ class BenchSetSettings(JobSettings):
     input: Path = Field(description="exported dataset directory (or one Parquet file)")
     output: Path = Field(description="the benchmark Parquet file to write")
     split: str = Field("test", description="the exported split to select from")
-    min_relations: int = Field(5, ge=0, description="keep graphs with at least this many relations")
+    min_relations: int | None = Field(
+        None, ge=0, description="keep graphs with at least this many relations (unset: 5, or 0 with --reference-free)"
+    )
     subset: int | None = Field(None, ge=1, description="keep a stable subset of this many rows")
     seed: int = Field(0, description="seed of the stable subset")
     caption_column: str = Field(
@@ -370,6 +527,11 @@ class BenchSetSettings(JobSettings):
     )
     name: str | None = Field(None, description="the set's name (unset: CompSG-Bench, or CompSG-Bench-<column>)")
     benchmark_version: str = Field("1.0", description="the benchmark version recorded in the manifest and results")
+    reference_free: bool = Field(
+        False,
+        description="freeze a set without reference images from a text-only annotate output (--input: e.g. the "
+        "text_to_graph task's); benchmark.run then skips FID, KID, CLIP-I and CMMD",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -388,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
             caption_column=settings.caption_column,
             prompts=settings.prompts,
             name=settings.name,
+            reference_free=settings.reference_free,
         )
     except (BenchmarkSelectionError, FileNotFoundError) as exc:
         print(f"benchmark.dataset: error: {exc}", file=sys.stderr)

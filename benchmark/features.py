@@ -9,6 +9,10 @@ in the order given, fixed by neither the number of actors nor what is already st
 as one batch with one thread, so the features do not depend on how many actors ran or on interruptions (batch
 composition changes float results, which is why the batch size is a setting of the folder). A change of metric
 settings gets its own folder.
+
+For a reference-free set (`FeatureSettings.reference_images` False) only CLIP is loaded: generated rows get their
+CLIP image embedding, reference rows are text-only (no image: the key's text embedding, for CLIP-T), and the
+Inception and CMMD columns (and a text-only row's ``clip``) hold empty lists.
 """
 
 from __future__ import annotations
@@ -62,15 +66,19 @@ class FeatureSettings:
     cmmd_clip_model: str
     cmmd_clip_pretrained: str | None
     batch_size: int = 32
+    reference_images: bool = True  # False: a reference-free set, CLIP only (CLIP-T)
 
     @property
     def same_cmmd_model(self) -> bool:
         return (self.cmmd_clip_model, self.cmmd_clip_pretrained) == (self.clip_model, self.clip_pretrained)
 
     def provenance(self) -> dict[str, dict[str, Any]]:
-        """The provenance of each feature kind, computed without loading any network."""
+        """The provenance of each feature kind, computed without loading any network (CLIP's only, without
+        reference images: the Inception weights need not be there)."""
         from benchmark.metrics import clip_provenance, inception_provenance
 
+        if not self.reference_images:
+            return {"clip": clip_provenance(self.clip_model, self.clip_pretrained)}
         return {
             "inception": inception_provenance(self.inception_weights, self.allow_download),
             "clip": clip_provenance(self.clip_model, self.clip_pretrained),
@@ -80,18 +88,20 @@ class FeatureSettings:
     def digest(self, provenance: dict[str, dict[str, Any]], texts: Sequence[str]) -> str:
         """16 hex digits over the networks (`provenance()`, with their weights' sha256), the batch size and the
         texts CLIP-T compares with."""
-        identity = {"provenance": provenance, "batch_size": self.batch_size, "texts": list(texts)}
+        identity: dict[str, Any] = {"provenance": provenance, "batch_size": self.batch_size, "texts": list(texts)}
+        if not self.reference_images:  # only then, so that the folders of sets with references keep their names
+            identity["reference_images"] = False
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
 class FeatureItem:
     """One image to featurise; `text` (reference items only) is the text that CLIP-T compares generated images
-    of this key with."""
+    of this key with; `image` is None for the text-only reference item of a reference-free set."""
 
     key: str
     image_index: int
-    image: bytes
+    image: bytes | None
     text: str | None = None
 
 
@@ -109,30 +119,40 @@ class ImageFeaturizer:
         from benchmark.metrics import CLIPEmbedder, InceptionFeatureExtractor
 
         batch = {"device": device, "batch_size": settings.batch_size}
-        self.inception = InceptionFeatureExtractor(
-            settings.inception_weights, allow_download=settings.allow_download, **batch
-        )
         self.clip = CLIPEmbedder(settings.clip_model, settings.clip_pretrained, **batch)
-        self.cmmd_clip = (
-            self.clip
-            if settings.same_cmmd_model
-            else CLIPEmbedder(settings.cmmd_clip_model, settings.cmmd_clip_pretrained, **batch)
-        )
+        self.inception = self.cmmd_clip = None  # a reference-free set: CLIP only
+        if settings.reference_images:
+            self.inception = InceptionFeatureExtractor(
+                settings.inception_weights, allow_download=settings.allow_download, **batch
+            )
+            self.cmmd_clip = (
+                self.clip
+                if settings.same_cmmd_model
+                else CLIPEmbedder(settings.cmmd_clip_model, settings.cmmd_clip_pretrained, **batch)
+            )
 
     def __call__(self, items: Sequence[FeatureItem]) -> list[dict[str, Any]]:
-        images = [_decode(item.image) for item in items]
-        inception = self.inception(images)
-        clip = self.clip.embed_images(images)
-        cmmd = clip if self.cmmd_clip is self.clip else self.cmmd_clip.embed_images(images)
+        with_image = [i for i, item in enumerate(items) if item.image is not None]
+        images = [_decode(items[i].image) for i in with_image]
+
+        def by_item(found: Any) -> dict[int, Any]:
+            return dict(zip(with_image, found, strict=True))
+
+        clip = by_item(self.clip.embed_images(images)) if images else {}
+        inception = by_item(self.inception(images)) if self.inception is not None and images else {}
+        if self.cmmd_clip is self.clip:
+            cmmd = clip
+        else:
+            cmmd = by_item(self.cmmd_clip.embed_images(images)) if self.cmmd_clip is not None and images else {}
         texts = [item.text for item in items if item.text is not None]
         text_embeddings = iter(self.clip.embed_texts(texts) if texts else ())
         return [
             {
                 "key": item.key,
                 "image_index": item.image_index,
-                "inception": inception[i],
-                "clip": clip[i],
-                "cmmd": cmmd[i],
+                "inception": inception.get(i, []),
+                "clip": clip.get(i, []),
+                "cmmd": cmmd.get(i, []),
                 "text_clip": None if item.text is None else next(text_embeddings),
             }
             for i, item in enumerate(items)

@@ -25,6 +25,12 @@ run and `benchmark.leaderboard verify` compute the same numbers:
   sample's graph about each image (`benchmark.questions`), scored DSG-style per entity, attribute, relation and
   overall (``question_score``).
 
+On a reference-free set (`benchmark.dataset` ``--reference-free``: prompts and graphs, no images) the metrics
+that compare with reference images (FID, KID, CLIP-I, CMMD) are skipped: only CLIP is loaded for the features,
+CLIP-T compares each image with its sample's text as above, and the judge's IoUs and the question track run as
+usual. The record's ``metric_details["reference_images"]`` says so (``available: false``, the skipped metrics and
+the reason); a record of a set with references has no such group.
+
 Each metric is a `benchmark.metrics` class (a `torchmetrics.Metric`); the record's metric keys and their
 `metric_details` groups are the ones the classes name (`labels`, `details_key`). ``--display-name`` names the run
 on the leaderboard (kept in the record's ``provenance.config``, which holds every setting, nested as in the YAML).
@@ -65,6 +71,7 @@ from schemas.settings import parse_settings
 __all__ = ["PROG", "compute_metrics", "main", "recompute", "run_benchmark"]
 
 PROG = "python -m benchmark.run"
+NO_REFERENCES = "no reference images: the benchmark set was frozen reference-free (benchmark.dataset --reference-free)"
 
 
 # ---------------------------------------------------------------------- metrics
@@ -76,16 +83,19 @@ def _image_metrics(
     run_dir: Path,
     state_dir: Path,
     fake: list[tuple[str, int]],
+    reference_free: bool = False,
 ) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
     """FID, KID, CLIP-T, CLIP-I and CMMD of the stored images (`fake`: their sorted (key, image_index)) against
     the references, from features extracted on `settings.num_actors` Ray actors (or in this process) and stored
-    under `state_dir/features/`."""
+    under `state_dir/features/`; CLIP-T only when `reference_free` (the reference rows are then text-only)."""
     from benchmark.metrics import CMMD, FID, KID, CLIPImageScore, CLIPScore, Precomputed
 
-    features = settings.features_settings()
+    features = settings.features_settings(reference_images=not reference_free)
     provenance = features.provenance()
     texts = {s.key: s.caption if settings.clip.text == "caption" else s.sg_text for s in samples}
-    references = (FeatureItem(s.key, REFERENCE_INDEX, s.image, texts[s.key]) for s in samples)
+    references = (
+        FeatureItem(s.key, REFERENCE_INDEX, None if reference_free else s.image, texts[s.key]) for s in samples
+    )
     generated = (
         FeatureItem(row["key"], row["image_index"], row["png"])
         for table in iter_images(run_dir, ["key", "image_index", "png"])
@@ -99,6 +109,8 @@ def _image_metrics(
     )
     real = [(s.key, REFERENCE_INDEX) for s in samples]
     owners = [(key, REFERENCE_INDEX) for key, _ in fake]
+    if reference_free:
+        return _clip_t(settings, Precomputed(provenance["clip"]), stored, fake, owners)
     inception, clip, cmmd_clip = (Precomputed(provenance[name]) for name in ("inception", "clip", "cmmd"))
 
     fid = FID(inception)
@@ -117,10 +129,31 @@ def _image_metrics(
         values, details = _split_record(metric, metric.compute())
         metrics |= values
         results[metric.details_key] = details
-    results[CLIPScore.details_key]["text"] = settings.clip.text
-    # a long prompt (a paragraph) is scored on its first window only, as the long-prompt track states
-    results[CLIPScore.details_key]["text_tokens"] = "the first window: the CLIP tokenizer's context (77 tokens)"
+    _describe_clip_t(results[CLIPScore.details_key], settings)
     return metrics, results
+
+
+def _describe_clip_t(details: dict[str, Any], settings: BenchRunSettings) -> None:
+    details["text"] = settings.clip.text
+    # a long prompt (a paragraph) is scored on its first window only, as the long-prompt track states
+    details["text_tokens"] = "the first window: the CLIP tokenizer's context (77 tokens)"
+
+
+def _clip_t(
+    settings: BenchRunSettings,
+    clip: Any,
+    stored: Any,
+    fake: list[tuple[str, int]],
+    owners: list[tuple[str, int]],
+) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+    """CLIP-T alone (a reference-free set): each generated image's CLIP embedding against its key's text's."""
+    from benchmark.metrics import CLIPScore
+
+    clip_t = CLIPScore(clip)
+    clip_t.update_embeddings(stored.array("clip", fake), stored.array("text_clip", owners))
+    metrics, details = _split_record(clip_t, clip_t.compute())
+    _describe_clip_t(details, settings)
+    return metrics, {CLIPScore.details_key: details}
 
 
 def _split_record(metric: Any, computed: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
@@ -177,7 +210,12 @@ def compute_metrics(
         chunk_size=settings.chunk_size,
     )
     iou, judge_details = score_judgements(samples, judgements, synonyms)
-    metrics, details = _image_metrics(settings, samples, run_dir, state_dir, sorted(found))
+    metrics, details = _image_metrics(settings, samples, run_dir, state_dir, sorted(found), bench.reference_free)
+    if bench.reference_free:
+        from benchmark.metrics import CMMD, FID, KID, CLIPImageScore
+
+        skipped = [key for metric in (FID, KID, CLIPImageScore, CMMD) for key in metric.labels]
+        details["reference_images"] = {"available": False, "skipped_metrics": skipped, "reason": NO_REFERENCES}
     metrics |= {key: iou[key] for key in GraphIoU.labels}
     details[GraphIoU.details_key] = {
         **judge_details,

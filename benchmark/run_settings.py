@@ -217,7 +217,8 @@ class BenchRunSettings(JobSettings):
     def judge_settings(self) -> JudgeSettings:
         return self.judge.settings()
 
-    def features_settings(self) -> FeatureSettings:
+    def features_settings(self, reference_images: bool = True) -> FeatureSettings:
+        """The feature networks; without `reference_images` (a reference-free set) CLIP's only are used."""
         return FeatureSettings(
             inception_weights=None if self.inception.weights is None else str(self.inception.weights),
             allow_download=self.inception.allow_download,
@@ -226,6 +227,7 @@ class BenchRunSettings(JobSettings):
             cmmd_clip_model=self.cmmd.model,
             cmmd_clip_pretrained=self.cmmd.pretrained,
             batch_size=self.features.batch_size,
+            reference_images=reference_images,
         )
 
     def resolved(self) -> BenchRunSettings:
