@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from laion_sg.offline.fixtures import write_concept_scenes, write_layout_answers
-from pipelines.compositing.job import output_schema, run
+from pipelines.compositing.job import CompositingConfigError, output_schema, run
 from pipelines.compositing.layout import overlap
 from pipelines.compositing.layout_task import layout_request, layout_task
 from pipelines.compositing.plan import (
@@ -29,7 +29,6 @@ from pipelines.compositing.plan import (
     scan_scenes,
 )
 from pipelines.compositing.settings import CompositingSettings
-from schemas.runs import RunIdentityError
 
 PER_SCENE = 2
 SIZE = 64
@@ -156,7 +155,7 @@ def test_compositing_job_end_to_end(setup, tmp_path, ray_local):
     run(config)
     assert _comparable(_rows(output)) == rows_before
     # other settings into the same output are refused
-    with pytest.raises(RunIdentityError, match="seed"):
+    with pytest.raises(CompositingConfigError, match="seed"):
         run(_settings(setup, output, seed=1))
 
 
@@ -275,5 +274,11 @@ def test_main_refuses_a_bad_input_with_exit_code_2(tmp_path, capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
-    for flag in ("--layout-engine", "--backgrounds", "--masks.model", "--compositor.inpaint-model", "--max-overlap"):
+    for flag in (
+        "--layout-engine",
+        "--backgrounds",
+        "--masks.model",
+        "--compositor.inpaint-model",
+        "--max-overlap",
+    ):
         assert flag in help_text

@@ -54,7 +54,6 @@ from pipelines.tasks import failure_reason
 from schemas import annotation_record, row_schema
 from schemas.layout import DATA_DIR, RUN_FILE, SUMMARY_FILE
 from schemas.runs import (
-    RunIdentityError,
     check_run_identity,
     init_ray,
     log_progress,
@@ -62,14 +61,27 @@ from schemas.runs import (
     write_atomically,
 )
 
-__all__ = ["COMPOSITION_COLUMNS", "composition_prompt", "main", "output_schema", "run"]
+__all__ = [
+    "COMPOSITION_COLUMNS",
+    "CompositingConfigError",
+    "composition_prompt",
+    "main",
+    "output_schema",
+    "run",
+]
 
 logger = logging.getLogger(__name__)
 
 COMPOSITES_DIR = "composites"
 ANNOTATIONS_DIR = "annotations"
 BOX_TYPE = pa.struct(
-    [("concept", pa.string()), ("x0", pa.float64()), ("y0", pa.float64()), ("x1", pa.float64()), ("y1", pa.float64())]
+    [
+        ("concept", pa.string()),
+        ("x0", pa.float64()),
+        ("y0", pa.float64()),
+        ("x1", pa.float64()),
+        ("y1", pa.float64()),
+    ]
 )
 COMPOSITING_TYPE = pa.struct([("status", pa.string()), ("stage", pa.string()), ("error", pa.string())])
 COMPOSITION_COLUMNS: dict[str, pa.DataType] = {
@@ -108,6 +120,10 @@ _STAGE_SCHEMA = pa.schema(  # the rows of the mask and composite stages
         pa.field("error", pa.string()),
     ]
 )
+
+
+class CompositingConfigError(ValueError):
+    """The input, the backgrounds or the output directory do not allow the run; `main` exits 2."""
 
 
 def output_schema() -> pa.Schema:
@@ -205,7 +221,9 @@ def _layouts(
     import ray.data
 
     task = layout_task(config.min_box)
-    schema = pa.schema([*PASSTHROUGH_FIELDS, pa.field("caption", pa.string()), pa.field("prepared_image", pa.binary())])
+    schema = pa.schema(
+        [*PASSTHROUGH_FIELDS, pa.field("caption", pa.string()), pa.field("prepared_image", pa.binary())]
+    )
     rows = [
         {
             "_shard": "layout",
@@ -217,7 +235,10 @@ def _layouts(
         for i, c in enumerate(compositions)
     ]
     engine = build_engine(
-        config.layout_engine or config.engine, task, config.layout_model or config.model, config.engine_options
+        config.layout_engine or config.engine,
+        task,
+        config.layout_model or config.model,
+        config.engine_options,
     )
     answers = {}
     for batch in engine.run(ray.data.from_arrow(_table(rows, schema))).iter_batches(batch_format="pyarrow"):
@@ -278,7 +299,9 @@ def _composites(
                 "boxes": row["boxes"],
                 "caption": row["caption"],
                 "background_prompt": background,
-                "background_image": None if c.background.image is None else str(backgrounds / c.background.image),
+                "background_image": None
+                if c.background.image is None
+                else str(backgrounds / c.background.image),
                 "seed": c.seed,
             }
         )
@@ -292,10 +315,14 @@ def _composites(
         }
         ds = ray.data.from_arrow(_table(pending, _STAGE_SCHEMA))
         ds = ds.map_batches(
-            _Segment, fn_constructor_kwargs={"settings": config.masks, "cpus": config.cpus_per_actor}, **compute
+            _Segment,
+            fn_constructor_kwargs={"settings": config.masks, "cpus": config.cpus_per_actor},
+            **compute,
         )
         ds = ds.map_batches(
-            _Compose, fn_constructor_kwargs={"settings": config.compositor, "cpus": config.cpus_per_actor}, **compute
+            _Compose,
+            fn_constructor_kwargs={"settings": config.compositor, "cpus": config.cpus_per_actor},
+            **compute,
         )
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             for done in batch.to_pylist():
@@ -335,7 +362,9 @@ def _annotate(output: Path, config: CompositingSettings) -> tuple[pa.Table, str,
     return table, summary.model, summary.engine, summary.prompt_version
 
 
-def _merge(composites: pa.Table, annotations: pa.Table | None, labels: tuple[str, str, str], task: str) -> pa.Table:
+def _merge(
+    composites: pa.Table, annotations: pa.Table | None, labels: tuple[str, str, str], task: str
+) -> pa.Table:
     """The output rows of one shard: composites + their annotations (`output_schema`)."""
     model, engine, version = labels
     by_key = {} if annotations is None else {r["source_key"]: r for r in annotations.to_pylist()}
@@ -361,18 +390,23 @@ def run(config: CompositingSettings) -> dict[str, Any]:
     start = time.perf_counter()
     input_root = Path(config.input).resolve()
     backgrounds = None if config.backgrounds is None else Path(config.backgrounds).resolve()
-    scenes = scan_scenes(input_root)
-    plan = plan_compositions(
-        scenes, config.compositions_per_scene, config.seed, read_backgrounds(backgrounds)
-    )
     output = Path(config.output)
     identity = config.identity(input_root, backgrounds)
-    check_run_identity(output, identity)
+    try:  # what the input and the output directory allow, checked before anything is written
+        scenes = scan_scenes(input_root)
+        plan = plan_compositions(
+            scenes, config.compositions_per_scene, config.seed, read_backgrounds(backgrounds)
+        )
+        check_run_identity(output, identity)
+    except ValueError as exc:  # RunIdentityError is one
+        raise CompositingConfigError(str(exc)) from None
     pin_run_identity(output, identity)
     for directory in (COMPOSITES_DIR, DATA_DIR):
         (output / directory).mkdir(parents=True, exist_ok=True)
     size = config.rows_per_shard
-    shards = {f"{n:05d}": (first, plan[first : first + size]) for n, first in enumerate(range(0, len(plan), size))}
+    shards = {
+        f"{n:05d}": (first, plan[first : first + size]) for n, first in enumerate(range(0, len(plan), size))
+    }
     pending = [name for name in shards if not (output / DATA_DIR / f"{name}.parquet").exists()]
     to_compose = [name for name in pending if not (output / COMPOSITES_DIR / f"{name}.parquet").exists()]
     if pending:
@@ -382,14 +416,18 @@ def run(config: CompositingSettings) -> dict[str, Any]:
         layouts = _layouts(compositions, first, config)
         rows = _composites(compositions, layouts, config, input_root, backgrounds)
         table = _table(rows, _COMPOSITES_SCHEMA)
-        write_atomically(output / COMPOSITES_DIR / f"{name}.parquet", lambda tmp, t=table: pq.write_table(t, tmp))
+        write_atomically(
+            output / COMPOSITES_DIR / f"{name}.parquet", lambda tmp, t=table: pq.write_table(t, tmp)
+        )
         logger.info("shard %s: %d compositions composed", name, len(rows))
     if pending:
         annotations, *labels = _annotate(output, config)
         for name in pending:
             composites = pq.read_table(output / COMPOSITES_DIR / f"{name}.parquet", schema=_COMPOSITES_SCHEMA)
             table = _merge(composites, annotations, tuple(labels), config.annotate_task)
-            write_atomically(output / DATA_DIR / f"{name}.parquet", lambda tmp, t=table: pq.write_table(t, tmp))
+            write_atomically(
+                output / DATA_DIR / f"{name}.parquet", lambda tmp, t=table: pq.write_table(t, tmp)
+            )
     summary = _summary(output, len(plan), len(shards) - len(pending), time.perf_counter() - start)
     (output / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -419,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_settings(argv)
     try:
         summary = run(config)
-    except (ValueError, RunIdentityError) as exc:
+    except CompositingConfigError as exc:
         print(f"compositing: {exc}", file=sys.stderr)
         return 2
     failed = sum(summary["failed"].values())
