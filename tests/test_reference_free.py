@@ -178,6 +178,8 @@ def test_benchmark_run_on_a_reference_free_set(paraprompts, tiny_models_dir, tmp
     assert leaderboard_main(["render", str(tmp_path / "a"), "--output", str(tmp_path / "site")]) == 0
     markdown = (tmp_path / "site" / "leaderboard.md").read_text()
     assert "ParaPrompts" in markdown and "FID" not in markdown and "CLIP-T" in markdown
+    # verify recomputes the record from its stored images: the same numbers, no reference images needed
+    assert leaderboard_main(["verify", str(tmp_path / "a" / "result.json")]) == 0
 
     # resuming a finished run writes nothing new and gives the same record numbers
     files = {f: f.stat().st_mtime_ns for f in (tmp_path / "a").rglob("part-*.parquet")}
