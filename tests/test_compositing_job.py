@@ -242,6 +242,12 @@ def test_composite_stage_uses_a_given_background_and_generates_one_otherwise(set
         {"key": "given", "background_prompt": "a field", "background_image": str(given), **common},
         {"key": "drawn", "background_prompt": "a field of flowers", **common},
         {"key": "broken", "background_prompt": "a field", "background_image": str(setup["root"]), **common},
+        {
+            "key": "bomb",
+            "background_prompt": "a field",
+            "background_image": str(_bomb(setup["root"])),
+            **common,
+        },
     ]
     stage = job._Compose(
         CompositingSettings.model_validate(
@@ -260,7 +266,41 @@ def test_composite_stage_uses_a_given_background_and_generates_one_otherwise(set
         assert image.size == (SIZE, SIZE) and out[key]["error"] is None
         assert image.getpixel((24, 24)) == (255, 0, 0)  # the concept's pixels are kept
     assert out["broken"]["png"] is None and out["broken"]["stage"] == "composite"
-    assert "IsADirectoryError" in out["broken"]["error"] or "Errno" in out["broken"]["error"]
+    assert out["broken"]["error"].startswith("unreadable background image: IsADirectoryError")
+    assert out["bomb"]["png"] is None and "decompression bomb" in out["bomb"]["error"]
+
+
+def _bomb(folder: Path) -> Path:
+    """A BMP header claiming 20,000 x 5,000 pixels (the awkward-image corpus's decompression bomb)."""
+    from awkward_images import AWKWARD_IMAGES
+
+    path = folder / "bomb_20000x5000.bmp"
+    path.write_bytes(AWKWARD_IMAGES["bomb_20000x5000.bmp"][0]())
+    return path
+
+
+def test_mask_stage_reports_unreadable_and_bomb_references_per_row(setup):
+    """The mask stage in this process: a reference that is not an image or is a decompression bomb fails its
+    row with the reason; the other rows are masked."""
+    from pipelines.compositing import job
+    from pipelines.compositing.masks import MaskSettings
+
+    good = next(setup["scenes"].glob("desk/coffee/*.png"))
+    rows = [
+        {"key": "good", "references": [str(good)], "phrases": ["coffee"]},
+        {"key": "bomb", "references": [str(good), str(_bomb(setup["root"]))], "phrases": ["coffee", "bomb"]},
+        {"key": "text", "references": [str(setup["answers"])], "phrases": ["coffee"]},
+    ]
+    stage = job._Segment(
+        MaskSettings(model=str(setup["clipseg"]), min_fraction=0.0, max_fraction=1.0), cpus=1
+    )
+    out = {r["key"]: r for r in stage(job._table(rows, job._STAGE_SCHEMA)).to_pylist()}
+    assert out["good"]["error"] is None and len(out["good"]["cutouts"]) == 1
+    assert out["bomb"]["error"].startswith(
+        "unreadable reference image bomb_20000x5000.bmp: decompression bomb"
+    )
+    assert out["text"]["error"].startswith("unreadable reference image layouts.jsonl:")
+    assert out["bomb"]["stage"] == out["text"]["stage"] == "mask" and out["bomb"]["cutouts"] is None
 
 
 def test_main_refuses_a_bad_input_with_exit_code_2(tmp_path, capsys):

@@ -50,6 +50,7 @@ from pipelines.compositing.plan import Composition, plan_compositions, read_back
 from pipelines.compositing.settings import CompositingSettings, load_settings
 from pipelines.engines import build_engine
 from pipelines.engines.base import PASSTHROUGH_FIELDS
+from pipelines.images import prepare_image
 from pipelines.tasks import failure_reason
 from schemas import annotation_record, row_schema
 from schemas.layout import DATA_DIR, RUN_FILE, SUMMARY_FILE
@@ -73,6 +74,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 COMPOSITES_DIR = "composites"
+DECODE_MAX_SIDE = 2048  # reference and background images are decoded within this side (larger gains nothing)
 ANNOTATIONS_DIR = "annotations"
 BOX_TYPE = pa.struct(
     [
@@ -144,6 +146,17 @@ def _png(image: Any) -> bytes:
     return buffer.getvalue()
 
 
+def _read_image(path: str) -> tuple[Any, str | None]:
+    """A reference or background image as bounded RGB (`pipelines.images.prepare_image`: corrupt files and
+    decompression bombs give a reason, never an exception), or (None, why)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+    prepared = prepare_image(data, max_side=DECODE_MAX_SIDE, max_pixels=DECODE_MAX_SIDE**2)
+    return prepared.image, prepared.error
+
+
 def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist([{f.name: row.get(f.name) for f in schema} for row in rows], schema=schema)
 
@@ -159,15 +172,13 @@ class _Segment:
         self.segmenter = ConceptSegmenter(settings)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from PIL import Image
-
         rows = batch.to_pylist()
         for row in rows:
-            try:
-                images = [Image.open(path).convert("RGB") for path in row["references"]]
-            except (OSError, ValueError) as exc:
-                row |= {"stage": "mask", "error": f"unreadable reference image: {exc}"}
+            decoded = [(path, *_read_image(path)) for path in row["references"]]
+            if bad := next(((path, error) for path, image, error in decoded if image is None), None):
+                row |= {"stage": "mask", "error": f"unreadable reference image {Path(bad[0]).name}: {bad[1]}"}
                 continue
+            images = [image for _, image, _ in decoded]
             cutouts = []
             for image, phrase, mask in zip(
                 images, row["phrases"], self.segmenter.masks(images, row["phrases"]), strict=True
@@ -197,15 +208,19 @@ class _Compose:
         for row in rows:
             if row["error"] is not None:
                 continue
-            try:
-                if row["background_image"] is not None:
-                    background = Image.open(row["background_image"]).convert("RGB")
-                else:
-                    background = self.compositor.background(row["background_prompt"], row["seed"])
-                cutouts = [Image.open(io.BytesIO(data)) for data in row["cutouts"]]
-                boxes = [Box(**box) for box in row["boxes"]]
-                image = self.compositor.compose(background, cutouts, boxes, row["caption"], row["seed"])
-            except (OSError, ValueError) as exc:  # a bad background image; a model error stops the job
+            if row["background_image"] is not None:
+                background, error = _read_image(row["background_image"])
+                if background is None:
+                    row |= {"stage": "composite", "error": f"unreadable background image: {error}"}
+                    continue
+            else:
+                background = self.compositor.background(row["background_prompt"], row["seed"])
+            cutouts = [Image.open(io.BytesIO(data)) for data in row["cutouts"]]  # our own PNGs
+            try:  # a placement the paste refuses fails its row; a model error stops the job
+                image = self.compositor.compose(
+                    background, cutouts, [Box(**box) for box in row["boxes"]], row["caption"], row["seed"]
+                )
+            except ValueError as exc:
                 row |= {"stage": "composite", "error": f"{type(exc).__name__}: {exc}"}
                 continue
             row["png"] = _png(image)
