@@ -217,12 +217,12 @@ def test_composite_stage_uses_a_given_background_and_generates_one_otherwise(set
     """The composite stage in this process: a row with a background image never asks SDXL for a background;
     a row without one gets the background generated from the engine's description."""
 
-    from pipelines.compositing import job
+    from pipelines.compositing import stages
 
     asked = []
-    original = job.Compositor.background
+    original = stages.Compositor.background
     monkeypatch.setattr(
-        job.Compositor,
+        stages.Compositor,
         "background",
         lambda self, prompt, seed: asked.append(prompt) or original(self, prompt, seed),
     )
@@ -249,7 +249,7 @@ def test_composite_stage_uses_a_given_background_and_generates_one_otherwise(set
             **common,
         },
     ]
-    stage = job._Compose(
+    stage = stages.Compose(
         CompositingSettings.model_validate(
             {
                 "input": ".",
@@ -259,7 +259,7 @@ def test_composite_stage_uses_a_given_background_and_generates_one_otherwise(set
         ).compositor,
         cpus=1,
     )
-    out = {r["key"]: r for r in stage(job._table(rows, job._STAGE_SCHEMA)).to_pylist()}
+    out = {r["key"]: r for r in stage(stages.arrow_table(rows, stages.STAGE_SCHEMA)).to_pylist()}
     assert asked == ["a field of flowers"]
     for key in ("given", "drawn"):
         image = Image.open(io.BytesIO(out[key]["png"]))
@@ -282,7 +282,7 @@ def _bomb(folder: Path) -> Path:
 def test_mask_stage_reports_unreadable_and_bomb_references_per_row(setup):
     """The mask stage in this process: a reference that is not an image or is a decompression bomb fails its
     row with the reason; the other rows are masked."""
-    from pipelines.compositing import job
+    from pipelines.compositing import stages
     from pipelines.compositing.masks import MaskSettings
 
     good = next(setup["scenes"].glob("desk/coffee/*.png"))
@@ -291,10 +291,10 @@ def test_mask_stage_reports_unreadable_and_bomb_references_per_row(setup):
         {"key": "bomb", "references": [str(good), str(_bomb(setup["root"]))], "phrases": ["coffee", "bomb"]},
         {"key": "text", "references": [str(setup["answers"])], "phrases": ["coffee"]},
     ]
-    stage = job._Segment(
+    stage = stages.Segment(
         MaskSettings(model=str(setup["clipseg"]), min_fraction=0.0, max_fraction=1.0), cpus=1
     )
-    out = {r["key"]: r for r in stage(job._table(rows, job._STAGE_SCHEMA)).to_pylist()}
+    out = {r["key"]: r for r in stage(stages.arrow_table(rows, stages.STAGE_SCHEMA)).to_pylist()}
     assert out["good"]["error"] is None and len(out["good"]["cutouts"]) == 1
     assert out["bomb"]["error"].startswith(
         "unreadable reference image bomb_20000x5000.bmp: decompression bomb"

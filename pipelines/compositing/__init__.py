@@ -7,7 +7,8 @@ background, then repainted, as a Ray Data job (`python -m pipelines.compositing`
 - `layout_task`: the ``layout`` task the annotation engines answer (a JSON schema per row).
 - `masks`: foreground masks of the concepts (CLIPSeg through transformers) and their checks.
 - `composite`: pasting into the boxes, the repaint mask, SDXL background generation and inpainting.
-- `settings` and `job`: the job's settings, its Ray Data stages, output rows and resume.
+- `stages`: the mask and composite steps as Ray Data actors.
+- `settings` and `job`: the job's settings, the steps in order, output rows and resume.
 """
 
 from pipelines.compositing.job import COMPOSITION_COLUMNS, main, output_schema, run

@@ -4,16 +4,18 @@
         --compositor.model stabilityai/stable-diffusion-xl-base-1.0 --masks.model CIDAS/clipseg-rd64-refined
     ray job submit --address http://HEAD:8265 --working-dir . -- python -m pipelines.compositing ...
 
-Steps, each a Ray Data stage over the compositions of the pending shards (`pipelines.compositing.plan`):
+Steps, each one Ray Data pass over the compositions of all pending shards (`pipelines.compositing.plan`), so
+every model is loaded once per actor, not once per shard:
 
 1. **layout**: the annotation engine (hf, vllm, openai or fixed) answers the ``layout`` task
    (`pipelines.compositing.layout_task`): one box per concept on a 512 x 512 canvas and a background description;
    the driver checks the boxes (`read_layout`: clipped to the canvas, else rejected with the reason).
 2. **masks**: CLIPSeg masks each concept's reference image with the concept's phrase
-   (`pipelines.compositing.masks`); an empty or whole-frame mask fails the row with its reason.
+   (`pipelines.compositing.masks`, run by `pipelines.compositing.stages.Segment`); an empty or whole-frame mask
+   fails the row with its reason.
 3. **composite**: the background (the given image, or SDXL generated from the engine's description), the masked
    concepts pasted into their boxes, seams and background repainted by SDXL inpainting
-   (`pipelines.compositing.composite`).
+   (`pipelines.compositing.composite`, run by `pipelines.compositing.stages.Compose`).
 4. **scene graphs**: the annotation job (`pipelines.annotate`) on the composites, with the same engine.
 
 Output (``OUT/data/{shard}.parquet``): the project's row schema (`schemas.row_schema`; ``caption`` is the
@@ -22,35 +24,33 @@ composition prompt, ``image`` the composite, ``scene_graph``/``annotation`` from
 ``background``, ``seed`` and ``compositing`` (status ``ok`` or ``failed``, the step that failed and why). Every
 planned composition comes out exactly once; a failed one has no image and says why.
 
-Resume: ``OUT/composites/{shard}.parquet`` (steps 1-3) and ``OUT/data/{shard}.parquet`` only ever appear whole
+Resume: ``OUT/composites/{shard}.parquet`` (steps 1-3, written as soon as the shard's last row is composed) and ``OUT/data/{shard}.parquet`` only ever appear whole
 (written atomically), and a shard whose file exists is not redone; the annotation step resumes on its own
 (``OUT/annotations/``). ``OUT/run.json`` pins the settings the rows depend on; a re-run with others is refused.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.compositing.composite import Compositor, CompositorSettings
 from pipelines.compositing.layout import Box, LayoutError
 from pipelines.compositing.layout_task import layout_request, layout_task, read_layout
-from pipelines.compositing.masks import ConceptSegmenter, MaskSettings, cutout, mask_problem
 from pipelines.compositing.plan import Composition, plan_compositions, read_backgrounds, scan_scenes
 from pipelines.compositing.settings import CompositingSettings, load_settings
+from pipelines.compositing.stages import BOX_TYPE, STAGE_SCHEMA, Compose, Segment, arrow_table
 from pipelines.engines import build_engine
 from pipelines.engines.base import PASSTHROUGH_FIELDS
-from pipelines.images import prepare_image
 from pipelines.tasks import failure_reason
 from schemas import annotation_record, row_schema
 from schemas.layout import DATA_DIR, RUN_FILE, SUMMARY_FILE
@@ -74,17 +74,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 COMPOSITES_DIR = "composites"
-DECODE_MAX_SIDE = 2048  # reference and background images are decoded within this side (larger gains nothing)
 ANNOTATIONS_DIR = "annotations"
-BOX_TYPE = pa.struct(
-    [
-        ("concept", pa.string()),
-        ("x0", pa.float64()),
-        ("y0", pa.float64()),
-        ("x1", pa.float64()),
-        ("y1", pa.float64()),
-    ]
-)
 COMPOSITING_TYPE = pa.struct([("status", pa.string()), ("stage", pa.string()), ("error", pa.string())])
 COMPOSITION_COLUMNS: dict[str, pa.DataType] = {
     "scene": pa.string(),
@@ -106,22 +96,6 @@ _COMPOSITES_SCHEMA = pa.schema(
         *(pa.field(name, dtype) for name, dtype in COMPOSITION_COLUMNS.items()),
     ]
 )
-_STAGE_SCHEMA = pa.schema(  # the rows of the mask and composite stages
-    [
-        pa.field("key", pa.string()),
-        pa.field("references", pa.list_(pa.string())),
-        pa.field("phrases", pa.list_(pa.string())),
-        pa.field("boxes", pa.list_(BOX_TYPE)),
-        pa.field("caption", pa.string()),
-        pa.field("background_prompt", pa.string()),
-        pa.field("background_image", pa.string()),
-        pa.field("seed", pa.int64()),
-        pa.field("cutouts", pa.list_(pa.binary())),
-        pa.field("png", pa.binary()),
-        pa.field("stage", pa.string()),
-        pa.field("error", pa.string()),
-    ]
-)
 
 
 class CompositingConfigError(ValueError):
@@ -140,99 +114,12 @@ def composition_prompt(phrases: Sequence[str], background: str) -> str:
     return f"{objects}, {background}"
 
 
-def _png(image: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _read_image(path: str) -> tuple[Any, str | None]:
-    """A reference or background image as bounded RGB (`pipelines.images.prepare_image`: corrupt files and
-    decompression bombs give a reason, never an exception), or (None, why)."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        return None, f"{type(exc).__name__}: {exc}"
-    prepared = prepare_image(data, max_side=DECODE_MAX_SIDE, max_pixels=DECODE_MAX_SIDE**2)
-    return prepared.image, prepared.error
-
-
-def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
-    return pa.Table.from_pylist([{f.name: row.get(f.name) for f in schema} for row in rows], schema=schema)
-
-
-class _Segment:
-    """The mask stage (a Ray Data actor): each concept's reference image -> its masked cutout (RGBA PNG)."""
-
-    def __init__(self, settings: MaskSettings, cpus: float) -> None:
-        import torch
-
-        torch.set_num_threads(max(1, int(cpus)))
-        self.settings = settings
-        self.segmenter = ConceptSegmenter(settings)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
-        for row in rows:
-            decoded = [(path, *_read_image(path)) for path in row["references"]]
-            if bad := next(((path, error) for path, image, error in decoded if image is None), None):
-                row |= {"stage": "mask", "error": f"unreadable reference image {Path(bad[0]).name}: {bad[1]}"}
-                continue
-            images = [image for _, image, _ in decoded]
-            cutouts = []
-            for image, phrase, mask in zip(
-                images, row["phrases"], self.segmenter.masks(images, row["phrases"]), strict=True
-            ):
-                if problem := mask_problem(mask, self.settings):
-                    row |= {"stage": "mask", "error": f"{problem} ({phrase})"}
-                    break
-                cutouts.append(_png(cutout(image, mask)))
-            else:
-                row["cutouts"] = cutouts
-        return _table(rows, _STAGE_SCHEMA)
-
-
-class _Compose:
-    """The composite stage (a Ray Data actor): background, paste, inpaint -> the composite (PNG)."""
-
-    def __init__(self, settings: CompositorSettings, cpus: float) -> None:
-        import torch
-
-        torch.set_num_threads(max(1, int(cpus)))
-        self.compositor = Compositor(settings)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        from PIL import Image
-
-        rows = batch.to_pylist()
-        for row in rows:
-            if row["error"] is not None:
-                continue
-            if row["background_image"] is not None:
-                background, error = _read_image(row["background_image"])
-                if background is None:
-                    row |= {"stage": "composite", "error": f"unreadable background image: {error}"}
-                    continue
-            else:
-                background = self.compositor.background(row["background_prompt"], row["seed"])
-            cutouts = [Image.open(io.BytesIO(data)) for data in row["cutouts"]]  # our own PNGs
-            try:  # a placement the paste refuses fails its row; a model error stops the job
-                image = self.compositor.compose(
-                    background, cutouts, [Box(**box) for box in row["boxes"]], row["caption"], row["seed"]
-                )
-            except ValueError as exc:
-                row |= {"stage": "composite", "error": f"{type(exc).__name__}: {exc}"}
-                continue
-            row["png"] = _png(image)
-        return _table(rows, _STAGE_SCHEMA).drop_columns(["cutouts"])
-
-
 def _layouts(
-    compositions: Sequence[Composition], first: int, config: CompositingSettings
+    compositions: Sequence[tuple[int, Composition]], config: CompositingSettings
 ) -> dict[str, tuple[list[Box], str] | str]:
-    """Step 1 for `compositions` (plan positions `first`, `first` + 1, ...): key -> (boxes in output pixels,
-    background), or the reason it failed. A row's ``_index`` is its plan position, so the fixed engine's answer
-    ``i`` is composition ``i``'s."""
+    """Step 1 for `compositions` ((plan position, composition) pairs) in one engine pass: key -> (boxes in output
+    pixels, background), or the reason it failed. A row's ``_index`` is its plan position, so the fixed engine's
+    answer ``i`` is composition ``i``'s."""
     import ray.data
 
     task = layout_task(config.min_box)
@@ -242,12 +129,12 @@ def _layouts(
     rows = [
         {
             "_shard": "layout",
-            "_index": first + i,
+            "_index": position,
             "_shard_rows": len(compositions),
             "key": c.key,
             "caption": layout_request(c.phrases, c.background.prompt),
         }
-        for i, c in enumerate(compositions)
+        for position, c in compositions
     ]
     engine = build_engine(
         config.layout_engine or config.engine,
@@ -256,11 +143,13 @@ def _layouts(
         config.engine_options,
     )
     answers = {}
-    for batch in engine.run(ray.data.from_arrow(_table(rows, schema))).iter_batches(batch_format="pyarrow"):
+    for batch in engine.run(ray.data.from_arrow(arrow_table(rows, schema))).iter_batches(
+        batch_format="pyarrow"
+    ):
         for row in batch.to_pylist():
             answers[row["key"]] = (row["raw_output"], row["engine_error"])
     results: dict[str, tuple[list[Box], str] | str] = {}
-    for c in compositions:
+    for _, c in compositions:
         raw, engine_error = answers.get(c.key, (None, "no answer from the engine"))
         if engine_error:
             results[c.key] = engine_error
@@ -276,18 +165,21 @@ def _layouts(
     return results
 
 
-def _composites(
-    compositions: Sequence[Composition],
+def _compose_shards(
+    shards: dict[str, Sequence[Composition]],
     layouts: dict[str, tuple[list[Box], str] | str],
     config: CompositingSettings,
     input_root: Path,
     backgrounds: Path | None,
-) -> list[dict[str, Any]]:
-    """Steps 1-3 for `compositions`: one row of `_COMPOSITES_SCHEMA` each, in plan order."""
+    write: Callable[[str, list[dict[str, Any]]], None],
+) -> None:
+    """Steps 2-3 for the compositions of `shards` in one pass (each model loaded once per actor, not per shard);
+    `write(name, rows)` gets a shard's rows of `_COMPOSITES_SCHEMA`, in plan order, as soon as its last one is
+    done."""
     import ray.data
 
     rows, pending = {}, []
-    for c in compositions:
+    for c in (c for compositions in shards.values() for c in compositions):
         layout = layouts[c.key]
         row = {
             "key": c.key,
@@ -320,39 +212,55 @@ def _composites(
                 "seed": c.seed,
             }
         )
-    if pending:
-        compute = {
-            "batch_size": 1,
-            "batch_format": "pyarrow",
-            "compute": ray.data.ActorPoolStrategy(size=config.num_actors),
-            "num_cpus": config.cpus_per_actor,
-            "num_gpus": config.gpus_per_actor,
-        }
-        ds = ray.data.from_arrow(_table(pending, _STAGE_SCHEMA))
-        ds = ds.map_batches(
-            _Segment,
-            fn_constructor_kwargs={"settings": config.masks, "cpus": config.cpus_per_actor},
-            **compute,
-        )
-        ds = ds.map_batches(
-            _Compose,
-            fn_constructor_kwargs={"settings": config.compositor, "cpus": config.cpus_per_actor},
-            **compute,
-        )
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            for done in batch.to_pylist():
-                row = rows[done["key"]]
-                if done["error"] is not None:
-                    row["compositing"] = {"status": "failed", "stage": done["stage"], "error": done["error"]}
-                else:
-                    size = config.compositor.size
-                    row |= {"png": done["png"], "width": size, "height": size}
-                    row["compositing"] = {"status": "ok", "stage": None, "error": None}
-    return [rows[c.key] for c in compositions]
+    shard_of = {c.key: name for name, compositions in shards.items() for c in compositions}
+    remaining = Counter(shard_of[row["key"]] for row in pending)
+
+    def finish(name: str) -> None:
+        write(name, [rows[c.key] for c in shards[name]])
+
+    for name in shards.keys() - remaining.keys():  # every composition of the shard failed its layout
+        finish(name)
+    if not pending:
+        return
+    compute = {
+        "batch_size": 1,
+        "batch_format": "pyarrow",
+        "compute": ray.data.ActorPoolStrategy(size=config.num_actors),
+        "num_cpus": config.cpus_per_actor,
+        "num_gpus": config.gpus_per_actor,
+    }
+    ds = ray.data.from_arrow(arrow_table(pending, STAGE_SCHEMA))
+    ds = ds.map_batches(
+        Segment, fn_constructor_kwargs={"settings": config.masks, "cpus": config.cpus_per_actor}, **compute
+    )
+    ds = ds.map_batches(
+        Compose,
+        fn_constructor_kwargs={"settings": config.compositor, "cpus": config.cpus_per_actor},
+        **compute,
+    )
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        for done in batch.to_pylist():
+            row = rows[done["key"]]
+            if done["error"] is not None:
+                row["compositing"] = {"status": "failed", "stage": done["stage"], "error": done["error"]}
+            else:
+                size = config.compositor.size
+                row |= {"png": done["png"], "width": size, "height": size}
+                row["compositing"] = {"status": "ok", "stage": None, "error": None}
+            name = shard_of[done["key"]]
+            remaining[name] -= 1
+            if not remaining[name]:
+                finish(name)
 
 
-def _annotate(output: Path, config: CompositingSettings) -> tuple[pa.Table, str, str, str]:
-    """Step 4: the annotation job on ``OUT/composites``; its rows (by composition key), model, engine, version."""
+def _write_composites(output: Path, name: str, rows: list[dict[str, Any]]) -> None:
+    table = arrow_table(rows, _COMPOSITES_SCHEMA)
+    write_atomically(output / COMPOSITES_DIR / f"{name}.parquet", lambda tmp: pq.write_table(table, tmp))
+    logger.info("shard %s: %d compositions composed", name, len(rows))
+
+
+def _annotate(output: Path, config: CompositingSettings) -> tuple[dict[str, dict[str, Any]], str, str, str]:
+    """Step 4: the annotation job on ``OUT/composites``; its rows by composition key, model, engine, version."""
     from pipelines.annotate import AnnotateSettings
     from pipelines.annotate import run as annotate
 
@@ -372,20 +280,23 @@ def _annotate(output: Path, config: CompositingSettings) -> tuple[pa.Table, str,
     summary = annotate(settings)
     columns = ["source_key", "scene_graph", "sg_text", "annotation"]
     files = sorted((output / ANNOTATIONS_DIR / DATA_DIR).glob("*.parquet"))
-    tables = [pq.read_table(f, columns=columns) for f in files if not f.name.startswith(".")]
-    table = pa.concat_tables(tables) if tables else None
-    return table, summary.model, summary.engine, summary.prompt_version
+    by_key = {
+        row["source_key"]: row
+        for f in files
+        if not f.name.startswith(".")
+        for row in pq.read_table(f, columns=columns).to_pylist()
+    }
+    return by_key, summary.model, summary.engine, summary.prompt_version
 
 
 def _merge(
-    composites: pa.Table, annotations: pa.Table | None, labels: tuple[str, str, str], task: str
+    composites: pa.Table, annotations: dict[str, dict[str, Any]], labels: tuple[str, str, str], task: str
 ) -> pa.Table:
-    """The output rows of one shard: composites + their annotations (`output_schema`)."""
+    """The output rows of one shard: composites + their annotations by key (`output_schema`)."""
     model, engine, version = labels
-    by_key = {} if annotations is None else {r["source_key"]: r for r in annotations.to_pylist()}
     rows = []
     for row in composites.to_pylist():
-        note = by_key.get(row["key"])
+        note = annotations.get(row["key"])
         if row["png"] is None:
             reason = f"no image: compositing failed at the {row['compositing']['stage']} step"
         elif note is None:
@@ -397,7 +308,7 @@ def _merge(
             note = {"annotation": annotation_record(**failed, status="failed", error=reason)}
         image = None if row["png"] is None else {"bytes": row["png"], "path": f"{row['key']}.png"}
         rows.append({**row, **{k: v for k, v in note.items() if k != "source_key"}, "image": image})
-    return _table(rows, output_schema())
+    return arrow_table(rows, output_schema())
 
 
 def run(config: CompositingSettings) -> dict[str, Any]:
@@ -426,15 +337,13 @@ def run(config: CompositingSettings) -> dict[str, Any]:
     to_compose = [name for name in pending if not (output / COMPOSITES_DIR / f"{name}.parquet").exists()]
     if pending:
         init_ray(config.num_cpus)
-    for name in to_compose:
-        first, compositions = shards[name]
-        layouts = _layouts(compositions, first, config)
-        rows = _composites(compositions, layouts, config, input_root, backgrounds)
-        table = _table(rows, _COMPOSITES_SCHEMA)
-        write_atomically(
-            output / COMPOSITES_DIR / f"{name}.parquet", lambda tmp, t=table: pq.write_table(t, tmp)
+    if to_compose:  # one pass per step over every shard to compose
+        todo = {name: shards[name] for name in to_compose}
+        layouts = _layouts([(first + i, c) for first, cs in todo.values() for i, c in enumerate(cs)], config)
+        composing = {name: cs for name, (_, cs) in todo.items()}
+        _compose_shards(
+            composing, layouts, config, input_root, backgrounds, partial(_write_composites, output)
         )
-        logger.info("shard %s: %d compositions composed", name, len(rows))
     if pending:
         annotations, *labels = _annotate(output, config)
         for name in pending:
