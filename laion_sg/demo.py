@@ -294,8 +294,11 @@ def run_demo(output: Path, train_steps: int = 4, num_cpus: int = 4) -> dict[str,
     output = prepare_output(output)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo never needs the hub: prove it
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                 _node_ip_address="127.0.0.1")
+        if os.environ.get("RAY_ADDRESS"):  # `ray job submit`: every stage's Ray work runs on that cluster
+            ray.init()
+        else:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                     _node_ip_address="127.0.0.1")
     models, photos = prepare_inputs(output)
     timings = {}
     for stage in plan(output, models, photos, train_steps):

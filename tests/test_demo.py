@@ -1,7 +1,7 @@
-"""The demo chain (annotate -> export -> train -> bench set -> bench x2 -> leaderboard) as `ray job submit` jobs.
+"""The demo chain (annotate -> export -> train -> bench set -> bench x2 -> leaderboard) as a `ray job submit` job.
 
-`make demo` runs the same `laion_sg.demo.plan` in-process (CI runs it after the suite); here every stage is a job
-on a real local cluster on 127.0.0.1, each job's outputs being the next one's inputs.
+`make demo` runs the same `laion_sg.demo.plan` with an in-process Ray (CI runs it after the suite); here the demo is
+one job on a real local cluster on 127.0.0.1, each stage's outputs being the next one's inputs.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from local_ray_cluster import local_ray_cluster
 
-from laion_sg.demo import DEMO_MARKER, DemoOutputError, plan, prepare_inputs, prepare_output, verify_artifacts
+from laion_sg.demo import DEMO_MARKER, DemoOutputError, plan, prepare_output, verify_artifacts
 
 # leaderboard column label -> record metric key, and the adapter of each demo run (written out, not imported)
 COLUMNS = {
@@ -31,6 +31,7 @@ QUESTION_COLUMNS = {
     "Q-Relation": "question_relation",
 }  # fmt: skip
 ADAPTERS = {"baseline": "diffusers-sg-text", "sdxl_sg": "sdxl-sg"}
+MODEL_NAMES = ("qwen2_5_vl", "sdxl", "open_clip", "owlv2", "clipseg")  # + inception, a file
 
 
 def leaderboard_rows(markdown: str) -> list[list[dict[str, str]]]:
@@ -219,13 +220,19 @@ def check_long_prompt_track(output: Path, keys: list[str], model_id: str, tables
 
 
 @pytest.mark.slow
-def test_chain_as_ray_jobs_on_a_local_cluster(tiny_models_dir: Path, tmp_path: Path) -> None:
-    models = {name: tiny_models_dir / name for name in ("qwen2_5_vl", "sdxl", "open_clip", "owlv2", "clipseg")}
-    models["inception"] = tiny_models_dir / "inception" / "pt_inception-random.pth"
+def test_chain_as_a_ray_job_on_a_local_cluster(tmp_path: Path) -> None:
+    """`ray job submit -- python -m laion_sg.demo`: the job's driver joins the cluster and runs every stage's
+    `main()` in order (their Ray Data / Train work on the cluster's workers); the artifacts are then read back.
+    One job, not one per stage: each job pays a driver start and fresh Ray workers (about 20 s here)."""
     output = tmp_path / "chain"
-    output.mkdir()
-    models, photos = prepare_inputs(output, models)
-    stages = plan(output, models, photos, train_steps=2)
+    with local_ray_cluster(tmp_path, num_cpus=4) as cluster:
+        job = cluster.submit("laion_sg.demo", ["--output", str(output), "--train-steps", "2"], cwd=tmp_path, timeout=1200)
+    log = job.stdout + job.stderr
+    assert job.returncode == 0 and "succeeded" in job.stdout, log[-6000:]
+    assert "Connecting to existing Ray cluster" in log  # not a private in-process Ray
+    models = {name: output / "models" / name for name in MODEL_NAMES}
+    models["inception"] = output / "models" / "inception" / "pt_inception-random.pth"
+    stages = plan(output, models, output / "photos", train_steps=2)
     assert [s.module for s in stages] == [
         "pipelines.annotate", "pipelines.annotate", "pipelines.annotate", "pipelines.export", "training.pretrain_sg",
         "training.train",
@@ -233,12 +240,9 @@ def test_chain_as_ray_jobs_on_a_local_cluster(tiny_models_dir: Path, tmp_path: P
         "benchmark.spatial.prompts", "benchmark.spatial.run", "pipelines.export", "training.lora",
         "benchmark.spatial.run", "pipelines.compositing", "benchmark.compositing", "benchmark.leaderboard",
     ]  # fmt: skip
-    with local_ray_cluster(tmp_path, num_cpus=4) as cluster:
-        for stage in stages:
-            job = cluster.submit(stage.module, stage.argv, cwd=tmp_path)
-            assert job.returncode == 0 and "succeeded" in job.stdout, (
-                f"{stage.title}: {job.stdout[-3000:]}{job.stderr[-3000:]}"
-            )
+    # every stage ran, in this order, as the command a cluster user would submit
+    positions = [log.find(f"=== {s.title}\n    python -m {s.module} {' '.join(s.argv)}\n") for s in stages]
+    assert -1 not in positions and positions == sorted(positions), positions
     checks = verify_artifacts(output)
     assert set(checks) == {
         "dataset", "pipeline", "record baseline", "record sdxl_sg", "record long_prompts", "record spatial",
