@@ -317,8 +317,9 @@ GraphLike = SceneGraph | str | bytes | Mapping[str, Any]
 def as_scene_graph(value: GraphLike) -> SceneGraph:
     """A validated `SceneGraph` from a graph, our JSON, a LAION-SG record or sg2im JSON.
 
-    A mapping (or JSON text of one) with ``items`` is a LAION-SG record, one with ``relationships`` is sg2im JSON,
-    anything else is our JSON (`SceneGraph.from_json`). Raises `json.JSONDecodeError` for text that is not JSON,
+    A mapping (or JSON text of one) with ``relationships`` is sg2im JSON, one with ``items`` and no ``objects`` is a
+    LAION-SG record, anything else is our JSON (`SceneGraph.from_json`; a VLM's answer may carry extra keys, an
+    ``items`` list among them). Raises `json.JSONDecodeError` for text that is not JSON,
     `TypeError` for a value that is not a mapping, and `RecordError` or `SceneGraphError` for an invalid graph."""
     if isinstance(value, SceneGraph):
         graph = value
@@ -326,10 +327,10 @@ def as_scene_graph(value: GraphLike) -> SceneGraph:
         data = json.loads(value) if isinstance(value, str | bytes) else value
         if not isinstance(data, Mapping):
             raise TypeError(f"a scene graph must be a SceneGraph, JSON object or mapping, got {type(data).__name__}")
-        if "items" in data:
-            graph = from_laion_sg(data)
-        elif "relationships" in data:
+        if "relationships" in data:
             graph = from_sg2im(data)
+        elif "items" in data and "objects" not in data:
+            graph = from_laion_sg(data)
         else:
             graph = SceneGraph.from_json(data)
     return graph.validate()

@@ -347,6 +347,8 @@ def test_as_scene_graph_reads_every_shape():
         assert as_scene_graph(value) == graph
     for value in (sg2im, json.dumps(sg2im)):
         assert as_scene_graph(value) == SceneGraph([SGObject(0, "sky"), SGObject(1, "sheep")], [SGRelation(1, "under", 0)])
+    # a VLM's answer in our JSON with an extra `items` list (of names, not LAION-SG items) is our JSON
+    assert as_scene_graph({**graph.to_dict(), "items": [o.name for o in graph.objects]}) == graph
 
 
 def test_as_scene_graph_refuses_what_is_not_a_valid_graph():
