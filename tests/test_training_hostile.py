@@ -275,3 +275,37 @@ def _encoder_yaml(tmp_path: Path) -> str:
     path = tmp_path / "encoder.yaml"
     path.write_text("encoder: {hidden_dim: 16, mlp_hidden_dim: 32}\n")
     return str(path)
+
+
+@pytest.mark.parametrize(
+    ("module", "fit"), [("training.train", "train"), ("training.lora", "train_lora"), ("training.pretrain_sg", "pretrain")]
+)
+def test_each_training_job_exits_2_for_bad_data_a_ray_worker_found(
+    module: str, fit: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray Train hands `main` a worker's `BadDataError` wrapped in its own `WorkerGroupError`: each training job
+    exits 2 with the error's first line; any other error is raised as it is. (The fit is replaced here; the slow
+    test above goes through a real Ray Train fit of `training.train`.)"""
+    import importlib
+
+    from ray.train import WorkerGroupError
+
+    job = importlib.import_module(module)
+    found = BadDataError("too many unusable training rows in d: 2 of the 9 rows read so far (22.2%)\nkeys: a, b")
+
+    def failing_fit(*args: object, **kwargs: object) -> None:
+        raise WorkerGroupError("Training failed due to worker errors", {1: found})
+
+    monkeypatch.setattr(job, "preflight", lambda config: {})
+    monkeypatch.setattr(job, "init_ray", lambda: None)
+    monkeypatch.setattr(job, fit, failing_fit)
+    argv = ["--input", str(tmp_path), "--model", str(tmp_path), "--output", str(tmp_path / "out")]
+    assert job.main(argv) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: {str(found).splitlines()[0]}"
+
+    def other_failure(*args: object, **kwargs: object) -> None:
+        raise WorkerGroupError("Training failed due to worker errors", {0: RuntimeError("CUDA out of memory")})
+
+    monkeypatch.setattr(job, fit, other_failure)
+    with pytest.raises(WorkerGroupError, match="worker errors"):
+        job.main(argv)

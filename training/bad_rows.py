@@ -9,6 +9,7 @@ row); too many bad rows, or none usable, end the run with `BadDataError`.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ __all__ = [
     "BadRows",
     "Decoded",
     "NoUsableRowsError",
+    "exit_on_bad_data",
     "first_usable_row",
     "rebatch",
 ]
@@ -37,6 +39,34 @@ class BadDataError(ValueError):
 
 class NoUsableRowsError(BadDataError):
     """Not a single row of the train split can train."""
+
+
+def _data_error_behind(exc: BaseException) -> BadDataError | None:
+    """The `BadDataError` behind `exc` (Ray Train wraps a worker's error: `WorkerGroupError.worker_failures`),
+    if any."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        error = stack.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, BadDataError):
+            return error
+        stack += [error.__cause__, error.__context__, getattr(error, "cause", None)]
+        stack += [getattr(error, "controller_failure", None), *getattr(error, "worker_failures", {}).values()]
+    return None
+
+
+def exit_on_bad_data(exc: BaseException) -> int:
+    """A training job's answer to an error of its run: exit code 2 with ``error: <first line>`` on stderr when a
+    `BadDataError` is behind `exc` (also one a Ray Train worker raised); any other error is raised again."""
+    error = _data_error_behind(exc)
+    if error is None:
+        raise exc
+    line = str(error).splitlines()[0] if str(error) else repr(error)
+    print(f"error: {line}", file=sys.stderr)
+    return 2
 
 
 def _short(text: str, limit: int = 160) -> str:

@@ -42,7 +42,7 @@ from diffusers import StableDiffusionXLPipeline
 
 from schemas.runs import init_ray, log_progress
 from schemas.settings import parse_settings
-from training.bad_rows import BadDataError, BadRows, NoUsableRowsError, first_usable_row
+from training.bad_rows import BadDataError, BadRows, NoUsableRowsError, exit_on_bad_data, first_usable_row
 from training.batches import TrainBatch
 from training.checkpoints import FINAL_DIR, STATE_JSON, TrainState, load_training_state, save_training_state
 from training.contexts import LocalContext, RayContext
@@ -362,7 +362,8 @@ def parse_config(argv: list[str] | None = None) -> LoraSettings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit code 2 with one line on stderr when the data has no usable row (before Ray starts)."""
+    """Exit code 2 with one line on stderr when the data is unusable (no usable row: before Ray starts; too many
+    bad rows: when a worker finds them)."""
     log_progress()
     config = parse_config(argv)
     try:
@@ -371,7 +372,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     init_ray()
-    result = train_lora(config)
+    try:
+        result = train_lora(config)
+    except Exception as exc:
+        return exit_on_bad_data(exc)
     summary = {"final": str(Path(config.output) / FINAL_DIR), "metrics": result.metrics} | captions
     print(json.dumps(summary, indent=2, default=str))
     return 0

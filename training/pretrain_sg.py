@@ -63,7 +63,7 @@ from torch import nn
 
 from schemas.runs import init_ray, log_progress
 from schemas.settings import parse_settings
-from training.bad_rows import BadDataError, NoUsableRowsError, first_usable_row
+from training.bad_rows import BadDataError, NoUsableRowsError, exit_on_bad_data, first_usable_row
 from training.batches import RowCollator, TrainBatch
 from training.checkpoints import (
     FINAL_DIR,
@@ -366,7 +366,8 @@ def parse_config(argv: list[str] | None = None) -> PretrainSettings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit code 2 with one line on stderr when the data has no usable row (before Ray starts)."""
+    """Exit code 2 with one line on stderr when the data is unusable (no usable row: before Ray starts; too many
+    bad rows: when a worker finds them)."""
     log_progress()
     config = parse_config(argv)
     try:
@@ -375,7 +376,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     init_ray()
-    result = pretrain(config)
+    try:
+        result = pretrain(config)
+    except Exception as exc:
+        return exit_on_bad_data(exc)
     summary = {"final": str(Path(config.output) / FINAL_DIR), "tensorboard": str(run_dir(config))}
     print(json.dumps(summary | {"metrics": result.metrics}, indent=2, default=str))
     return 0

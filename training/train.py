@@ -60,7 +60,7 @@ from typing import Any
 
 from schemas.runs import init_ray, log_progress
 from schemas.settings import parse_settings
-from training.bad_rows import BadDataError, BadRows, NoUsableRowsError, first_usable_row
+from training.bad_rows import BadDataError, BadRows, NoUsableRowsError, exit_on_bad_data, first_usable_row
 from training.batches import RowCollator
 from training.cache import CacheCollator
 from training.checkpoints import FINAL_DIR, TrainState, export_final
@@ -204,23 +204,6 @@ def parse_config(argv: list[str] | None = None) -> TrainSettings:
     return settings.model_copy(update=absolute)
 
 
-def _data_error(exc: BaseException) -> BadDataError | None:
-    """The `BadDataError` behind `exc` (Ray Train wraps a worker's error: `WorkerGroupError.worker_failures`),
-    if any."""
-    seen: set[int] = set()
-    stack = [exc]
-    while stack:
-        error = stack.pop()
-        if error is None or id(error) in seen:
-            continue
-        seen.add(id(error))
-        if isinstance(error, BadDataError):
-            return error
-        stack += [error.__cause__, error.__context__, getattr(error, "cause", None)]
-        stack += [getattr(error, "controller_failure", None), *getattr(error, "worker_failures", {}).values()]
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     """Exit code 2 with one line on stderr when the data is unusable (no usable row: before Ray starts)."""
     log_progress()
@@ -234,11 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = train(config, check=False)
     except Exception as exc:
-        if (error := _data_error(exc)) is None:
-            raise
-        line = str(error).splitlines()[0] if str(error) else repr(error)
-        print(f"error: {line}", file=sys.stderr)
-        return 2
+        return exit_on_bad_data(exc)
     summary = {"final": str(Path(config.output) / FINAL_DIR), "tensorboard": str(run_dir(config))}
     summary |= {"init_sg_encoder": config.init_sg_encoder, "metrics": result.metrics} | checks
     print(json.dumps(summary, indent=2, default=str))
