@@ -283,18 +283,20 @@ def _keys(output: Path) -> Counter[str]:
     return Counter(row["key"] for row in _rows(output))
 
 
-# Runs the annotate job with `write_shard` wrapped so that the moment the first shard file is in place, the job
-# SIGKILLs its whole process group (the driver and the Ray processes it started). The kill point is then fixed, not a
-# race against how fast a machine annotates: two writer threads can finish at most two of the three shards.
+# Runs the annotate job with the driver's bookkeeping of finished shard writes wrapped so that the moment it learns
+# that a shard file is in place, the job SIGKILLs its whole process group (the driver and the Ray processes it
+# started). The kill point is then fixed, not a race against how fast a machine annotates: with at most
+# WRITES_IN_FLIGHT (2) write tasks at once, at most two of the three shards are written.
 _KILL_AFTER_FIRST_SHARD = """
 import os, signal, sys
 import pipelines.annotate.job as job
-write_shard = job.write_shard
-def write_shard_then_die(*args, **kwargs):
-    result = write_shard(*args, **kwargs)
-    os.killpg(0, signal.SIGKILL)
-    return result
-job.write_shard = write_shard_then_die
+record = job._record_finished_writes
+def record_then_die(*args, **kwargs):
+    names = record(*args, **kwargs)
+    if names:
+        os.killpg(0, signal.SIGKILL)
+    return names
+job._record_finished_writes = record_then_die
 sys.exit(job.main(sys.argv[1:]))
 """
 
@@ -611,11 +613,20 @@ def test_limit_counts_rows_before_the_filters(ray_local, tmp_path: Path) -> None
 # ------------------------------------------------------------------------------------------------- --engine fixed
 
 
-def test_cli_dry_run_with_the_fixed_engine(ray_local, photos: Path, tmp_path: Path, capsys) -> None:
+def test_cli_dry_run_with_the_fixed_engine(
+    ray_local, photos: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`--engine fixed` on the CLI: `--model builtin` answers every photo with the task's example graph; an answer
     file (JSON Lines: a graph object, then a JSON string holding broken JSON) answers rows in turn, so rows 0, 2,
     ... are ok and 1, 3, ... failed; the rows name the answers they came from. A bad answer file exits 2 before
-    anything runs, naming the file and line."""
+    anything runs, naming the file and line. The shards are written by Ray tasks, never in the driver (which would
+    read every image again)."""
+    from pipelines.annotate import writing
+
+    def not_in_the_driver(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the driver wrote a shard")
+
+    monkeypatch.setattr(writing, "write_shard", not_in_the_driver)  # the Ray workers import the real one
     base = ["--input", str(photos), "--engine", "fixed", "--no-images", "--files-per-shard", "100"]
     assert main([*base, "--output", str(tmp_path / "builtin"), "--model", "builtin"]) == 0
     rows = _rows(tmp_path / "builtin")

@@ -270,14 +270,16 @@ def test_changed_input_or_settings_are_refused_and_nothing_is_deleted(
     source.mkdir()
     _captions(source / "a.parquet", ["https://e.com/a0.jpg", "https://e.com/a1.jpg"])
     _captions(source / "b.parquet", ["https://e.com/b0.jpg", "https://e.com/b1.jpg"])
-    write_shard = annotate_job.write_shard
+    write_shard_task = annotate_job.write_shard_task
 
-    def rewrite_b_first(shard, *args, **kwargs):
+    changed = pa.table({"URL": ["https://e.com/c0.jpg", "https://e.com/c1.jpg"], "TEXT": ["c0", "c1"]})
+
+    def rewrite_b_first(shard, *args, **kwargs):  # runs in the Ray task that writes the shard, on a worker
         if shard.name == "b":  # its rows are annotated; now the file changes under the job
-            _captions(source / "b.parquet", ["https://e.com/c0.jpg", "https://e.com/c1.jpg"])
-        return write_shard(shard, *args, **kwargs)
+            pq.write_table(changed, source / "b.parquet")  # (this test module cannot be imported there)
+        return write_shard_task(shard, *args, **kwargs)
 
-    monkeypatch.setattr(annotate_job, "write_shard", rewrite_b_first)
+    monkeypatch.setattr(annotate_job, "write_shard_task", rewrite_b_first)
     output = tmp_path / "out"
     with FaultyServer() as server:
         argv = _openai_argv(server.base_url, source, output, "text_to_graph")

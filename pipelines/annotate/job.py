@@ -7,12 +7,9 @@ import json
 import logging
 import os
 import sys
-import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +27,7 @@ from pipelines.annotate.writing import (
     ShardError,
     ShardResult,
     read_shard_records,
-    write_shard,
+    write_shard_task,
 )
 from pipelines.engines import Engine, build_engine
 from pipelines.engines.fixed import answers_from
@@ -52,25 +49,15 @@ from schemas.runs import (
     check_run_identity,
     init_ray,
     log_progress,
-    pin_run_identity,
 )
 
 __all__ = ["check_before_start", "init_ray", "main", "run"]
 
 logger = logging.getLogger(__name__)
 
-
-class _SettingsPin:
-    """Pins ``OUT/run.json`` just before the first shard of a run appears (once, from any writer thread), so
-    that a run that fails before writing anything (a wrong model path, say) never pins its settings."""
-
-    def __init__(self, output: Path, manifest: dict[str, Any]):
-        self.output, self.manifest = output, manifest
-        self._lock = threading.Lock()
-
-    def __call__(self) -> None:
-        with self._lock:
-            pin_run_identity(self.output, self.manifest)
+# Shards written at once, each by a Ray task (`write_shard_task`) that holds that shard's rows, image bytes
+# included, in memory; the tasks reserve no CPU (the annotation stages hold the cluster's CPUs), so this bounds them.
+WRITES_IN_FLIGHT = 2
 
 
 def _looks_like_local_path(model: str) -> bool:
@@ -211,7 +198,7 @@ def run(config: AnnotateSettings, engine: Engine | None = None) -> RunSummary:
     )
     if pending:
         init_ray(config.num_cpus, config.dashboard)
-        _annotate(pending, input_format, config, engine, output, summary, start, _SettingsPin(output, manifest))
+        _annotate(pending, input_format, config, engine, output, summary, start, manifest)
     summary.wall_seconds = round(time.perf_counter() - start, 3)
     summary.rows_per_second = (
         round(summary.rows_annotated / summary.wall_seconds, 3) if summary.wall_seconds else 0.0
@@ -235,28 +222,27 @@ def _annotate(
     output: Path,
     summary: RunSummary,
     start: float,
-    before_publish: Callable[[], None],
+    manifest: dict[str, Any],
 ) -> None:
-    """Run the pipeline and write each shard as soon as all its rows are annotated."""
+    """Run the pipeline; as soon as every row of a shard is annotated, a Ray task writes it (on any node, so the
+    driver never reads image bytes), at most `WRITES_IN_FLIGHT` at once. The driver keeps only each pending
+    shard's annotations (no images) and the write results, which go into `summary` in shard order."""
+    import ray
+
+    write = ray.remote(num_cpus=0)(write_shard_task)  # looked up at run time: tests wrap `write_shard_task`
     by_name = {shard.name: shard for shard in shards}
     parts: dict[str, list[pa.Table]] = defaultdict(list)
-    futures: dict[str, Future[ShardResult]] = {}
+    in_flight: dict[ray.ObjectRef, str] = {}
+    results: dict[str, ShardResult | ShardError] = {}
     unit = "images" if engine.task.needs_image else "rows"
-    progress = Progress(shards, unit, config.progress_seconds, start=start)
-    with progress, ThreadPoolExecutor(max_workers=2, thread_name_prefix="shard-writer") as writers:
 
-        def submit(name: str) -> None:
-            futures[name] = writers.submit(
-                write_shard,
-                by_name[name],
-                parts.pop(name, []),
-                input_format,
-                config,
-                engine.task,
-                output,
-                before_publish,
-            )
+    def submit(name: str) -> None:
+        while len(in_flight) >= WRITES_IN_FLIGHT:
+            _record_finished_writes(in_flight, results, block=True)
+        shard_parts = parts.pop(name, [])
+        in_flight[write.remote(by_name[name], shard_parts, input_format, config, engine.task, output, manifest)] = name
 
+    with Progress(shards, unit, config.progress_seconds, start=start) as progress:
         dataset = build_dataset(shards, input_format, config, engine)
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             if summary.startup_seconds is None:
@@ -266,14 +252,34 @@ def _annotate(
                 parts[name].append(batch.filter(pc.equal(batch.column("_shard"), name)))
             for name in complete:  # every row of the shard has arrived
                 submit(name)
-        for name in by_name.keys() - futures.keys():
+            if in_flight:
+                _record_finished_writes(in_flight, results, block=False)
+        for name in sorted(by_name.keys() - results.keys() - set(in_flight.values())):
             submit(name)  # shards with no rows (all filtered, or unreadable) and any incomplete ones
-        for name, future in sorted(futures.items()):
-            try:
-                summary.add(future.result())
-            except ShardError as exc:
-                summary.shards_failed[name] = str(exc)
-                logger.error("%s", exc)
+        while in_flight:
+            _record_finished_writes(in_flight, results, block=True)
+    for name, result in sorted(results.items()):
+        if isinstance(result, ShardError):
+            summary.shards_failed[name] = str(result)
+        else:
+            summary.add(result)
+
+
+def _record_finished_writes(
+    in_flight: dict[Any, str], results: dict[str, ShardResult | ShardError], block: bool
+) -> list[str]:
+    """Move the finished write tasks of `in_flight` (object ref -> shard name) into `results` by shard name,
+    waiting for one when `block`; returns their shard names. A failed shard is logged as it is found."""
+    import ray
+
+    wanted = 1 if block else len(in_flight)
+    ready, _ = ray.wait(list(in_flight), num_returns=wanted, timeout=None if block else 0)
+    names = [in_flight.pop(ref) for ref in ready]
+    for name, ref in zip(names, ready, strict=True):
+        results[name] = ray.get(ref)
+        if isinstance(results[name], ShardError):
+            logger.error("%s", results[name])
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:

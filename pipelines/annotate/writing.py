@@ -1,5 +1,6 @@
 """Writing one shard's output: read the shard again, join its annotations by row position, write
-``OUT/data/{shard}.parquet`` and then its completion record ``OUT/shards/{shard}.json``, each atomically."""
+``OUT/data/{shard}.parquet`` and then its completion record ``OUT/shards/{shard}.json``, each atomically.
+The annotate job runs it as a Ray task (`write_shard_task`), so image bytes never pass through the driver."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +20,7 @@ from pipelines.ingest import FilterCounts, Shard, read_shard
 from pipelines.tasks import Task, failure_reason
 from schemas import IMAGE_TYPE, UPSTREAM_FIELDS, row_schema
 from schemas.layout import DATA_DIR, IMAGE_ROWS_PER_ROW_GROUP, RUN_FILE, SUMMARY_FILE
-from schemas.runs import TMP_PREFIX, write_atomically
+from schemas.runs import TMP_PREFIX, pin_run_identity, write_atomically
 
 if TYPE_CHECKING:
     from pipelines.annotate.settings import AnnotateSettings
@@ -36,6 +38,7 @@ __all__ = [
     "read_shard_records",
     "write_atomically",
     "write_shard",
+    "write_shard_task",
 ]
 
 # The output directory: data files (`DATA_DIR`), per-shard completion records, set-aside outputs, settings
@@ -170,6 +173,26 @@ def write_shard(
     record = json.dumps(result.to_record(), indent=1) + "\n"
     write_atomically(output / SHARDS_DIR / f"{shard.name}.json", lambda tmp: tmp.write_text(record))
     return result
+
+
+def write_shard_task(
+    shard: Shard,
+    parts: list[pa.Table],
+    input_format: str,
+    config: AnnotateSettings,
+    task: Task,
+    output: Path,
+    manifest: dict[str, Any],
+) -> ShardResult | ShardError:
+    """`write_shard` as the annotate job runs it, in a Ray task: the run's settings (`manifest`) are pinned to
+    ``OUT/run.json`` just before the shard appears (`pin_run_identity` is atomic and writes nothing once the file
+    exists, so writers in parallel agree); a `ShardError` comes back as a value, for the run summary."""
+    try:
+        return write_shard(
+            shard, parts, input_format, config, task, output, partial(pin_run_identity, output, manifest)
+        )
+    except ShardError as exc:
+        return exc
 
 
 def read_shard_records(output: Path) -> dict[str, ShardResult]:
