@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from test_benchmark_dataset import export_rows, write_export
@@ -110,6 +111,19 @@ def test_reference_free_selection_rules(paraprompts, tmp_path):
     assert manifest["name"] == REFERENCE_FREE_NAME and manifest["counts"]["selected"] == 1
     with pytest.raises(BenchmarkSelectionError, match="qualifies for a reference-free benchmark.*too_few_relations 2"):
         build_benchmark(graphs, tmp_path / "b.parquet", reference_free=True, min_relations=4)
+    # --prompts: the prompt text by key from another output's column; a row without it is counted, not taken
+    keys = sorted(s.key for s in load_benchmark(paraprompts).samples)
+    paragraph = "A long paragraph about a dog, a sofa, a cat and the rain on the window behind them, told slowly."
+    pq.write_table(pa.table({"key": keys, "paragraph": [paragraph, None]}), tmp_path / "paragraphs.parquet")
+    argv = ["--reference-free", "--input", str(graphs), "--output", str(tmp_path / "p.parquet"),
+            "--prompts", str(tmp_path / "paragraphs.parquet"), "--caption-column", "paragraph"]  # fmt: skip
+    assert bench_set_main(argv) == 0
+    joined = load_benchmark(tmp_path / "p.parquet")
+    assert [(s.key, s.caption) for s in joined.samples] == [(keys[0], paragraph)]
+    counts = json.loads(manifest_path(tmp_path / "p.parquet").read_text())["counts"]
+    assert (counts["no_prompt"], counts["selected"]) == (1, 1)
+    with pytest.raises(BenchmarkSelectionError, match="has no 'paragraph' column"):
+        build_benchmark(graphs, tmp_path / "q.parquet", reference_free=True, prompts=graphs, caption_column="paragraph")
     # a text-only output without --reference-free is refused with a pointer to the flag
     with pytest.raises(BenchmarkSelectionError, match="--reference-free"):
         build_benchmark(graphs / "data", tmp_path / "c.parquet", split="train")
