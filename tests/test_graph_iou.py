@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
+import torch
 
 from benchmark.metrics.graph_iou import GraphIoU, graph_iou, normalize_name, singular
 from schemas import SceneGraph
@@ -197,3 +200,48 @@ def test_a_dangling_relation_is_no_triple_but_its_predicate_counts() -> None:
 def test_compute_without_updates_says_so() -> None:
     with pytest.raises(ValueError, match=r"^GraphIoU\.compute\(\) needs at least one update\(\)$"):
         GraphIoU().compute()
+
+
+def test_std_over_items_is_the_population_std() -> None:
+    metric = GraphIoU()
+    metric.update(TARGET, TARGET)  # 1, 1, 1
+    metric.update_failed()  # 0, 0, 0
+    assert metric.compute_std() == {"sg_iou_std": 0.5, "entity_iou_std": 0.5, "relation_iou_std": 0.5}
+    metric.update(sg(["man"]), TARGET)  # 0, 1/3, 0
+    entity = [1.0, 0.0, 1 / 3]
+    mean = sum(entity) / 3
+    expected = {
+        "sg_iou_std": math.sqrt(2 / 9),  # population std of (1, 0, 0)
+        "entity_iou_std": math.sqrt(sum((x - mean) ** 2 for x in entity) / 3),
+        "relation_iou_std": math.sqrt(2 / 9),
+    }
+    assert metric.compute_std() == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ValueError, match=r"^GraphIoU\.compute_std\(\) needs at least one update\(\)$"):
+        GraphIoU().compute_std()
+
+
+def test_states_reduce_across_processes() -> None:
+    """torchmetrics' sync with a stand-in all-gather (this process's state, then another process's): the items
+    are concatenated and the failed counts summed, so the means are over both processes' items."""
+    def all_gather(tensor: torch.Tensor, group: object = None) -> list[torch.Tensor]:
+        return [tensor, other[tensor.ndim]]
+
+    ours = GraphIoU(dist_sync_fn=all_gather, distributed_available_fn=lambda: True)
+    theirs = GraphIoU()
+    ours.update(TARGET, TARGET)
+    ours.update_failed()
+    theirs.update(sg(["man"]), TARGET)
+    theirs.update_failed()
+    theirs.update_failed()
+    other = {0: theirs.failed.clone(), 2: torch.cat(theirs.scores)}  # by the state's dimensions
+    assert ours.compute() == pytest.approx({"sg_iou": 1 / 5, "entity_iou": (1 + 1 / 3) / 5, "relation_iou": 1 / 5})
+    with ours.sync_context(dist_sync_fn=all_gather, distributed_available=lambda: True):
+        assert int(ours.failed) == 3
+        assert ours.per_item() == [
+            {"sg_iou": 1.0, "entity_iou": 1.0, "relation_iou": 1.0},
+            {"sg_iou": 0.0, "entity_iou": 0.0, "relation_iou": 0.0},
+            {"sg_iou": 0.0, "entity_iou": 1 / 3, "relation_iou": 0.0},
+            {"sg_iou": 0.0, "entity_iou": 0.0, "relation_iou": 0.0},
+            {"sg_iou": 0.0, "entity_iou": 0.0, "relation_iou": 0.0},
+        ]
+    assert int(ours.failed) == 1 and len(ours.per_item()) == 2  # unsynced again: this process's own

@@ -65,7 +65,6 @@ class GraphIoU(BenchmarkMetric):
 
     def __init__(self, synonyms: Mapping[str, str] | None = None, **metric_kwargs: Any) -> None:
         super().__init__(**metric_kwargs)
-        self.synonyms = synonyms
         self._synonyms = _Synonyms.of(synonyms)
         self._last: dict[str, float] = {}
         self.add_state("scores", default=[], dist_reduce_fx="cat")
