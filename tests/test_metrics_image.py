@@ -666,3 +666,11 @@ def test_update_keeps_its_own_copy_of_the_inputs() -> None:
     assert np.isfinite(fid.features(True)).all()
     with pytest.raises(TypeError, match="real=True"):
         fid.update(features=features)
+
+
+def test_clip_metrics_say_what_is_wrong() -> None:
+    with pytest.raises(ValueError, match=r"^2 images but 1 texts$"):
+        CLIPScore(Precomputed()).update(images=[None, None], texts=["a dog"])
+    for metric in (CLIPScore(Precomputed()), CLIPImageScore(Precomputed())):
+        with pytest.raises(RuntimeError, match=rf"^{type(metric).__name__}\.compute\(\) before any update\(\)$"):
+            metric.compute()
