@@ -133,3 +133,29 @@ def test_the_metrics_import_no_torch() -> None:
         [sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_refusals_name_the_metric_the_input_and_the_concept_exactly() -> None:
+    """The whole message of each refusal (the parametrised tests above match parts)."""
+    import re
+
+    unit, zero = np.array([1.0, 0.0]), np.zeros(2)
+    finite = "; the features of those images are unusable (check the images and the feature extractor)"
+    cases = [
+        (lambda: cp_clip_scores([], []), "CP-CLIP: no concepts"),
+        (lambda: cp_clip_scores([None], [zero]),
+         "CP-CLIP: reference embeddings of concept 0 holds a zero vector, which has no direction"),
+        (lambda: cp_clip_scores([None, zero], [unit, unit]),
+         "CP-CLIP: region embedding of concept 1 holds a zero vector, which has no direction"),
+        (lambda: cp_clip_scores([np.array([np.nan, 1.0])], [unit]),
+         "CP-CLIP: non-finite values (NaN or inf) in 1 of 1 region embedding of concept 0 rows" + finite),
+        (lambda: cp_clip_scores([None], [np.zeros((1, 0))]),
+         "CP-CLIP: reference embeddings of concept 0 must be one or more non-empty vectors, got shape (1, 0)"),
+        (lambda: ti_clip_scores(zero, unit), "TI-CLIP: image embeddings holds a zero vector, which has no direction"),
+        (lambda: ti_clip_scores(unit, zero), "TI-CLIP: prompt embeddings holds a zero vector, which has no direction"),
+    ]  # fmt: skip
+    for call, message in cases:
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            call()
+    # one dimension is still a direction: cos = +1 and -1 with the two references
+    assert cp_clip_scores([np.array([2.0])], [np.array([[1.0], [-3.0]])]).tolist() == [0.0]
