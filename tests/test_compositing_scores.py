@@ -60,6 +60,22 @@ def test_ti_clip_score_is_the_mean_pair_cosine() -> None:
     assert (
         out["n_pairs"] == 3 and TICLIPScore.labels == {"ti_clip": "TI-CLIP"} and TICLIPScore.higher_is_better
     )
+    mean = 0.08 / 3  # the population std, by hand
+    std = math.sqrt(((0.6 - mean) ** 2 + (-1.0 - mean) ** 2 + (0.48 - mean) ** 2) / 3)
+    assert set(out) == {"ti_clip", "ti_clip_std", "n_pairs"} and out["ti_clip_std"] == pytest.approx(std, abs=1e-15)
+
+
+def test_the_classes_refuse_to_compute_before_an_update_or_on_disagreeing_states() -> None:
+    import torch
+
+    for metric in (CPCLIPScore(), TICLIPScore()):
+        with pytest.raises(RuntimeError, match=rf"^{type(metric).__name__}\.compute\(\) before any update\(\)$"):
+            metric.compute()
+    metric = CPCLIPScore()
+    metric.update([V, None], [E1, E1])
+    metric.concepts_per_image.append(torch.tensor([1]))  # a state one concept longer than the scores
+    with pytest.raises(ValueError, match="^CP-CLIP: the states disagree on the number of concepts$"):
+        metric.per_concept()
 
 
 def test_merged_instances_equal_one_instance_fed_everything() -> None:
