@@ -67,7 +67,8 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def _canonical(identity: Mapping[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(identity, sort_keys=True))
+    """`identity` as JSON reads it back (tuples become lists, keys strings), for comparisons."""
+    return json.loads(json.dumps(identity))
 
 
 def check_run_identity(
