@@ -68,17 +68,17 @@ def test_visor_score_equals_functional_visor_in_one_update_and_in_merged_halves(
 def test_visor_score_names_its_record_keys_and_refuses_what_visor_refuses():
     assert VISORScore in RECORD_METRICS and set(VISORScore.labels) == set(VISOR_KEYS)
     assert next(iter(VISORScore.labels)) == "visor_uncond" and VISORScore.track == "spatial"
-    with pytest.raises(ValueError, match="no items"):
+    with pytest.raises(ValueError, match="^visor: no items to score$"):
         VISORScore().compute()
     twice = VISORScore()
     twice.update(ITEMS[:2])
     twice.update(ITEMS[1:3])
-    with pytest.raises(ValueError, match="repeated image_index"):
+    with pytest.raises(ValueError, match="^visor: a prompt has a repeated image_index across updates$"):
         twice.compute()
     other = VISORScore()
     other.update(ITEMS[:1])
     other.update([item("a", "cat", "above", "dog", CAT_LEFT, 7)])
-    with pytest.raises(ValueError, match="disagree"):
+    with pytest.raises(ValueError, match="^visor: the items of a prompt disagree on subject, relation or object across updates$"):
         other.compute()
 
 
