@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -137,13 +136,15 @@ def write_shard(
     config: AnnotateSettings,
     task: Task,
     output: Path,
-    before_publish: Callable[[], None] | None = None,
+    manifest: Mapping[str, Any],
 ) -> ShardResult:
     """Read the shard again, join its annotations, write ``OUT/data/{shard.name}.parquet`` (only when the shard has
     rows: `datasets` cannot read a 0-row file), then its completion record ``OUT/shards/{shard.name}.json``.
 
     Both appear atomically, the record last: a shard without its record is pending, and a re-run rewrites its
-    data file in place. `before_publish` runs once before anything appears (it pins the run's settings).
+    data file in place. Just before anything appears, the run's settings (`manifest`) are pinned to
+    ``OUT/run.json`` (`pin_run_identity` is atomic and writes nothing once the file exists, so writers in parallel
+    agree; a run that fails before its first shard pins nothing).
     """
     try:
         source, counts = read_shard(shard, input_format, config.filters)
@@ -158,8 +159,7 @@ def write_shard(
         table = output_schema(task, config.images).empty_table()
     else:
         table = annotated_shard_table(shard, source, annotations, task, config.images)
-    if before_publish is not None:
-        before_publish()
+    pin_run_identity(output, manifest)
     data_file = output / DATA_DIR / f"{shard.name}.parquet"
     if table.num_rows:
         write_atomically(data_file, lambda tmp: pq.write_table(table, tmp, row_group_size=IMAGE_ROWS_PER_ROW_GROUP))
@@ -175,22 +175,11 @@ def write_shard(
     return result
 
 
-def write_shard_task(
-    shard: Shard,
-    parts: list[pa.Table],
-    input_format: str,
-    config: AnnotateSettings,
-    task: Task,
-    output: Path,
-    manifest: dict[str, Any],
-) -> ShardResult | ShardError:
-    """`write_shard` as the annotate job runs it, in a Ray task: the run's settings (`manifest`) are pinned to
-    ``OUT/run.json`` just before the shard appears (`pin_run_identity` is atomic and writes nothing once the file
-    exists, so writers in parallel agree); a `ShardError` comes back as a value, for the run summary."""
+def write_shard_task(*args: Any) -> ShardResult | ShardError:
+    """`write_shard(*args)` as the annotate job runs it, in a Ray task: a `ShardError` comes back as a value, for
+    the run summary."""
     try:
-        return write_shard(
-            shard, parts, input_format, config, task, output, partial(pin_run_identity, output, manifest)
-        )
+        return write_shard(*args)
     except ShardError as exc:
         return exc
 
