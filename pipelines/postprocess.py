@@ -12,8 +12,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipelines.answers import Parsed
 from pipelines.engines.base import PASSTHROUGH_FIELDS
-from pipelines.tasks import Parsed, Task
+from pipelines.tasks import Task
 from schemas import ANNOTATION_TYPE, annotation_record
 
 __all__ = [

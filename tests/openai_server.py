@@ -21,7 +21,7 @@ from local_http import LocalHTTPServer
 
 from pipelines.engines.base import EngineOptions
 from pipelines.engines.hf import HFGenerator
-from pipelines.tasks import ChatRequest
+from pipelines.prompting import ChatRequest
 from schemas import Limits
 
 __all__ = ["TINY_QWEN_LIMITS", "TINY_QWEN_MAX_NEW_TOKENS", "OpenAIServer"]

@@ -37,10 +37,11 @@ from pipelines.annotate import (
     main,
     run,
 )
+from pipelines.answers import failure_reason
 from pipelines.engines import EngineOptions
 from pipelines.engines.fixed import FixedAnswerEngine
 from pipelines.ingest import IngestFilters
-from pipelines.tasks import failure_reason, get_task
+from pipelines.tasks import get_task
 from schemas import DEFAULT_LIMITS, Limits, SceneGraph, scene_graph_from_arrow
 
 REPO = Path(__file__).resolve().parents[1]

@@ -27,7 +27,7 @@ from test_ingest import _write_img2dataset
 
 import pipelines.annotate.job as annotate_job
 from pipelines.annotate import main
-from pipelines.tasks import failure_reason
+from pipelines.answers import failure_reason
 
 
 @pytest.fixture(scope="module")

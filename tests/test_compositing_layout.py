@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pipelines.answers import failure_reason
 from pipelines.compositing.layout import (
     LMD_CANVAS,
     Box,
@@ -20,7 +21,6 @@ from pipelines.compositing.layout import (
     repair_layout,
     validate_layout,
 )
-from pipelines.tasks import failure_reason
 
 CANVAS = (512, 512)
 MIN, MAX = 32, 0.2  # minimum side in pixels, largest allowed overlap (intersection over the smaller box)

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from laion_sg.offline.tiny_clipseg import build_tiny_clipseg
+from pipelines.answers import failure_reason
 from pipelines.compositing.masks import (
     DEFAULT_SEGMENTER,
     ConceptSegmenter,
@@ -20,7 +21,6 @@ from pipelines.compositing.masks import (
     cutout,
     mask_problem,
 )
-from pipelines.tasks import failure_reason
 
 # ---------------------------------------------------------------------------------------------------------------
 # Settings

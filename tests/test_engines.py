@@ -13,6 +13,7 @@ from awkward_images import skimage_photo_bytes
 from openai_server import TINY_QWEN_LIMITS, TINY_QWEN_MAX_NEW_TOKENS
 from PIL import Image
 
+from pipelines.answers import parse_spatial_caption
 from pipelines.engines import EngineOptions, build_engine
 from pipelines.engines.base import ENGINE_OUTPUT_SCHEMA, PASSTHROUGH_COLUMNS, image_data_url, openai_messages
 from pipelines.engines.hf import HFGenerator
@@ -20,7 +21,8 @@ from pipelines.engines.http_session import ResilientSession, api_key_headers
 from pipelines.engines.openai import OpenAIEngine, chat_completions_url
 from pipelines.engines.processor import ERROR_COLUMN, normalise_processor_output
 from pipelines.engines.vllm import VLLMEngine, vllm_config_kwargs
-from pipelines.tasks import PromptTemplate, Task, get_task, parse_spatial_caption
+from pipelines.prompting import PromptTemplate
+from pipelines.tasks import Task, get_task
 
 
 @pytest.fixture(scope="module")

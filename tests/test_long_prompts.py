@@ -19,9 +19,10 @@ from benchmark.dataset import BenchmarkSelectionError, build_benchmark, load_ben
 from benchmark.dataset import main as bench_set_main
 from pipelines.annotate import main as annotate_main
 from pipelines.annotate.writing import output_schema
+from pipelines.answers import parse_paragraph
 from pipelines.engines import EngineOptions
 from pipelines.engines.hf import HFGenerator
-from pipelines.tasks import get_task, parse_paragraph
+from pipelines.tasks import get_task
 from schemas import hf_features, row_key
 
 WORD = "[A-Za-z0-9,.;:!?'()-]{1,24}"

@@ -10,21 +10,10 @@ import jsonschema
 import pyarrow as pa
 import pytest
 
-from pipelines import tasks
-from pipelines.tasks import (
-    PROMPTS_DIR,
-    PromptTemplate,
-    Task,
-    extract_json,
-    failure_reason,
-    get_task,
-    judge_task,
-    load_prompt,
-    parse_scene_graph,
-    parse_spatial_caption,
-    register_task,
-    task_names,
-)
+from pipelines import answers, prompting, tasks
+from pipelines.answers import extract_json, failure_reason, parse_scene_graph, parse_spatial_caption
+from pipelines.prompting import PROMPTS_DIR, PromptTemplate, load_prompt
+from pipelines.tasks import Task, get_task, judge_task, register_task, task_names
 from schemas import SCENE_GRAPH_TYPE, Limits, SceneGraph, Vocabulary
 
 GRAPH = {
@@ -302,7 +291,7 @@ def test_failure_reason_is_the_text_before_the_first_colon(error: str, reason: s
 def test_json_error_tells_truncated_from_invalid(raw: str, expected: str) -> None:
     with pytest.raises(json.JSONDecodeError) as info:
         json.loads(raw)
-    assert tasks._json_error(raw, info.value) == expected
+    assert answers._json_error(raw, info.value) == expected
 
 
 @pytest.mark.parametrize(
@@ -885,7 +874,7 @@ def _write_prompt(
 def test_load_prompt_reads_front_matter_and_normalises_line_ends(
     tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tasks, "PROMPTS_DIR", tmp_path)
+    monkeypatch.setattr(prompting, "PROMPTS_DIR", tmp_path)
     front = "task: lp_both\nversion: v1\n\ninputs: caption , image\nnote: a: b\n"
     _write_prompt(tmp_path, "lp_both", front)
     text = (tmp_path / "lp_both.v1.md").read_bytes()
@@ -944,7 +933,7 @@ def test_load_prompt_reads_front_matter_and_normalises_line_ends(
 def test_load_prompt_rejects_bad_files(
     tmp_path, monkeypatch: pytest.MonkeyPatch, name, front, body, message
 ) -> None:
-    monkeypatch.setattr(tasks, "PROMPTS_DIR", tmp_path)
+    monkeypatch.setattr(prompting, "PROMPTS_DIR", tmp_path)
     if front is None:
         (tmp_path / f"{name}.v1.md").write_text("## system\nS\n## user\nU\n", encoding="utf-8")
     elif body is None:

@@ -33,7 +33,9 @@ from benchmark.dataset import BenchmarkSample
 from benchmark.judge import GraphJudge, JudgeItem, JudgeSettings, judge_stored
 from benchmark.questions.generate import QUESTION_TEMPLATE_VERSION, generate_questions
 from benchmark.questions.score import ItemScore, parse_yes_no, score_item
-from pipelines.tasks import Parsed, Task, load_prompt
+from pipelines.answers import Parsed
+from pipelines.prompting import load_prompt
+from pipelines.tasks import Task
 from schemas import SceneGraph
 
 __all__ = [

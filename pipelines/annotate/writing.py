@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.answers import failure_reason
 from pipelines.engines.http_session import mask_secrets
 from pipelines.ingest import FilterCounts, Shard, read_shard
-from pipelines.tasks import Task, failure_reason
+from pipelines.tasks import Task
 from schemas import IMAGE_TYPE, UPSTREAM_FIELDS, row_schema
 from schemas.layout import DATA_DIR, IMAGE_ROWS_PER_ROW_GROUP, RUN_FILE, SUMMARY_FILE
 from schemas.runs import TMP_PREFIX, pin_run_identity, write_atomically

@@ -44,6 +44,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.answers import failure_reason
 from pipelines.compositing.layout import Box, LayoutError
 from pipelines.compositing.layout_task import layout_request, layout_task, read_layout
 from pipelines.compositing.plan import Composition, plan_compositions, read_backgrounds, scan_scenes
@@ -51,7 +52,6 @@ from pipelines.compositing.settings import CompositingSettings, load_settings
 from pipelines.compositing.stages import BOX_TYPE, STAGE_SCHEMA, Compose, Segment, arrow_table
 from pipelines.engines import build_engine
 from pipelines.engines.base import PASSTHROUGH_FIELDS
-from pipelines.tasks import failure_reason
 from schemas import annotation_record, row_schema
 from schemas.layout import DATA_DIR, RUN_FILE, SUMMARY_FILE
 from schemas.runs import (

@@ -34,7 +34,7 @@ Repair (`repair_layout`)
     layout `repair_layout` returns passes `validate_layout` with the same arguments.
 
 Error messages start with their category (``outside the canvas``, ``too small``, ``overlap``, ...) followed by a
-colon, as `pipelines.tasks.failure_reason` expects.
+colon, as `pipelines.answers.failure_reason` expects.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
-from pipelines.tasks import _WORD  # the xgrammar-safe word of the spatial caption's pattern
+from pipelines.tasks import words_pattern
 
 __all__ = [
     "LMD_CANVAS",
@@ -313,7 +313,7 @@ def layout_json_schema(
             },
             "background": {
                 "type": "string",
-                "pattern": f"^{_WORD}( {_WORD}){{0,{max_background_words - 1}}}$",
+                "pattern": words_pattern(1, max_background_words),
             },
         },
         "required": ["boxes", "background"],

@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipelines.answers import Parsed, extract_json
 from pipelines.compositing.layout import (
     BACKGROUND_MAX_WORDS,
     LMD_CANVAS,
@@ -26,7 +27,8 @@ from pipelines.compositing.layout import (
     parse_layout,
     repair_layout,
 )
-from pipelines.tasks import ChatRequest, Parsed, Task, extract_json, load_prompt
+from pipelines.prompting import ChatRequest, load_prompt
+from pipelines.tasks import Task
 
 __all__ = ["LayoutTask", "layout_request", "layout_task", "read_layout"]
 

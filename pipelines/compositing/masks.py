@@ -27,7 +27,7 @@ Cut-out (`cutout`)
     The concept as an RGBA image cropped to the mask's bounding box (the smallest pixel rectangle holding
     every foreground pixel): RGB from the image, alpha 255 on the mask and 0 off it.
 
-Reasons start with their category followed by a colon, as `pipelines.tasks.failure_reason` expects.
+Reasons start with their category followed by a colon, as `pipelines.answers.failure_reason` expects.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.tasks import ChatRequest, Task
+from pipelines.prompting import ChatRequest
+from pipelines.tasks import Task
 
 if TYPE_CHECKING:
     import ray.data

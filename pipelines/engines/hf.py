@@ -24,7 +24,8 @@ from pipelines.engines.base import (
     output_table,
     pending_requests,
 )
-from pipelines.tasks import ChatRequest, Task
+from pipelines.prompting import ChatRequest
+from pipelines.tasks import Task
 
 if TYPE_CHECKING:
     import ray.data

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pipelines.engines.base import Generation, openai_messages
 from pipelines.engines.http_session import ResilientSession, RetryPolicy, api_key_headers
 from pipelines.engines.processor import ProcessorEngine
-from pipelines.tasks import ChatRequest
+from pipelines.prompting import ChatRequest
 from schemas import json_kind
 
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ from pipelines.engines.base import (
     Engine,
     Generation,
 )
-from pipelines.tasks import ChatRequest
+from pipelines.prompting import ChatRequest
 
 if TYPE_CHECKING:
     import ray.data

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.engines.base import EngineOptions, Generation, openai_messages
 from pipelines.engines.processor import ProcessorEngine
-from pipelines.tasks import ChatRequest
+from pipelines.prompting import ChatRequest
 
 if TYPE_CHECKING:
     from ray.data.llm import vLLMEngineProcessorConfig
