@@ -33,8 +33,8 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from benchmark.chunks import chunk_name, iter_chunks, map_chunks, write_chunk
-from benchmark.dataset import BenchmarkSample
 from benchmark.provenance import weights_sha256
+from benchmark.sample_set import BenchmarkSample
 from schemas import GenerationSettings, ModelInfo, SceneGraph
 
 __all__ = [

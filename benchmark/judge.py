@@ -26,8 +26,8 @@ from typing import Any
 import pyarrow as pa
 
 from benchmark.chunks import map_stored, read_stored
-from benchmark.dataset import BenchmarkSample
 from benchmark.metrics.graph_match import IOU_KEYS
+from benchmark.sample_set import BenchmarkSample
 from schemas import DEFAULT_LIMITS, SCENE_GRAPH_TYPE, Limits, SceneGraph, Vocabulary, scene_graph_from_arrow
 
 __all__ = [

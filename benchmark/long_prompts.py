@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from benchmark.dataset import manifest_path
+from benchmark.sample_set import manifest_path
 from schemas import row_key
 from schemas.runs import write_atomically
 from schemas.settings import JobSettings, parse_settings

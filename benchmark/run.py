@@ -54,7 +54,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmark.dataset import BenchmarkSample, BenchmarkSet, load_benchmark
 from benchmark.features import REFERENCE_INDEX, FeatureItem, extract_features
 from benchmark.generate import generate_images, images_digest, iter_images, model_info, stored_image_ids
 from benchmark.judge import judge_images, score_judgements
@@ -63,6 +62,7 @@ from benchmark.metrics.question_score import QuestionScore
 from benchmark.provenance import provenance, weights_sha256
 from benchmark.questions.answer import answer_questions, item_scores, question_versions
 from benchmark.run_settings import BenchRunSettings, upgrade_run_identity
+from benchmark.sample_set import BenchmarkSample, BenchmarkSet, load_benchmark
 from schemas import BenchmarkResult
 from schemas.layout import RESULT_FILE
 from schemas.runs import check_run_identity, pin_run_identity

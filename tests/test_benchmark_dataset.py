@@ -12,15 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from benchmark.dataset import (
-    BenchmarkHashError,
-    BenchmarkSelectionError,
-    build_benchmark,
-    load_benchmark,
-    main,
-    manifest_path,
-    subset_rank,
-)
+from benchmark.dataset import build_benchmark, main
+from benchmark.sample_set import BenchmarkHashError, load_benchmark, manifest_path, subset_rank
+from benchmark.selection import BenchmarkSelectionError
 from schemas import SceneGraph, annotation_record, row_key, row_schema
 
 NAMES = ["man", "horse", "hat", "dog", "tree", "car", "bench", "sky"]

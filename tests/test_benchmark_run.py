@@ -21,7 +21,7 @@ import torch_fidelity.metric_kid as tf_kid
 from test_benchmark_dataset import export_rows, png, write_export
 from test_leaderboard import EVIL, check_page_in_browser, record
 
-from benchmark.dataset import build_benchmark, load_benchmark
+from benchmark.dataset import build_benchmark
 from benchmark.features import REFERENCE_INDEX, FeatureSettings
 from benchmark.generate import (
     ADAPTERS,
@@ -39,6 +39,7 @@ from benchmark.questions import generate_questions
 from benchmark.questions.answer import ANSWERS_SCHEMA, read_answers
 from benchmark.run import PROG, compute_metrics, main, run_benchmark
 from benchmark.run_settings import BenchRunSettings, upgrade_run_identity
+from benchmark.sample_set import load_benchmark
 from schemas import DEFAULT_LIMITS, BenchmarkResult, Limits, SceneGraph
 from schemas.runs import RunIdentityError, check_run_identity
 from schemas.settings import parse_settings

@@ -54,7 +54,7 @@ def check_artifacts(output: Path, models: dict[str, Path]) -> None:
     """What the demo promises, read back independently of `verify_artifacts`."""
     import datasets
 
-    from benchmark.dataset import load_benchmark
+    from benchmark.sample_set import load_benchmark
     from schemas import BenchmarkResult
     from training.pipeline import SDXLSGPipeline
 
@@ -202,7 +202,7 @@ def check_long_prompt_track(output: Path, keys: list[str], model_id: str, tables
     """The long-prompt set holds images of the split it was frozen from (`keys`) prompted with their paragraphs
     (from the paragraph task's output, by key), and its run used the long-prompt encoding and scored the
     question track."""
-    from benchmark.dataset import load_benchmark
+    from benchmark.sample_set import load_benchmark
     from schemas import BenchmarkResult
 
     paragraphs = pa.concat_tables(pq.read_table(p) for p in sorted((output / "paragraph" / "data").glob("*.parquet")))

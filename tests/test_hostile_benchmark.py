@@ -18,7 +18,6 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from benchmark.dataset import BenchmarkSample
 from benchmark.judge import JUDGEMENTS_SCHEMA, GraphJudge, JudgeItem, JudgeSettings, score_judgements
 from benchmark.leaderboard import RecordError, load_records, main
 from benchmark.metrics import (
@@ -32,6 +31,7 @@ from benchmark.metrics import (
     feature_stats,
     kernel_inception_distance,
 )
+from benchmark.sample_set import BenchmarkSample
 from pipelines.engines.base import Generation
 from schemas import BenchmarkInfo, BenchmarkResult, GenerationSettings, ModelInfo, Provenance, SceneGraph
 

@@ -15,8 +15,10 @@ from awkward_images import skimage_photo_bytes
 from test_benchmark_dataset import export_rows, write_export
 
 from benchmark import long_prompts
-from benchmark.dataset import BenchmarkSelectionError, build_benchmark, load_benchmark, manifest_path
+from benchmark.dataset import build_benchmark
 from benchmark.dataset import main as bench_set_main
+from benchmark.sample_set import load_benchmark, manifest_path
+from benchmark.selection import BenchmarkSelectionError
 from pipelines.annotate import main as annotate_main
 from pipelines.annotate.writing import output_schema
 from pipelines.answers import parse_paragraph

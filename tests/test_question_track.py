@@ -12,7 +12,6 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from benchmark.dataset import BenchmarkSample
 from benchmark.judge import JudgeItem, JudgeSettings
 from benchmark.metrics.question_score import QuestionScore
 from benchmark.questions import average_scores, generate_questions
@@ -26,6 +25,7 @@ from benchmark.questions.answer import (
     question_versions,
 )
 from benchmark.questions.score import ItemScore
+from benchmark.sample_set import BenchmarkSample
 from schemas import Limits, SceneGraph
 
 DOG = SceneGraph.from_json(

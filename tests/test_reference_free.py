@@ -15,15 +15,11 @@ import pytest
 from test_benchmark_dataset import export_rows, write_export
 
 from benchmark import long_prompts
-from benchmark.dataset import (
-    REFERENCE_FREE_NAME,
-    BenchmarkSelectionError,
-    build_benchmark,
-    load_benchmark,
-    manifest_path,
-)
+from benchmark.dataset import REFERENCE_FREE_NAME, build_benchmark
 from benchmark.dataset import main as bench_set_main
 from benchmark.features import REFERENCE_INDEX
+from benchmark.sample_set import load_benchmark, manifest_path
+from benchmark.selection import BenchmarkSelectionError
 from pipelines.annotate import main as annotate_main
 from schemas import row_key
 

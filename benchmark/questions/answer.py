@@ -29,10 +29,10 @@ from typing import Any
 import pyarrow as pa
 
 from benchmark.chunks import read_stored
-from benchmark.dataset import BenchmarkSample
 from benchmark.judge import GraphJudge, JudgeItem, JudgeSettings, judge_stored
 from benchmark.questions.generate import QUESTION_TEMPLATE_VERSION, generate_questions
 from benchmark.questions.score import ItemScore, parse_yes_no, score_item
+from benchmark.sample_set import BenchmarkSample
 from pipelines.answers import Parsed
 from pipelines.prompting import load_prompt
 from pipelines.tasks import Task

@@ -14,7 +14,7 @@ one-object prompts, not spatial, left out here), so results can be joined with V
 name (`benchmark.metrics.visor.RELATIONS`); ``text`` is the prompt to generate from.
 
 A stable sample (``--max-prompts N``): the N prompts with the smallest ``sha256(f"{seed}:{prompt_id}")``, the rule of
-CompSG-Bench's subset (`benchmark.dataset.subset_rank`): a sample of N is a prefix of a sample of M > N. The sample is
+CompSG-Bench's subset (`benchmark.sample_set.subset_rank`): a sample of N is a prefix of a sample of M > N. The sample is
 written in ``sr2d_id`` order.
 
 The seed of image ``i`` of a prompt (`image_seed`): the first 8 bytes of ``sha256(f"{seed}:{prompt_id}:{i}")``,
@@ -43,8 +43,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from benchmark.dataset import subset_rank
 from benchmark.metrics.visor import RELATIONS
+from benchmark.sample_set import subset_rank
 from schemas import with_hf_metadata
 from schemas.runs import write_atomically
 from schemas.settings import JobSettings, parse_settings

@@ -38,7 +38,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from benchmark.dataset import BenchmarkSample
 from benchmark.generate import (
     ADAPTERS,
     check_adapter,
@@ -53,6 +52,7 @@ from benchmark.metrics.visor import IMAGES_PER_PROMPT
 from benchmark.metrics.visor_score import VISORScore
 from benchmark.provenance import provenance, weights_sha256
 from benchmark.run_settings import GenerationOptions
+from benchmark.sample_set import BenchmarkSample
 from benchmark.spatial.detect import DetectorSettings, detect_images, detect_items, visor_items
 from benchmark.spatial.prompts import RELATION_PHRASES, PromptSet, SpatialPrompt, load_prompts
 from schemas import BenchmarkInfo, BenchmarkResult, SceneGraph, SGObject, SGRelation
