@@ -27,13 +27,11 @@ without Ray: ``RUN/checkpoints/step_*``). A checkpoint holds ``lora.safetensors`
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +44,13 @@ from training.bad_rows import BadDataError, BadRows, NoUsableRowsError, exit_on_
 from training.batches import TrainBatch
 from training.checkpoints import FINAL_DIR, STATE_JSON, TrainState, load_training_state, save_training_state
 from training.contexts import LocalContext, RayContext
-from training.loop import BadRowMonitor
 from training.lora_data import CaptionBatch, CaptionCollator, CaptionPlanner
 from training.lora_pipeline import LORA_JSON, LORA_WEIGHTS, LoraSDXLPipeline
 from training.lora_settings import TARGET_MODULES, LoraSettings, lora_config
 from training.rows import find_splits
-from training.step import FrozenSDXL, build_lr_scheduler, diffusion_loss, step_seed
-from training.tracking import TensorBoardLog, plot_losses
+from training.step import FrozenSDXL, build_lr_scheduler, diffusion_loss
+from training.step_loop import run_steps
+from training.tracking import plot_losses
 
 __all__ = [
     "LORA_JSON",
@@ -250,48 +248,21 @@ def run_lora_worker(config: LoraSettings, ctx: Any) -> TrainState:
             if directory is None
             else load_lora_checkpoint(directory, frozen.unet, optimizer, lr_scheduler, ctx.rank)
         )
-    resumed_from = state.step
     planner = CaptionPlanner(find_splits(config.input)["train"], config.seed)
-    monitor = BadRowMonitor(ctx, config)
-    with contextlib.ExitStack() as stack:
-        tensorboard = (
-            stack.enter_context(TensorBoardLog(ctx.run_dir, state.step + 1)) if ctx.rank == 0 else None
-        )
-        while state.step < config.max_steps:
-            plan, consumed, started = planner.plan(state.epoch), state.batch_in_epoch, time.perf_counter()
-            for batch in epoch_batches(ctx, config, planner, state, monitor.local):
-                seed = step_seed(config.seed, state.step, ctx.rank)
-                metrics = lora_step(frozen, text, params, optimizer, lr_scheduler, batch, seed, config, ctx)
-                state.step += 1
-                state.batch_in_epoch += 1
-                metrics |= {
-                    "step": state.step, "epoch": state.epoch, "loss": monitor.sync(metrics["loss"]),
-                    "resumed_from_step": resumed_from,
-                    "samples_per_s": batch.size * ctx.world_size / (time.perf_counter() - started),
-                    "spatial_captions": plan.spatial, "original_captions": plan.original,
-                    "fallback_captions": plan.fallback,
-                } | monitor.metrics()  # fmt: skip
-                last = state.step >= config.max_steps
-                if tensorboard is not None:
-                    tensorboard.add(metrics)
-                    if last or state.step % config.log_every == 0:
-                        log.info("step %d/%d: loss %.4g", state.step, config.max_steps, metrics["loss"])
-                if not ctx.log_step(metrics):
-                    return state
-                if last or state.step % config.checkpoint_every == 0:
-                    with tempfile.TemporaryDirectory(prefix="sdxl_lora_ckpt_") as tmp:
-                        save_lora_checkpoint(Path(tmp), frozen.unet, optimizer, lr_scheduler, state, ctx.rank)
-                        ctx.report(metrics, Path(tmp))
-                if last:
-                    return state
-                started = time.perf_counter()
-            if state.batch_in_epoch == consumed == 0:
-                raise ValueError(
-                    f"the train split has fewer than batch_size={config.batch_size} usable rows per worker"
-                )
-            state.epoch += 1
-            state.batch_in_epoch = 0
-    return state
+
+    def step(batch: CaptionBatch, seed: int) -> dict[str, Any]:
+        plan = planner.plan(state.epoch)
+        metrics = lora_step(frozen, text, params, optimizer, lr_scheduler, batch, seed, config, ctx)
+        return metrics | {
+            "spatial_captions": plan.spatial, "original_captions": plan.original, "fallback_captions": plan.fallback
+        }  # fmt: skip
+
+    def save(directory: Path, state: TrainState) -> None:
+        save_lora_checkpoint(directory, frozen.unet, optimizer, lr_scheduler, state, ctx.rank)
+
+    return run_steps(
+        ctx, config, state, epoch_batches=partial(epoch_batches, ctx, config, planner), step=step, save=save
+    )
 
 
 # ---------------------------------------------------------------------------------------------- runs

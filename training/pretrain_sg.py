@@ -51,8 +51,7 @@ import json
 import logging
 import shutil
 import sys
-import tempfile
-import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +62,7 @@ from torch import nn
 
 from schemas.runs import init_ray, log_progress
 from schemas.settings import parse_settings
-from training.bad_rows import BadDataError, NoUsableRowsError, exit_on_bad_data, first_usable_row
+from training.bad_rows import BadDataError, BadRows, NoUsableRowsError, exit_on_bad_data, first_usable_row
 from training.batches import RowCollator, TrainBatch
 from training.checkpoints import (
     FINAL_DIR,
@@ -75,15 +74,14 @@ from training.checkpoints import (
 )
 from training.contexts import LocalContext, RayContext
 from training.image_transforms import ImageConfig
-from training.loop import BadRowMonitor
 from training.pretrain_losses import SGPretrainModel, mask_items
 from training.pretrain_settings import CLIPImageSettings, LossWeights, PretrainSettings
 from training.rows import find_splits
 from training.settings import run_dir
 from training.sg_encoder import SGEncoder
 from training.sg_features import SGFeatures, encode_graphs
-from training.step import FrozenSDXL, build_lr_scheduler, build_optimizer, step_seed
-from training.tracking import TensorBoardLog
+from training.step import FrozenSDXL, build_lr_scheduler, build_optimizer
+from training.step_loop import run_steps
 
 __all__ = [
     "PRETRAIN_JSON",
@@ -107,7 +105,6 @@ log = logging.getLogger(__name__)
 
 PRETRAIN_JSON = "pretrain_sg.json"
 CKPT_HEADS = "heads.safetensors"
-EXTRA_SCALARS = {"contrastive": "train/contrastive", "masked": "train/masked"}  # beside `tracking.SCALARS`
 
 
 # ---------------------------------------------------------------------------------------------- the step
@@ -250,56 +247,25 @@ def run_pretrain_worker(config: PretrainSettings, ctx: Any) -> TrainState:
             state = TrainState()
         else:
             state = load_pretrain_checkpoint(directory, model, optimizer, lr_scheduler, ctx.rank)
-    resumed_from = state.step
     wrapped = ctx.prepare(model)
     collate = RowCollator(frozen.tokenizers, clip.image_config(config.seed))
-    monitor = BadRowMonitor(ctx, config)
-    with contextlib.ExitStack() as stack:
-        tensorboard = (
-            stack.enter_context(TensorBoardLog(ctx.run_dir, state.step + 1)) if ctx.rank == 0 else None
-        )
-        while state.step < config.max_steps:
-            consumed, started = state.batch_in_epoch, time.perf_counter()
-            for batch in ctx.batches(
-                "train", collate, state.epoch, skip=state.batch_in_epoch, tally=monitor.local
-            ):
-                seed = step_seed(config.seed, state.step, ctx.rank)
-                inputs = batch_inputs(frozen, clip, batch.to(ctx.device), config, seed)
-                metrics = pretrain_step(wrapped, optimizer, lr_scheduler, inputs, config, autocast)
-                state.step += 1
-                state.batch_in_epoch += 1
-                parts = ctx.all_sum([metrics["contrastive"], metrics["masked"]])
-                metrics |= {
-                    "step": state.step, "epoch": state.epoch, "loss": monitor.sync(metrics["loss"]),
-                    "contrastive": parts[0] / ctx.world_size, "masked": parts[1] / ctx.world_size,
-                    "samples_per_s": batch.size * ctx.world_size / (time.perf_counter() - started),
-                    "resumed_from_step": resumed_from,
-                } | monitor.metrics()  # fmt: skip
-                last = state.step >= config.max_steps
-                if tensorboard is not None:
-                    tensorboard.add(metrics)
-                    for key, tag in EXTRA_SCALARS.items():
-                        tensorboard.writer.add_scalar(tag, metrics[key], state.step)
-                    if last or state.step % config.log_every == 0:
-                        line = "step %d/%d: loss %.4g (contrastive %.4g, masked %.4g)"
-                        parts = (metrics[k] for k in ("loss", "contrastive", "masked"))
-                        log.info(line, state.step, config.max_steps, *parts)
-                if not ctx.log_step(metrics):
-                    return state
-                if last or state.step % config.checkpoint_every == 0:
-                    with tempfile.TemporaryDirectory(prefix="sg_pretrain_ckpt_") as tmp:
-                        save_pretrain_checkpoint(Path(tmp), model, optimizer, lr_scheduler, state, ctx.rank)
-                        ctx.report(metrics, Path(tmp))
-                if last:
-                    return state
-                started = time.perf_counter()
-            if state.batch_in_epoch == consumed == 0:
-                raise ValueError(
-                    f"the train split has fewer than batch_size={config.batch_size} usable rows per worker"
-                )
-            state.epoch += 1
-            state.batch_in_epoch = 0
-    return state
+
+    def epoch_batches(state: TrainState, tally: BadRows) -> Iterable[TrainBatch]:
+        return ctx.batches("train", collate, state.epoch, skip=state.batch_in_epoch, tally=tally)
+
+    def step(batch: TrainBatch, seed: int) -> dict[str, Any]:
+        inputs = batch_inputs(frozen, clip, batch.to(ctx.device), config, seed)
+        metrics = pretrain_step(wrapped, optimizer, lr_scheduler, inputs, config, autocast)
+        contrastive, masked = ctx.all_sum([metrics["contrastive"], metrics["masked"]])
+        return metrics | {"contrastive": contrastive / ctx.world_size, "masked": masked / ctx.world_size}
+
+    def save(directory: Path, state: TrainState) -> None:
+        save_pretrain_checkpoint(directory, model, optimizer, lr_scheduler, state, ctx.rank)
+
+    return run_steps(
+        ctx, config, state, epoch_batches=epoch_batches, step=step, save=save,
+        labels={"contrastive": "contrastive", "masked": "masked"},
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- runs

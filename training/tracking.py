@@ -29,6 +29,8 @@ SCALARS = {
     "grad_norm": "train/grad_norm",
     "samples_per_s": "train/samples_per_s",
     "alpha": "train/alpha",
+    "contrastive": "train/contrastive",
+    "masked": "train/masked",
     "bad_fraction": "data/bad_fraction",
 }
 
