@@ -233,11 +233,13 @@ def test_encoder_settings_are_the_sg_encoder_arguments() -> None:
 def test_settings_round_trip_to_ray_workers(data_dir: Path, sdxl: Path, tmp_path: Path, monkeypatch) -> None:
     """`build_trainer` hands the workers plain data (`model_dump`); the per-worker function rebuilds the same
     settings from it."""
+    import dataclasses
     import pickle
 
     import ray.data
     import ray.train.torch
 
+    from training import jobs
     from training import train as train_module
 
     config = tiny_config(data_dir, sdxl, tmp_path, flip=True, crop="none", max_bad_fraction=0.5, seed=3)
@@ -247,11 +249,15 @@ def test_settings_round_trip_to_ray_workers(data_dir: Path, sdxl: Path, tmp_path
         def __init__(self, loop, train_loop_config, **kwargs):
             captured["loop"], captured["values"] = loop, train_loop_config
 
+        def fit(self):
+            raise RuntimeError("stop before training")
+
     monkeypatch.setattr(ray.data, "read_parquet", lambda files: files)
     monkeypatch.setattr(ray.train.torch, "TorchTrainer", Trainer)
-    monkeypatch.setattr(train_module, "RayContext", lambda settings: ("ctx", settings))
-    monkeypatch.setattr(train_module, "run_worker", lambda settings, ctx: captured.setdefault("worker", settings))
-    train_module.build_trainer(config)
+    monkeypatch.setattr(jobs, "RayContext", lambda settings: ("ctx", settings))
+    worker = lambda settings, ctx: captured.setdefault("worker", settings)  # noqa: E731
+    with pytest.raises(RuntimeError, match="stop before training"):
+        dataclasses.replace(train_module.JOB, worker=worker).fit(config)
     values = pickle.loads(pickle.dumps(captured["values"]))  # as Ray ships it
     assert values["encoder"] == TINY_ENCODER | {"num_layers": 5, "pooling": "avg", "residual": True}
     captured["loop"](values)
@@ -439,10 +445,10 @@ def _observed_ray_loop(record: Path, fail_at_step: int | None = None):
 def _fit_observed(config: TrainSettings, record: Path, fail_at_step: int | None = None):
     import json
 
-    from training.train import build_trainer
+    from training.jobs import build_trainer
 
     record.mkdir()
-    result = build_trainer(config, train_loop=_observed_ray_loop(record, fail_at_step)).fit()
+    result = build_trainer(config, _observed_ray_loop(record, fail_at_step)).fit()
     history = [json.loads(line) for line in (record / "history.jsonl").read_text().splitlines()]
     ranks = [torch.load(record / f"weights_rank{r}.pt", weights_only=True) for r in range(config.num_workers)]
     return result, history, ranks

@@ -277,18 +277,19 @@ def _encoder_yaml(tmp_path: Path) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize(
-    ("module", "fit"), [("training.train", "train"), ("training.lora", "train_lora"), ("training.pretrain_sg", "pretrain")]
-)
+@pytest.mark.parametrize("module", ["training.train", "training.lora", "training.pretrain_sg"])
 def test_each_training_job_exits_2_for_bad_data_a_ray_worker_found(
-    module: str, fit: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    module: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ray Train hands `main` a worker's `BadDataError` wrapped in its own `WorkerGroupError`: each training job
     exits 2 with the error's first line; any other error is raised as it is. (The fit is replaced here; the slow
     test above goes through a real Ray Train fit of `training.train`.)"""
+    import dataclasses
     import importlib
 
     from ray.train import WorkerGroupError
+
+    from training import jobs
 
     job = importlib.import_module(module)
     found = BadDataError("too many unusable training rows in d: 2 of the 9 rows read so far (22.2%)\nkeys: a, b")
@@ -296,9 +297,9 @@ def test_each_training_job_exits_2_for_bad_data_a_ray_worker_found(
     def failing_fit(*args: object, **kwargs: object) -> None:
         raise WorkerGroupError("Training failed due to worker errors", {1: found})
 
-    monkeypatch.setattr(job, "preflight", lambda config: {})
-    monkeypatch.setattr(job, "init_ray", lambda: None)
-    monkeypatch.setattr(job, fit, failing_fit)
+    monkeypatch.setattr(job, "JOB", dataclasses.replace(job.JOB, preflight=lambda config: {}))
+    monkeypatch.setattr(jobs, "init_ray", lambda: None)
+    monkeypatch.setattr(jobs.TrainingJob, "fit", failing_fit)
     argv = ["--input", str(tmp_path), "--model", str(tmp_path), "--output", str(tmp_path / "out")]
     assert job.main(argv) == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"error: {str(found).splitlines()[0]}"
@@ -306,6 +307,6 @@ def test_each_training_job_exits_2_for_bad_data_a_ray_worker_found(
     def other_failure(*args: object, **kwargs: object) -> None:
         raise WorkerGroupError("Training failed due to worker errors", {0: RuntimeError("CUDA out of memory")})
 
-    monkeypatch.setattr(job, fit, other_failure)
+    monkeypatch.setattr(jobs.TrainingJob, "fit", other_failure)
     with pytest.raises(WorkerGroupError, match="worker errors"):
         job.main(argv)

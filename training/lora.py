@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -38,19 +37,18 @@ from typing import Any
 import torch
 from diffusers import StableDiffusionXLPipeline
 
-from schemas.runs import init_ray, log_progress
+from schemas.runs import log_progress
 from schemas.settings import parse_settings
-from training.bad_rows import BadDataError, BadRows, NoUsableRowsError, exit_on_bad_data, first_usable_row
+from training.bad_rows import BadRows, NoUsableRowsError, first_usable_row
 from training.batches import TrainBatch
 from training.checkpoints import FINAL_DIR, STATE_JSON, TrainState, load_training_state, save_training_state
-from training.contexts import LocalContext, RayContext
+from training.jobs import TrainingJob
 from training.lora_data import CaptionBatch, CaptionCollator, CaptionPlanner
 from training.lora_pipeline import LORA_JSON, LORA_WEIGHTS, LoraSDXLPipeline
 from training.lora_settings import TARGET_MODULES, LoraSettings, lora_config
 from training.rows import find_splits
 from training.step import FrozenSDXL, build_lr_scheduler, diffusion_loss
 from training.step_loop import run_steps
-from training.tracking import plot_losses
 
 __all__ = [
     "LORA_JSON",
@@ -283,39 +281,11 @@ def preflight(config: LoraSettings) -> dict[str, Any]:
     return {"captions": {"spatial": plan.spatial, "original": plan.original, "fallback": plan.fallback}}
 
 
-def train_lora_local(config: LoraSettings, stop_after: int | None = None) -> tuple[LocalContext, TrainState]:
-    """Train in this process without Ray (resumes from ``output/checkpoints``); when done, export
-    ``output/final`` and draw ``output/loss.png``. `stop_after` simulates an interruption after that many
-    steps."""
-    preflight(config)
-    ctx = LocalContext(config, stop_after=stop_after)
-    state = run_lora_worker(config, ctx)
-    if state.step >= config.max_steps:
-        with ctx.resume_dir() as directory:
-            export_lora(directory, config)
-        plot_losses(ctx.run_dir)
-    return ctx, state
-
-
-def _lora_loop_per_worker(values: dict[str, Any]) -> None:
-    log_progress()
-    config = LoraSettings.model_validate(values)
-    run_lora_worker(config, RayContext(config))
-
-
-def train_lora(config: LoraSettings):
-    """Fit with Ray Train (`training.train.build_trainer`, resuming from ``output/name``), then export
-    ``output/final`` and draw ``output/name/loss.png``."""
-    from training.settings import run_dir
-    from training.train import build_trainer
-
-    result = build_trainer(config, _lora_loop_per_worker).fit()
-    if result.checkpoint is None:
-        raise RuntimeError("training finished without a checkpoint")
-    with result.checkpoint.as_directory() as directory:
-        export_lora(directory, config)
-    plot_losses(run_dir(config))
-    return result
+# The job around the worker loop (`training.jobs`): `train_lora_local` runs it in this process, `train_lora` fits it
+# with Ray Train; both export ``output/final`` and draw the loss plot.
+JOB = TrainingJob(LoraSettings, run_lora_worker, preflight, export_lora)
+train_lora_local = JOB.run_local
+train_lora = JOB.fit
 
 
 def parse_config(argv: list[str] | None = None) -> LoraSettings:
@@ -333,23 +303,9 @@ def parse_config(argv: list[str] | None = None) -> LoraSettings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit code 2 with one line on stderr when the data is unusable (no usable row: before Ray starts; too many
-    bad rows: when a worker finds them)."""
+    """Exit code 2 with one line on stderr when the data is unusable (`TrainingJob.main`)."""
     log_progress()
-    config = parse_config(argv)
-    try:
-        captions = preflight(config)
-    except (BadDataError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    init_ray()
-    try:
-        result = train_lora(config)
-    except Exception as exc:
-        return exit_on_bad_data(exc)
-    summary = {"final": str(Path(config.output) / FINAL_DIR), "metrics": result.metrics} | captions
-    print(json.dumps(summary, indent=2, default=str))
-    return 0
+    return JOB.main(parse_config(argv))
 
 
 if __name__ == "__main__":

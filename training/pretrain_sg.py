@@ -50,7 +50,6 @@ import contextlib
 import json
 import logging
 import shutil
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,9 +59,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from schemas.runs import init_ray, log_progress
+from schemas.runs import log_progress
 from schemas.settings import parse_settings
-from training.bad_rows import BadDataError, BadRows, NoUsableRowsError, exit_on_bad_data, first_usable_row
+from training.bad_rows import BadRows, NoUsableRowsError, first_usable_row
 from training.batches import RowCollator, TrainBatch
 from training.checkpoints import (
     FINAL_DIR,
@@ -72,12 +71,11 @@ from training.checkpoints import (
     load_training_state,
     save_training_state,
 )
-from training.contexts import LocalContext, RayContext
 from training.image_transforms import ImageConfig
+from training.jobs import TrainingJob
 from training.pretrain_losses import SGPretrainModel, mask_items
 from training.pretrain_settings import CLIPImageSettings, LossWeights, PretrainSettings
 from training.rows import find_splits
-from training.settings import run_dir
 from training.sg_encoder import SGEncoder
 from training.sg_features import SGFeatures, encode_graphs
 from training.step import FrozenSDXL, build_lr_scheduler, build_optimizer
@@ -271,46 +269,22 @@ def run_pretrain_worker(config: PretrainSettings, ctx: Any) -> TrainState:
 # ---------------------------------------------------------------------------------------------- runs
 
 
-def preflight(config: PretrainSettings) -> None:
-    """Before any worker starts: the train split has a row that decodes (`NoUsableRowsError` otherwise)."""
+def preflight(config: PretrainSettings) -> dict[str, Any]:
+    """Before any worker starts: the train split has a row that decodes (`NoUsableRowsError` otherwise). Adds
+    nothing to the summary."""
     decode = RowCollator([], ImageConfig(seed=config.seed)).decode
     scanned = first_usable_row(find_splits(config.input)["train"], decode)
     if scanned.bad + scanned.failed_annotation == scanned.seen:
         what = scanned.describe() if scanned.seen else "the train split has no rows"
         raise NoUsableRowsError(f"no usable training row in {config.input}: {what}")
+    return {}
 
 
-def pretrain_local(
-    config: PretrainSettings, stop_after: int | None = None
-) -> tuple[LocalContext, TrainState]:
-    """Pre-train in this process without Ray (resumes from ``output/checkpoints``); when done, export
-    ``output/final``. `stop_after` simulates an interruption after that many steps."""
-    preflight(config)
-    ctx = LocalContext(config, stop_after=stop_after)
-    state = run_pretrain_worker(config, ctx)
-    if state.step >= config.max_steps:
-        with ctx.resume_dir() as directory:
-            export_pretrained(directory, config)
-    return ctx, state
-
-
-def _pretrain_loop_per_worker(values: dict[str, Any]) -> None:
-    log_progress()
-    config = PretrainSettings.model_validate(values)
-    run_pretrain_worker(config, RayContext(config))
-
-
-def pretrain(config: PretrainSettings):
-    """Fit with Ray Train (`training.train.build_trainer`, resuming from ``output/name``), then export
-    ``output/final``."""
-    from training.train import build_trainer
-
-    result = build_trainer(config, _pretrain_loop_per_worker).fit()
-    if result.checkpoint is None:
-        raise RuntimeError("pre-training finished without a checkpoint")
-    with result.checkpoint.as_directory() as directory:
-        export_pretrained(directory, config)
-    return result
+# The job around the worker loop (`training.jobs`): `pretrain_local` runs it in this process, `pretrain` fits it
+# with Ray Train; both export ``output/final`` and draw the loss plot.
+JOB = TrainingJob(PretrainSettings, run_pretrain_worker, preflight, export_pretrained)
+pretrain_local = JOB.run_local
+pretrain = JOB.fit
 
 
 def parse_config(argv: list[str] | None = None) -> PretrainSettings:
@@ -332,23 +306,9 @@ def parse_config(argv: list[str] | None = None) -> PretrainSettings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit code 2 with one line on stderr when the data is unusable (no usable row: before Ray starts; too many
-    bad rows: when a worker finds them)."""
+    """Exit code 2 with one line on stderr when the data is unusable (`TrainingJob.main`)."""
     log_progress()
-    config = parse_config(argv)
-    try:
-        preflight(config)
-    except (BadDataError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    init_ray()
-    try:
-        result = pretrain(config)
-    except Exception as exc:
-        return exit_on_bad_data(exc)
-    summary = {"final": str(Path(config.output) / FINAL_DIR), "tensorboard": str(run_dir(config))}
-    print(json.dumps(summary | {"metrics": result.metrics}, indent=2, default=str))
-    return 0
+    return JOB.main(parse_config(argv))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 `DATA` holds Parquet rows of `schemas.row_schema()`: a `pipelines.export` output (``data/train-*.parquet``,
 ``data/validation-*.parquet``; the test split is never read), or ``train/`` and ``val/`` directories, or just
 rows (then all are training rows and there is no validation); `--cache` points at a `training.precompute` output
-instead. Every worker runs `training.loop.run_worker` in a `training.contexts.RayContext`: the frozen SDXL in eval
+instead. Every worker runs `training.loop.run_worker` in a `training.contexts.RayContext` (`training.jobs`): the frozen SDXL in eval
 mode without gradients (not wrapped), the SG encoder under DDP (`ray.train.torch.prepare_model`), AdamW + warmup
 + cosine, bf16 autocast on GPU, gradient clipping, and a checkpoint with its metrics reported to Ray Train
 (`ray.train.report`) every `--checkpoint-every` steps and at the end.
@@ -51,26 +51,22 @@ current epoch but may see them in another order.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from schemas.runs import init_ray, log_progress
+from schemas.runs import log_progress
 from schemas.settings import parse_settings
-from training.bad_rows import BadDataError, BadRows, NoUsableRowsError, exit_on_bad_data, first_usable_row
+from training.bad_rows import BadDataError, BadRows, NoUsableRowsError, first_usable_row
 from training.batches import RowCollator
 from training.cache import CacheCollator
-from training.checkpoints import FINAL_DIR, TrainState, export_final
-from training.contexts import LocalContext, RayContext
+from training.checkpoints import export_final
+from training.jobs import TrainingJob
 from training.loop import check_cache_matches, run_worker
 from training.rows import ANNOTATION_FAILED, find_splits, row_problem
-from training.settings import TrainSettings, run_dir
-from training.tracking import plot_losses
+from training.settings import TrainSettings
 
-__all__ = ["build_trainer", "main", "parse_config", "preflight", "train", "train_local"]
+__all__ = ["JOB", "main", "parse_config", "preflight", "train", "train_local"]
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +95,8 @@ def preflight(config: TrainSettings) -> dict[str, Any]:
     """Checks before any worker starts: the train split has at least one row that decodes (`NoUsableRowsError`
     naming the path otherwise), and, with `--cache`, that the cache was written for this model and these image
     settings and that no more than `max_bad_fraction` of the data's rows are missing from it. Reads only until the
-    first usable row, and only keys for the cache comparison."""
+    first usable row, and only keys for the cache comparison. Returns what the summary adds: the initial SG
+    encoder, and the rows missing from the cache."""
     source = config.cache or config.input
     files = find_splits(source)["train"]
     if config.cache:
@@ -110,7 +107,7 @@ def preflight(config: TrainSettings) -> dict[str, Any]:
     if scanned.bad + scanned.failed_annotation == scanned.seen:
         what = scanned.describe() if scanned.seen else "the train split has no rows"
         raise NoUsableRowsError(f"no usable training row in {source}: {what}")
-    summary: dict[str, Any] = {}
+    summary: dict[str, Any] = {"init_sg_encoder": config.init_sg_encoder}
     if config.cache:
         missing = _missing_from_cache(config)
         if missing.bad:
@@ -122,68 +119,12 @@ def preflight(config: TrainSettings) -> dict[str, Any]:
     return summary
 
 
-def train_local(config: TrainSettings, stop_after: int | None = None) -> tuple[LocalContext, TrainState]:
-    """Train in this process without Ray (resumes from ``output/checkpoints``); when done, export
-    ``output/final`` and draw ``output/loss.png`` from the TensorBoard events in ``output``."""
-    preflight(config)
-    ctx = LocalContext(config, stop_after=stop_after)
-    state = run_worker(config, ctx)
-    if state.step >= config.max_steps:
-        with ctx.resume_dir() as directory:
-            export_final(directory, config)
-        plot_losses(ctx.run_dir)
-    return ctx, state
-
-
-# ---------------------------------------------------------------------------------------------- Ray
-
-
-def _train_loop_per_worker(config: dict[str, Any]) -> None:
-    log_progress()
-    train_config = TrainSettings.model_validate(config)
-    run_worker(train_config, RayContext(train_config))
-
-
-def build_trainer(config: TrainSettings, train_loop: Callable[[dict[str, Any]], None] | None = None):
-    """A `TorchTrainer` over Ray Data Parquet datasets (raw rows or the cache; the workers skip unusable rows).
-
-    `train_loop` replaces the per-worker function (it receives `config.model_dump()`, which
-    `TrainSettings.model_validate` turns back into `config`); by default `run_worker` with a `RayContext`."""
-    import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    datasets = {}
-    for split, files in find_splits(config.cache or config.input).items():
-        datasets[split] = ray.data.read_parquet([str(f) for f in files])
-    return TorchTrainer(
-        train_loop or _train_loop_per_worker,
-        train_loop_config=config.model_dump(),
-        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu),
-        run_config=RunConfig(
-            name=config.name,
-            storage_path=str(Path(config.output).resolve()),  # the run directory is `run_dir(config)`
-            failure_config=FailureConfig(max_failures=config.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
-        ),
-        datasets=datasets,
-    )
-
-
-def train(config: TrainSettings, *, check: bool = True):
-    """Fit with Ray Train (resuming when ``output/name`` has checkpoints), then export ``output/final`` and
-    draw ``output/name/loss.png``.
-    `preflight` runs first (unless `check` is off: the caller ran it), so data without a usable row fails before
-    Ray Train starts."""
-    if check:
-        preflight(config)
-    result = build_trainer(config).fit()
-    if result.checkpoint is None:
-        raise RuntimeError("training finished without a checkpoint")
-    with result.checkpoint.as_directory() as directory:
-        export_final(directory, config)
-    plot_losses(run_dir(config))
-    return result
+# The job around the worker loop (`training.jobs`): `train_local` runs it in this process (resuming from
+# ``output/checkpoints``), `train` fits it with Ray Train (resuming from ``output/name``); both export
+# ``output/final`` and draw the loss plot from the TensorBoard events.
+JOB = TrainingJob(TrainSettings, run_worker, preflight, export_final)
+train_local = JOB.run_local
+train = JOB.fit
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -205,23 +146,9 @@ def parse_config(argv: list[str] | None = None) -> TrainSettings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit code 2 with one line on stderr when the data is unusable (no usable row: before Ray starts)."""
+    """Exit code 2 with one line on stderr when the data is unusable (`TrainingJob.main`)."""
     log_progress()
-    config = parse_config(argv)
-    try:
-        checks = preflight(config)
-    except (BadDataError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    init_ray()
-    try:
-        result = train(config, check=False)
-    except Exception as exc:
-        return exit_on_bad_data(exc)
-    summary = {"final": str(Path(config.output) / FINAL_DIR), "tensorboard": str(run_dir(config))}
-    summary |= {"init_sg_encoder": config.init_sg_encoder, "metrics": result.metrics} | checks
-    print(json.dumps(summary, indent=2, default=str))
-    return 0
+    return JOB.main(parse_config(argv))
 
 
 if __name__ == "__main__":
