@@ -273,3 +273,67 @@ def test_sequence_length_is_the_first_tokenizers_for_every_tokenizer(tokenizers:
     assert torch.equal(inputs.text_ids[1], prepare_graphs([MANY, LONG], tokenizers).text_ids[1])
     assert [t.shape for t in inputs.phrase_ids] == [(3, L), (3, L)]
     assert [t.tolist() for t in inputs.phrase_lengths] == [[3, 3, L], [3, 3, L]]
+
+
+# ------------------------------------------------------------------------------------------ windows (long prompts)
+
+
+def test_windows_lay_a_long_text_out_as_the_long_prompt_layout(tokenizers: list) -> None:
+    """MANY's text is 79 tokens (40 names and 39 commas): with windows of 75 it takes two windows of 77 ids,
+    ``[BOS, tokens 0..74, EOS]`` and ``[BOS, tokens 75..78, EOS, PAD...]``. Name k is token 2k, so names 0..37 sit
+    at 1 + 2k and names 38 and 39 (tokens 76 and 78) at 77 + 1 + 1 = 79 and 77 + 1 + 3 = 81; nothing is cut."""
+    inputs = prepare_graphs([MANY], tokenizers, window=75)
+    names = [("cat</w>", "dog</w>")[k % 2] for k in range(40)]
+    text = [t for k, name in enumerate(names) for t in ([name] if k == 39 else [name, ",</w>"])]
+    assert len(text) == 79
+    for tokenizer, ids in zip(tokenizers, inputs.text_ids, strict=True):
+        assert ids.shape == (1, 2 * L)
+        pad = tokenizer.convert_ids_to_tokens(tokenizer.pad_token_id)
+        assert tokens(tokenizer, ids[0]) == [BOS, *text[:75], EOS, BOS, *text[75:], EOS] + [pad] * 71
+    assert_index(
+        inputs.index,
+        {
+            "edges": [],
+            "token_index": [1 + 2 * k for k in range(38)] + [79, 81],
+            "token_source": list(range(40)),
+            "num_nodes": [40],
+            "num_edges": [0],
+            "num_tokens": [40],
+        },
+        sequence_length=2 * L,
+    )
+
+
+def test_windows_pad_a_batch_to_its_longest_text_or_min_windows(tokenizers: list) -> None:
+    """Every graph of a batch gets as many windows as the longest needs (at least `min_windows`); a short text
+    keeps its plain layout in the first window, and the windows after it are empty ``[BOS, EOS, PAD...]``."""
+    plain = prepare_graphs([G0], tokenizers)
+    for batch, min_windows, count in (([G0, MANY], 1, 2), ([G0], 3, 3), ([G0], 1, 1)):
+        inputs = prepare_graphs(batch, tokenizers, window=75, min_windows=min_windows)
+        assert inputs.index.sequence_length == count * L
+        for tokenizer, ids, plain_ids in zip(tokenizers, inputs.text_ids, plain.text_ids, strict=True):
+            assert ids.shape == (len(batch), count * L)
+            assert torch.equal(ids[0, :L], plain_ids[0])
+            empty = [tokenizer.bos_token_id, tokenizer.eos_token_id] + [tokenizer.pad_token_id] * 75
+            assert ids[0, L:].tolist() == empty * (count - 1)
+        assert inputs.index.token_index[:5].tolist() == LOCAL[0].token_pos.tolist()
+
+
+@pytest.mark.parametrize(("window", "count"), [(1, 5), (2, 3), (75, 1)])
+def test_window_sizes_from_one_token_to_75(tokenizers: list, window: int, count: int) -> None:
+    """G0's five tokens in windows of `window` tokens: token i sits at (i // window) * (window + 2) + 1 +
+    i % window."""
+    inputs = prepare_graphs([G0], tokenizers, window=window)
+    assert inputs.index.sequence_length == count * (window + 2)
+    expected = [(i // window) * (window + 2) + 1 + i % window for i in range(5)]
+    assert inputs.index.token_index.tolist() == expected
+    assert inputs.index.token_source.tolist() == LOCAL[0].token_source.tolist()
+    ids = inputs.text_ids[0][0]
+    assert tokens(tokenizers[0], ids[expected]) == ["young</w>", "man</w>", "holding</w>", "red</w>", "umbrella</w>"]
+
+
+@pytest.mark.parametrize("window", [0, -3, 76])
+def test_a_window_outside_1_to_75_tokens_is_refused(tokenizers: list, window: int) -> None:
+    with pytest.raises(ValueError) as info:
+        prepare_graphs([G0], tokenizers, window=window)
+    assert str(info.value) == f"window must be between 1 and 75 tokens, got {window}"

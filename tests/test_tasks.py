@@ -11,7 +11,13 @@ import pyarrow as pa
 import pytest
 
 from pipelines import answers, prompting, tasks
-from pipelines.answers import extract_json, failure_reason, parse_scene_graph, parse_spatial_caption
+from pipelines.answers import (
+    PARAGRAPH_MIN_WORDS,
+    extract_json,
+    failure_reason,
+    parse_scene_graph,
+    parse_spatial_caption,
+)
 from pipelines.prompting import PROMPTS_DIR, PromptTemplate, load_prompt
 from pipelines.tasks import Task, get_task, judge_task, register_task, task_names
 from schemas import SCENE_GRAPH_TYPE, Limits, SceneGraph, Vocabulary
@@ -983,3 +989,25 @@ def test_extract_json_looks_past_a_fence_without_json(raw: str, expected) -> Non
 )
 def test_json_that_is_not_an_object_is_never_taken_for_a_prose_caption(raw: str, error: str) -> None:
     assert tuple(parse_spatial_caption(raw)) == (None, "failed", error)
+
+
+@pytest.mark.parametrize("name", ["scene_graph", "text_to_graph", "spatial_caption", "paragraph"])
+def test_each_task_has_an_example_answer_its_grammar_and_parser_accept(name: str) -> None:
+    """The answer `--engine fixed --model builtin` gives every row: valid under the task's JSON schema (what the
+    hf engine's grammar enforces) and parsed as it is, without repairs."""
+    task = get_task(name)
+    assert task.example_answer is not None
+    jsonschema.validate(json.loads(task.example_answer), task.schema)
+    parsed = task.parse(task.example_answer)
+    assert (parsed.status, parsed.error) == ("ok", None)
+    if name == "paragraph":  # the fewest repeats of its sentence that reach the length the prompt asks for
+        words = len(parsed.value.split())
+        assert PARAGRAPH_MIN_WORDS <= words < PARAGRAPH_MIN_WORDS + 13, words
+
+
+def test_a_one_word_spatial_caption_is_kept() -> None:
+    """A spatial caption needs one word (a paragraph needs `PARAGRAPH_MIN_USABLE_WORDS`)."""
+    assert tuple(parse_spatial_caption('{"spatial_caption": "centered"}')) == ("centered", "ok", None)
+    assert tuple(parse_spatial_caption("centered")) == (
+        "centered", "repaired", "repaired: the answer is not JSON; used the text as the caption"
+    )  # fmt: skip
