@@ -211,6 +211,7 @@ def test_prepare_graphs_without_edges_or_without_objects(tokenizers: list) -> No
     for ids, lengths in zip(empty.phrase_ids, empty.phrase_lengths, strict=True):
         assert isinstance(ids, torch.Tensor) and ids.ndim == 2 and len(ids) == 0  # P = 0 phrases
         assert isinstance(lengths, torch.Tensor) and lengths.shape == (0,)
+        assert ids.dtype == lengths.dtype == torch.long  # token ids and lengths, as with phrases
     for mapping in (empty.node_phrase, empty.edge_phrase):
         assert mapping.dtype == torch.long and mapping.shape == (0,)
         assert features[mapping].shape == (0, 6)
