@@ -427,3 +427,54 @@ def test_malformed_records_name_record_and_field(convert, record, record_name, f
     assert info.value.record == record_name
     assert info.value.field == field
     assert record_name in str(info.value) and field in str(info.value)
+
+
+def test_error_messages_cut_long_problem_lists_and_hostile_record_ids() -> None:
+    """A `SceneGraphError` shows its first 20 problems and counts the rest; a `RecordError` keeps a record id of
+    up to 64 characters and cuts a longer one to 61 plus "..." (hand-written expectations)."""
+    from schemas.errors import RecordError, SceneGraphError
+
+    problems = [f"p{i}" for i in range(25)]
+    error = SceneGraphError(problems)
+    assert error.problems == problems
+    assert str(error) == "invalid scene graph: " + "; ".join(problems[:20]) + "; ... and 5 more problems"
+    assert str(SceneGraphError(problems[:20])) == "invalid scene graph: " + "; ".join(problems[:20])
+    assert str(SceneGraphError(problems[:21])).endswith("; p19; ... and 1 more problems")
+
+    for record, shown in (("a" * 64, "a" * 64), ("b" * 65, "b" * 61 + "..."), ("img_id=7", "img_id=7")):
+        error = RecordError(record, "items[0]", "not a string")
+        assert (error.record, error.field, error.reason) == (shown, "items[0]", "not a string")
+        assert str(error) == f"record {shown}: field 'items[0]': not a string"
+
+
+def test_record_field_readers_return_the_value_or_name_the_field() -> None:
+    """The typed readers of untrusted records, on hand-picked values: integral floats and short digit strings
+    are ids, bools and other text are not, ids are 64-bit signed, and each refusal names the record and field."""
+    from schemas.errors import RecordError
+    from schemas.record_fields import _require_int, _require_mapping, _require_mappings, _require_str_list
+
+    def refusal(read, value, where: str = "f") -> str:
+        with pytest.raises(RecordError) as info:
+            read(value, "img_id=1", where)
+        return str(info.value)
+
+    for value, expected in ((7, 7), (3.0, 3), ("  42 ", 42), ("-7", -7), (2**63 - 1, 2**63 - 1), (-(2**63), -(2**63))):
+        read = _require_int(value, "img_id=1", "f")
+        assert read == expected and type(read) is int, value
+    assert refusal(_require_int, True) == "record img_id=1: field 'f': expected an integer, got bool True"
+    assert refusal(_require_int, 2.5) == "record img_id=1: field 'f': expected an integer, got float 2.5"
+    assert refusal(_require_int, "1e3") == "record img_id=1: field 'f': expected an integer, got str '1e3'"
+    nineteen = "9" * 19  # longer than an id written as text may be
+    assert refusal(_require_int, nineteen) == f"record img_id=1: field 'f': expected an integer, got str '{nineteen}'"
+    for out_of_range in (2**63, -(2**63) - 1):
+        assert refusal(_require_int, out_of_range) == "record img_id=1: field 'f': integer of 64 bits is out of range"
+
+    assert _require_mapping({"a": 1}, "img_id=1", "f") == {"a": 1}
+    assert refusal(_require_mapping, 5) == "record img_id=1: field 'f': expected an object, got int"
+    assert refusal(_require_mappings, [{}, 3], "objects") == (
+        "record img_id=1: field 'objects[1]': expected an object, got int"
+    )
+    assert _require_str_list(["a", "b"], "img_id=1", "attributes") == ["a", "b"]
+    assert refusal(_require_str_list, ["a", 1], "attributes") == (
+        "record img_id=1: field 'attributes[1]': expected a string, got int 1"
+    )

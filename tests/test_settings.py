@@ -305,3 +305,79 @@ def test_every_job_reads_a_config_file_like_its_flags(module: str, tmp_path: Pat
     defaults = settings_cls.model_validate({name: values[name] for name in required})
     changed = {name for name in settings_cls.model_fields if getattr(from_file, name) != getattr(defaults, name)}
     assert changed == set(values) - required  # every value given was read, from the file as from flags
+
+
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class Bounds:  # a settings group that is a validated dataclass, as `schemas.Limits`
+    low: int = Field(0, description="lowest value")
+    high: int = Field(9, description="highest value")
+
+
+class WithBounds(JobSettings):
+    output: Path = Field(Path("out"), description="output directory")
+    bounds: Bounds = Field(default_factory=Bounds, description="the bounds")
+
+
+@pytest.mark.parametrize(
+    ("argv", "yaml_text", "message"),
+    [
+        (["--max-steps", "2"], None, "--input is required"),
+        ([], "max_steps: 3\n", "--input is required (command line or CONFIG)"),
+        (
+            [],
+            "input: x\ntasks: [a, [b]]\nmax_stepz: 1\n",
+            "--tasks: item 2: Input should be a valid string; unknown setting 'max_stepz' in CONFIG",
+        ),
+        ([], "- a list\n", "CONFIG: expected a mapping of settings, got list"),
+        (
+            ["--input", "x", "--max-steps", "many", "--engine", "tgi"],
+            None,
+            "--max-steps: Input should be a valid integer, unable to parse string as an integer (got 'many'); "
+            "--engine: Input should be 'hf', 'vllm' or 'openai' (got 'tgi')",
+        ),
+    ],
+)
+def test_bad_settings_give_one_whole_line_per_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], yaml_text: str | None, message: str
+) -> None:
+    """The exact error line: each problem names its flag (item numbers count from 1), says where it came from
+    when a `--config` file was read, and problems are joined with "; "."""
+    config = tmp_path / "run.yaml"
+    if yaml_text is not None:
+        config.write_text(yaml_text)
+        argv = ["--config", str(config), *argv]
+    with pytest.raises(SystemExit) as exited:
+        parse(argv)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "example: error: " + message.replace("CONFIG", str(config))
+
+
+def test_an_unknown_key_of_a_dataclass_group_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("bounds: {low: 1, hgih: 2}\n")
+    with pytest.raises(SystemExit):
+        parse_settings(WithBounds, ["--config", str(config)], prog="x", description="d")
+    assert capsys.readouterr().err.splitlines()[-1] == f"x: error: unknown setting 'bounds.hgih' in {config}"
+
+
+def test_record_values_are_json_types_and_help_shows_description_and_metavar(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    record = parse_settings(WithBounds, ["--output", "o", "--bounds.low", "2"], prog="x", description="d").to_record()
+    assert record == {"output": "o", "bounds": {"low": 2, "high": 9}}  # a Path becomes its string
+    with pytest.raises(SystemExit):
+        parse(["--help"])
+    text = capsys.readouterr().out
+    assert "\nan example job\n" in text and "--config FILE.yaml" in text
+
+
+def test_version_of_an_uninstalled_source_tree_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib.metadata import PackageNotFoundError
+
+    from schemas import settings
+
+    def missing(name: str) -> str:
+        raise PackageNotFoundError(name)
+
+    monkeypatch.setattr(settings, "version", missing)
+    assert settings.package_version() == "unknown"
