@@ -478,3 +478,60 @@ def test_record_field_readers_return_the_value_or_name_the_field() -> None:
     assert refusal(_require_str_list, ["a", 1], "attributes") == (
         "record img_id=1: field 'attributes[1]': expected a string, got int 1"
     )
+
+
+def test_converter_helpers_on_hand_picked_inputs() -> None:
+    """Item names and ids of LAION-SG's raw shape, record names in messages, JSON decoding and the LAION-SG
+    record layout, each against a hand-written expectation."""
+    from schemas.converters import _decode, _record_name, _split_item, to_laion_sg
+    from schemas.errors import RecordError
+
+    for item, expected in [
+        ("person_0", ("person", 0)),
+        ("traffic_light_3", ("traffic_light", 3)),  # the id is after the last underscore
+        (" dog ", ("dog", 7)),  # no suffix: the position is the id
+        ("cat_x", ("cat_x", 7)),
+        ("cat_\u0663", ("cat_\u0663", 7)),  # an Arabic-Indic digit is a digit, but not an ASCII id
+        ("5", ("5", 7)),
+        ("cat_123456789", ("cat", 123456789)),  # up to 9 digits
+        ("cat_1234567890", ("cat_1234567890", 7)),
+    ]:
+        assert _split_item(item, 7, "r") == expected, item
+    with pytest.raises(RecordError) as info:
+        _split_item("  ", 2, "<vlm_raw>")
+    assert str(info.value) == "record <vlm_raw>: field 'items[2]': empty item name"
+
+    assert _record_name("img_id", 10**30) == "img_id=<an integer of 100 bits>"
+    assert _record_name("img_id", 10**30 - 1) == "img_id=" + "9" * 30
+    assert _record_name("img_id", 301) == "img_id=301"
+    assert _record_name("img_id", "x" * 50) == "img_id=" + "x" * 40
+
+    assert _decode('{"a": 1}', "r") == {"a": 1} and _decode({"b": 2}, "r") == {"b": 2}
+    for text, message in [
+        ("not json", "record r: field '<json>': invalid JSON: Expecting value: line 1 column 1 (char 0)"),
+        ("[1]", "record r: field '<root>': expected an object, got list"),
+    ]:
+        with pytest.raises(RecordError) as info:
+            _decode(text, "r")
+        assert str(info.value) == message
+
+    graph = SceneGraph.from_json(
+        {
+            "objects": [{"id": 0, "name": "man", "attributes": ["tall"]}, {"id": 1, "name": "dog", "attributes": []}],
+            "relations": [{"subject": 0, "predicate": "walks", "object": 1}, {"subject": 1, "predicate": "near", "object": 0}],
+        }
+    )
+    items = [
+        {"item_id": 0, "label": "man", "attributes": ["tall"], "global_item_id": 0},
+        {"item_id": 1, "label": "dog", "attributes": [], "global_item_id": 1},
+    ]
+    relations = [
+        {"triple_id": 0, "item1": 0, "relation": "walks", "item2": 1, "global_relation_id": 0},
+        {"triple_id": 1, "item1": 1, "relation": "near", "item2": 0, "global_relation_id": 1},
+    ]
+    empty = {"img_id": "", "name": "", "caption_ori": "", "score": "", "url": ""}
+    assert to_laion_sg(graph) == empty | {"items": items, "relations": relations}
+    shifted = to_laion_sg(graph, "7", "7.jpg", "a man", 6.5, "http://x", global_item_offset=10, global_relation_offset=20)
+    assert shifted["score"] == "6.5" and (shifted["img_id"], shifted["caption_ori"]) == ("7", "a man")
+    assert [i["global_item_id"] for i in shifted["items"]] == [10, 11]
+    assert [r["global_relation_id"] for r in shifted["relations"]] == [20, 21]
