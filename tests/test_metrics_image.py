@@ -674,3 +674,27 @@ def test_clip_metrics_say_what_is_wrong() -> None:
     for metric in (CLIPScore(Precomputed()), CLIPImageScore(Precomputed())):
         with pytest.raises(RuntimeError, match=rf"^{type(metric).__name__}\.compute\(\) before any update\(\)$"):
             metric.compute()
+
+
+def test_images_become_uint8_rgb_arrays_or_are_refused() -> None:
+    """PIL images of any mode become H×W×3 uint8 (grey repeated, alpha dropped, as PIL converts); arrays must
+    already be uint8 H×W×3 (hand-made cases)."""
+    from PIL import Image
+
+    from benchmark.metrics.inception import to_uint8_arrays
+
+    grey = Image.fromarray(np.array([[0, 128], [255, 7]], dtype=np.uint8), mode="L")
+    rgba = Image.fromarray(np.full((2, 2, 4), 9, dtype=np.uint8), mode="RGBA")
+    rgb = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+    arrays = to_uint8_arrays([grey, rgba, rgb])
+    np.testing.assert_array_equal(arrays[0], np.repeat(np.array([[0, 128], [255, 7]], dtype=np.uint8)[..., None], 3, 2))
+    np.testing.assert_array_equal(arrays[1], np.full((2, 2, 3), 9, dtype=np.uint8))
+    np.testing.assert_array_equal(arrays[2], rgb)
+    for bad, shown in [
+        (np.zeros((2, 2), dtype=np.uint8), "uint8 (2, 2)"),
+        (np.zeros((2, 2, 4), dtype=np.uint8), "uint8 (2, 2, 4)"),
+        (np.zeros((2, 2, 3), dtype=np.float32), "float32 (2, 2, 3)"),
+    ]:
+        with pytest.raises(ValueError) as info:
+            to_uint8_arrays([bad])
+        assert str(info.value) == f"expected uint8 HxWx3 images, got {shown}"
