@@ -14,12 +14,14 @@ import signal
 import subprocess
 import sys
 import tarfile
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -285,21 +287,47 @@ def _keys(output: Path) -> Counter[str]:
 
 
 # Runs the annotate job with the driver's bookkeeping of finished shard writes wrapped so that the moment it learns
-# that a shard file is in place, the job SIGKILLs its whole process group (the driver and the Ray processes it
-# started). The kill point is then fixed, not a race against how fast a machine annotates: with at most
-# WRITES_IN_FLIGHT (2) write tasks at once, at most two of the three shards are written.
+# that a shard file is in place, the job SIGKILLs every process it started (the Ray processes, found by parentage
+# because Ray puts some of them in sessions of their own) and then its own process group. The kill point is then
+# fixed, not a race against how fast a machine annotates: with at most WRITES_IN_FLIGHT (2) write tasks at once, at
+# most two of the three shards are written. The pids go to the file named by KILLED_PIDS, so that the test can wait
+# until none of them runs before it looks at the output (a write task caught mid-rename must not land later).
 _KILL_AFTER_FIRST_SHARD = """
 import os, signal, sys
+import psutil
 import pipelines.annotate.job as job
 record = job._record_finished_writes
 def record_then_die(*args, **kwargs):
     names = record(*args, **kwargs)
     if names:
+        descendants = psutil.Process().children(recursive=True)
+        for process in descendants:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        with open(os.environ["KILLED_PIDS"], "w") as pids:
+            pids.write(" ".join(str(process.pid) for process in descendants))
         os.killpg(0, signal.SIGKILL)
     return names
 job._record_finished_writes = record_then_die
 sys.exit(job.main(sys.argv[1:]))
 """
+
+
+def _wait_until_gone(pids: list[int], timeout: float = 60.0) -> None:
+    """Wait until none of `pids` runs any more (gone, or a zombie nobody has reaped yet)."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                    break
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"process {pid} of the killed job still runs after {timeout:.0f} s")
 
 
 @pytest.mark.slow
@@ -310,9 +338,15 @@ def test_killed_run_resumes_without_duplicates(
     output = tmp_path / "out"
     config = _cli_config(tmp_path, photos, output, qwen_dir)
     command = [sys.executable, "-c", _KILL_AFTER_FIRST_SHARD, "--config", str(config), "--num-cpus", "2"]
+    killed = tmp_path / "killed_pids"
     with open(tmp_path / "first.log", "wb") as log:
         first = subprocess.Popen(
-            command, cwd=REPO, env=repo_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            cwd=REPO,
+            env={**repo_env(), "KILLED_PIDS": str(killed)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             first.wait(timeout=300)
@@ -321,6 +355,7 @@ def test_killed_run_resumes_without_duplicates(
                 os.killpg(first.pid, signal.SIGKILL)  # whatever is left if it never got that far
             first.wait()
     assert first.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-3000:]
+    _wait_until_gone([int(pid) for pid in killed.read_text().split()])
     written = sorted(p.name for p in (output / "data").glob("*.parquet"))
     shards = -(-len(PHOTOS) // 2)
     assert 0 < len(written) < shards, (tmp_path / "first.log").read_text()[-3000:]
