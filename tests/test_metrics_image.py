@@ -309,9 +309,15 @@ def test_clean_resize() -> None:
 
 def test_clean_resize_matches_clean_fid() -> None:
     import cleanfid.resize as resize
+    resizer = resize.make_resizer("PIL", False, "bicubic", (299, 299))
     image = _images(12, 1, (300, 411))[0]
-    clean_fid = resize.make_resizer("PIL", False, "bicubic", (299, 299))(image)
-    np.testing.assert_array_equal(clean_resize(image), clean_fid)
+    np.testing.assert_array_equal(clean_resize(image), resizer(image))
+    # black and white squares: bicubic overshoots on each edge, and both sides clip the result to [0, 255]
+    squares = np.kron(np.indices((7, 9)).sum(axis=0) % 2, np.ones((5, 5), dtype=np.int64))
+    sharp = np.repeat((squares * 255).astype(np.uint8)[..., None], 3, axis=2)
+    out = clean_resize(sharp)
+    np.testing.assert_array_equal(out, resizer(sharp))
+    assert out.min() == 0.0 and out.max() == 255.0 and ((out > 0) & (out < 255)).any()
 
 
 def test_fid_and_kid_classes(extractor: InceptionFeatureExtractor) -> None:
@@ -347,17 +353,98 @@ def test_fid_and_kid_classes(extractor: InceptionFeatureExtractor) -> None:
     assert out["kid_mean"] == pytest.approx(mean, rel=1e-9) and out["kid_std"] == pytest.approx(std, rel=1e-9)
 
 
+PYTORCH_FID_WEIGHTS = (  # written out by hand: the file every FID in the literature is computed with
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+)
+
+
 def test_inception_weights_are_never_silently_replaced(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, inception_weights: Path
 ) -> None:
+    """The weights file comes from the argument, else $LAION_SG_INCEPTION_WEIGHTS, else torch hub's checkpoint
+    cache under pytorch-fid's file name; it is downloaded (from pytorch-fid's release) only when allowed."""
+    import hashlib
+
+    from benchmark.metrics.inception import inception_provenance
+
     monkeypatch.delenv("LAION_SG_INCEPTION_WEIGHTS", raising=False)
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="allow downloading"):
+    hub = tmp_path / "hub" / "not-yet-made"
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    cached = hub / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
+    with pytest.raises(FileNotFoundError) as info:
         resolve_inception_weights()
-    with pytest.raises(FileNotFoundError):
-        resolve_inception_weights(tmp_path / "missing.pth")
+    assert str(info.value) == (
+        f"FID Inception weights not found at {cached}. Pass weights_path, set $LAION_SG_INCEPTION_WEIGHTS, "
+        f"or allow downloading {PYTORCH_FID_WEIGHTS}."
+    )
+    for missing in (tmp_path / "missing.pth", tmp_path):  # a folder is not a weights file
+        with pytest.raises(FileNotFoundError) as info:
+            resolve_inception_weights(missing)
+        assert str(info.value) == f"Inception weights not found: {missing}"
+    monkeypatch.setenv("LAION_SG_INCEPTION_WEIGHTS", str(tmp_path / "missing.pth"))
+    with pytest.raises(FileNotFoundError, match="^Inception weights not found: .*missing.pth$"):
+        resolve_inception_weights()
+    assert resolve_inception_weights(inception_weights) == inception_weights  # the argument wins over the variable
     monkeypatch.setenv("LAION_SG_INCEPTION_WEIGHTS", str(inception_weights))
     assert resolve_inception_weights() == inception_weights
+    monkeypatch.delenv("LAION_SG_INCEPTION_WEIGHTS")
+
+    downloads: list[tuple[str, str]] = []
+
+    def download(url: str, destination: str) -> None:  # stands in for the network: copies the tiny weights
+        downloads.append((url, destination))
+        Path(destination).write_bytes(inception_weights.read_bytes())
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    with pytest.raises(FileNotFoundError):
+        inception_provenance()  # not allowed by default
+    assert downloads == [] and not cached.exists()
+    provenance = inception_provenance(allow_download=True)
+    assert downloads == [(PYTORCH_FID_WEIGHTS, str(cached))]
+    assert provenance == {
+        "extractor": "inception-v3-tf-2015-12-05/pool3",
+        "weights_path": str(cached),
+        "weights_sha256": hashlib.sha256(inception_weights.read_bytes()).hexdigest(),
+        "resize": "clean: PIL bicubic per float32 channel to 299x299, clip [0,255], no quantisation",
+    }
+    assert resolve_inception_weights() == cached and len(downloads) == 1  # found in the cache, not fetched again
+
+
+def test_inception_extractor_defaults_device_and_batches(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, inception_weights: Path
+) -> None:
+    """No download unless allowed; the device defaults to the CPU where CUDA is missing and the network and the
+    pixels go to the device asked for; images reach the network 32 at a time, as clean-resized N×3×299×299."""
+    monkeypatch.delenv("LAION_SG_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(
+        torch.hub, "download_url_to_file", lambda url, destination: Path(destination).write_bytes(b"")
+    )
+    with pytest.raises(FileNotFoundError, match="allow downloading"):
+        InceptionFeatureExtractor()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert InceptionFeatureExtractor(inception_weights).device == torch.device("cpu")
+    on_meta = InceptionFeatureExtractor(inception_weights, device="meta")
+    assert {p.device.type for p in on_meta.model.parameters()} == {"meta"}
+
+    seen: list[torch.Tensor] = []
+
+    def network(pixels: torch.Tensor) -> torch.Tensor:  # records what the network would be given
+        seen.append(pixels)
+        return torch.full((len(pixels), 2048), float(len(seen)))
+
+    on_meta.model = network
+    images = _images(13, 33, (20, 30))
+    features = on_meta(images)
+    assert [tuple(batch.shape) for batch in seen] == [(32, 3, 299, 299), (1, 3, 299, 299)]
+    assert {batch.device.type for batch in seen} == {"meta"}
+    assert features.dtype == np.float32 and features.shape == (33, 2048)
+    np.testing.assert_array_equal(features[:, 0], [1.0] * 32 + [2.0])
+    on_meta.device = torch.device("cpu")
+    seen.clear()
+    on_meta(images[:2])
+    np.testing.assert_array_equal(seen[0].permute(0, 2, 3, 1).numpy(), np.stack([clean_resize(im) for im in images[:2]]))
+    assert on_meta([]).shape == (0, 2048)
 
 
 def test_clip_embedding_helpers_on_hand_made_cases(tiny_models_dir: Path) -> None:
