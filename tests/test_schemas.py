@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import jsonschema
 import pytest
@@ -535,3 +536,175 @@ def test_converter_helpers_on_hand_picked_inputs() -> None:
     assert shifted["score"] == "6.5" and (shifted["img_id"], shifted["caption_ori"]) == ("7", "a man")
     assert [i["global_item_id"] for i in shifted["items"]] == [10, 11]
     assert [r["global_relation_id"] for r in shifted["relations"]] == [20, 21]
+
+
+def _vg(objects: list[Any], relationships: Any = None) -> dict[str, Any]:
+    """A Visual Genome entry of image 3 (``relationships`` left out when None)."""
+    entry: dict[str, Any] = {"image_id": 3, "objects": objects}
+    return entry if relationships is None else {**entry, "relationships": relationships}
+
+
+_ITEM = {"item_id": 0, "label": "cat"}
+_VG_OBJECTS = [{"object_id": 10, "names": ["man"]}, {"object_id": 11, "name": "hat"}]
+# Each malformed record of each source format, with the whole message it must raise (written by hand): the record
+# (its id, or the format where it has none), the field's path and the reason.
+MALFORMED_RECORDS: list[tuple[str, Any, str]] = [
+    ("laion_sg", [], "record <laion_sg>: field '<root>': expected an object, got list"),
+    ("laion_sg", {}, "record img_id=?: field '<root>.items': missing"),
+    ("laion_sg", {"img_id": 7, "items": 5}, "record img_id=7: field 'items': expected a list, got int"),
+    ("laion_sg", {"img_id": 7, "items": [3]}, "record img_id=7: field 'items[0]': expected an object, got int"),
+    ("laion_sg", {"img_id": 7, "items": [{"label": "a"}]}, "record img_id=7: field 'items[0].item_id': missing"),
+    ("laion_sg", {"img_id": 7, "items": [{"item_id": "x", "label": "a"}]},
+     "record img_id=7: field 'items[0].item_id': expected an integer, got str 'x'"),
+    ("laion_sg", {"img_id": 7, "items": [{"item_id": 0}]}, "record img_id=7: field 'items[0].label': missing"),
+    ("laion_sg", {"img_id": 7, "items": [{"item_id": 0, "label": 1}]},
+     "record img_id=7: field 'items[0].label': expected a string, got int 1"),
+    ("laion_sg", {"img_id": 7, "items": [{**_ITEM, "attributes": "red"}]},
+     "record img_id=7: field 'items[0].attributes': expected a list, got str"),
+    ("laion_sg", {"img_id": 7, "items": [{**_ITEM, "attributes": ["red", 1]}]},
+     "record img_id=7: field 'items[0].attributes[1]': expected a string, got int 1"),
+    ("laion_sg", {"img_id": 7, "items": [_ITEM], "relations": "x"},
+     "record img_id=7: field 'relations': expected a list, got str"),
+    ("laion_sg", {"img_id": 7, "items": [_ITEM], "relations": [1]},
+     "record img_id=7: field 'relations[0]': expected an object, got int"),
+    ("laion_sg", {"img_id": 7, "items": [_ITEM], "relations": [{}]},
+     "record img_id=7: field 'relations[0].item1': missing"),
+    ("laion_sg", {"img_id": 7, "items": [_ITEM], "relations": [{"item1": "a", "relation": "on", "item2": 0}]},
+     "record img_id=7: field 'relations[0].item1': expected an integer, got str 'a'"),
+    ("laion_sg", {"img_id": 7, "items": [_ITEM], "relations": [{"item1": 0, "item2": 0}]},
+     "record img_id=7: field 'relations[0].relation': missing"),
+    ("laion_sg", {"img_id": 7, "items": [_ITEM], "relations": [{"item1": 0, "relation": 5, "item2": 0}]},
+     "record img_id=7: field 'relations[0].relation': expected a string, got int 5"),
+    ("laion_sg", {"img_id": 7, "items": [_ITEM], "relations": [{"item1": 0, "relation": "on"}]},
+     "record img_id=7: field 'relations[0].item2': missing"),
+    ("laion_sg", {"img_id": 7, "items": [_ITEM], "relations": [{"item1": 0, "relation": "on", "item2": "b"}]},
+     "record img_id=7: field 'relations[0].item2': expected an integer, got str 'b'"),
+    ("laion_sg", {"img_id": 7, "items": [{"item_id": 0, "label": "!!!"}, {"item_id": 1, "label": "???"}]},
+     "record img_id=7: field 'items': no usable object after repair (objects[i] is items[i]): "
+     "dropped objects[0].name '!!!': characters not allowed in graph text: '!'; dropped objects[0] (id 0): no usable "
+     "name; dropped objects[1].name '???': characters not allowed in graph text: '?'; dropped objects[1] (id 1): no "
+     "usable name"),
+    ("visual_genome", [], "record <visual_genome>: field '<root>': expected an object, got list"),
+    ("visual_genome", {}, "record image_id=?: field '<root>.objects': missing"),
+    ("visual_genome", {"image_id": 3, "objects": [5]},
+     "record image_id=3: field 'objects[0]': expected an object, got int"),
+    ("visual_genome", _vg([{"names": ["man"]}]), "record image_id=3: field 'objects[0].object_id': missing"),
+    ("visual_genome", _vg([{"object_id": 10, "names": []}]), "record image_id=3: field 'objects[0].names': empty list"),
+    ("visual_genome", _vg([{"object_id": 10, "names": [4]}]),
+     "record image_id=3: field 'objects[0].names[0]': expected a string, got int 4"),
+    ("visual_genome", _vg([{"object_id": 10}]), "record image_id=3: field 'objects[0].name': missing"),
+    ("visual_genome", _vg([{"object_id": 10, "name": 2}]),
+     "record image_id=3: field 'objects[0].name': expected a string, got int 2"),
+    ("visual_genome", _vg([{"object_id": 10, "name": "man", "attributes": "tall"}]),
+     "record image_id=3: field 'objects[0].attributes': expected a list, got str"),
+    ("visual_genome", _vg([{"object_id": 10, "name": "man", "attributes": [3]}]),
+     "record image_id=3: field 'objects[0].attributes[0]': expected a string, got int 3"),
+    ("visual_genome", _vg([*_VG_OBJECTS, {"object_id": 10, "name": "dog"}]),
+     "record image_id=3: field 'objects[2].object_id': duplicate object_id 10"),
+    ("visual_genome", _vg(_VG_OBJECTS, 5), "record image_id=3: field 'relationships': expected a list, got int"),
+    ("visual_genome", _vg(_VG_OBJECTS, [5]), "record image_id=3: field 'relationships[0]': expected an object, got int"),
+    ("visual_genome", _vg(_VG_OBJECTS, [{}]), "record image_id=3: field 'relationships[0].subject_id': missing"),
+    ("visual_genome", _vg(_VG_OBJECTS, [{"subject_id": "x", "predicate": "on", "object_id": 11}]),
+     "record image_id=3: field 'relationships[0].subject_id': expected an integer, got str 'x'"),
+    ("visual_genome", _vg(_VG_OBJECTS, [{"subject_id": 10, "predicate": "on", "object_id": 99}]),
+     "record image_id=3: field 'relationships[0].object_id': object 99 is not in objects"),
+    ("visual_genome", _vg(_VG_OBJECTS, [{"subject_id": 10, "object_id": 11}]),
+     "record image_id=3: field 'relationships[0].predicate': missing"),
+    ("visual_genome", _vg(_VG_OBJECTS, [{"subject_id": 10, "predicate": 4, "object_id": 11}]),
+     "record image_id=3: field 'relationships[0].predicate': expected a string, got int 4"),
+    ("visual_genome", _vg([{"object_id": 10, "names": ["..."]}]),
+     "record image_id=3: field 'objects': no usable object after repair (relations[i] is relationships[i]): "
+     "dropped objects[0].name '...': must begin with a letter or digit; dropped objects[0] (id 0): no usable name"),
+    ("sg2im", {"relationships": []}, "record <sg2im>: field '<root>.objects': missing"),
+    ("sg2im", {"objects": ["a", 1]}, "record <sg2im>: field 'objects[1]': expected a string, got int 1"),
+    ("sg2im", {"objects": ["a"], "relationships": 3}, "record <sg2im>: field 'relationships': expected a list, got int"),
+    ("sg2im", {"objects": ["a"], "relationships": [5]},
+     "record <sg2im>: field 'relationships[0]': expected a list, got int"),
+    ("sg2im", {"objects": ["a"], "relationships": [[0, "on"]]},
+     "record <sg2im>: field 'relationships[0]': expected [subject, predicate, object], got 2 items"),
+    ("sg2im", {"objects": ["a", "b"], "relationships": [["a", "on", 1]]},
+     "record <sg2im>: field 'relationships[0][0]': expected an integer, got str 'a'"),
+    ("sg2im", {"objects": ["a", "b"], "relationships": [[0, "on", "b"]]},
+     "record <sg2im>: field 'relationships[0][2]': expected an integer, got str 'b'"),
+    ("sg2im", {"objects": ["a", "b"], "relationships": [[0, "on", 2]]},
+     "record <sg2im>: field 'relationships[0][2]': index 2 outside objects[0..1]"),
+    ("sg2im", {"objects": ["a", "b", "c"], "relationships": [[-1, "on", 0]]},
+     "record <sg2im>: field 'relationships[0][0]': index -1 outside objects[0..2]"),
+    ("sg2im", {"objects": ["a", "b"], "relationships": [[0, 5, 1]]},
+     "record <sg2im>: field 'relationships[0][1]': expected a string, got int 5"),
+    ("sg2im", {"objects": ["#"]},
+     "record <sg2im>: field 'objects': no usable object after repair (relations[i] is relationships[i]): "
+     "dropped objects[0].name '#': characters not allowed in graph text: '#'; dropped objects[0] (id 0): no usable name"),
+    ("vlm_raw", {}, "record <vlm_raw>: field '<root>.items': missing"),
+    ("vlm_raw", {"items": ["a_0", "b_0"]}, "record <vlm_raw>: field 'items[1]': duplicate id 0"),
+    ("vlm_raw", {"items": ["a_0", " "]}, "record <vlm_raw>: field 'items[1]': empty item name"),
+    ("vlm_raw", {"items": ["a_0"], "attributes": 3}, "record <vlm_raw>: field 'attributes': expected a list, got int"),
+    ("vlm_raw", {"items": ["a_0"], "attributes": [3]},
+     "record <vlm_raw>: field 'attributes[0]': expected a list, got int"),
+    ("vlm_raw", {"items": ["a_0"], "attributes": [[]]},
+     "record <vlm_raw>: field 'attributes[0]': expected [id, attribute, ...], got []"),
+    ("vlm_raw", {"items": ["a_0"], "attributes": [["x", "red"]]},
+     "record <vlm_raw>: field 'attributes[0][0]': expected an integer, got str 'x'"),
+    ("vlm_raw", {"items": ["a_0"], "attributes": [[5, "red"]]},
+     "record <vlm_raw>: field 'attributes[0][0]': id 5 is not an item"),
+    ("vlm_raw", {"items": ["a_0"], "attributes": [[0, "red", 3]]},
+     "record <vlm_raw>: field 'attributes[0][2]': expected a string, got int 3"),
+    ("vlm_raw", {"items": ["a_0"], "relations": 3}, "record <vlm_raw>: field 'relations': expected a list, got int"),
+    ("vlm_raw", {"items": ["a_0"], "relations": [3]}, "record <vlm_raw>: field 'relations[0]': expected a list, got int"),
+    ("vlm_raw", {"items": ["a_0"], "relations": [[0, "on"]]},
+     "record <vlm_raw>: field 'relations[0]': expected [subject, predicate, object], got 2 items"),
+    ("vlm_raw", {"items": ["a_0"], "relations": [["a", "on", 0]]},
+     "record <vlm_raw>: field 'relations[0][0]': expected an integer, got str 'a'"),
+    ("vlm_raw", {"items": ["a_0"], "relations": [[0, 1, 0]]},
+     "record <vlm_raw>: field 'relations[0][1]': expected a string, got int 1"),
+    ("vlm_raw", {"items": ["a_0"], "relations": [[0, "on", "c"]]},
+     "record <vlm_raw>: field 'relations[0][2]': expected an integer, got str 'c'"),
+    ("vlm_raw", {"items": ["%_0"]},
+     "record <vlm_raw>: field 'items': no usable object after repair (objects[i] is items[i]): "
+     "dropped objects[0].name '%': characters not allowed in graph text: '%'; dropped objects[0] (id 0): no usable name"),
+]
+
+
+@pytest.mark.parametrize(("source", "record", "message"), MALFORMED_RECORDS)
+def test_each_malformed_record_is_refused_with_its_field_and_reason(source: str, record: Any, message: str) -> None:
+    import schemas.converters as converters
+
+    with pytest.raises(RecordError) as info:
+        getattr(converters, f"from_{source}")(record)
+    assert str(info.value) == message
+
+
+def test_converters_hand_made_records_read_and_written() -> None:
+    """Items without a numeric suffix take their position as id; a repairable Visual Genome entry reports each
+    repair; `to_visual_genome` writes VG's own keys; `as_scene_graph` names what it cannot read."""
+    from schemas.converters import as_scene_graph, from_visual_genome, from_vlm_raw, to_visual_genome
+
+    assert from_vlm_raw({"items": ["cat", "dog_5"], "relations": [[0, "near", 5]]}) == SceneGraph(
+        [SGObject(0, "cat"), SGObject(5, "dog")], [SGRelation(0, "near", 5)]
+    )
+    changes: list[str] = []
+    entry = _vg(
+        [{"object_id": 10, "names": ["Man "]}, {"object_id": 11, "names": ["hat"]}],
+        [{"subject_id": 10, "predicate": "ON", "object_id": 11}, {"subject_id": 10, "predicate": "on", "object_id": 10}],
+    )
+    assert from_visual_genome(entry, changes=changes) == SceneGraph(
+        [SGObject(0, "man"), SGObject(1, "hat")], [SGRelation(0, "on", 1)]
+    )
+    assert changes == [
+        "normalised objects[0].name: 'Man ' -> 'man'",
+        "normalised relations[0].predicate: 'ON' -> 'on'",
+        "dropped relations[1]: self-loop on object 0",
+    ]
+    graph = SceneGraph([SGObject(4, "man", ["tall"]), SGObject(9, "hat")], [SGRelation(4, "wearing", 9)])
+    assert to_visual_genome(graph, image_id=12) == {
+        "image_id": 12,
+        "objects": [
+            {"object_id": 4, "names": ["man"], "attributes": ["tall"]},
+            {"object_id": 9, "names": ["hat"], "attributes": []},
+        ],
+        "relationships": [{"relationship_id": 0, "subject_id": 4, "predicate": "wearing", "object_id": 9}],
+    }
+    for value, shown in (("[1]", "list"), (5, "int")):
+        with pytest.raises(TypeError) as info:
+            as_scene_graph(value)  # type: ignore[arg-type]
+        assert str(info.value) == f"a scene graph must be a SceneGraph, JSON object or mapping, got {shown}"
