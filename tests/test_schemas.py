@@ -390,46 +390,6 @@ def test_flip_graph_swaps_left_and_right_as_whole_words():
 
 # ---------------------------------------------------------------------- converters: malformed input
 
-MALFORMED = [
-    (converters.from_laion_sg, {"img_id": "9"}, "img_id=9", "<root>.items"),
-    (converters.from_laion_sg, {"img_id": "9", "items": [{"item_id": 0}]}, "img_id=9", "items[0].label"),
-    (converters.from_laion_sg, {"img_id": "9", "items": [{"item_id": "x", "label": "a"}]}, "img_id=9", "items[0].item_id"),
-    (converters.from_laion_sg, {"img_id": "9", "items": [], "relations": [{"item1": 0, "item2": 1}]}, "img_id=9",
-     "relations[0].relation"),
-    (converters.from_laion_sg, {"img_id": "9", "items": "oops"}, "img_id=9", "items"),
-    (converters.from_laion_sg, ["not", "a", "dict"], "<laion_sg>", "<root>"),
-    (converters.from_visual_genome, {"image_id": 5, "objects": [{"object_id": 1, "names": []}]}, "image_id=5",
-     "objects[0].names"),
-    (converters.from_visual_genome, {"image_id": 5, "objects": [{"object_id": 1, "names": ["a"]}],
-                                     "relationships": [{"subject_id": 1, "object_id": 2, "predicate": "on"}]},
-     "image_id=5", "relationships[0].object_id"),
-    (converters.from_visual_genome, {"image_id": 5, "objects": [{"names": ["a"]}]}, "image_id=5", "objects[0].object_id"),
-    (converters.from_sg2im, {"objects": ["a"], "relationships": [[0, "on"]]}, "<sg2im>", "relationships[0]"),
-    (converters.from_sg2im, {"objects": ["a", "b"], "relationships": [[0, "on", 5]]}, "<sg2im>", "relationships[0][2]"),
-    (converters.from_sg2im, {"objects": [1, 2]}, "<sg2im>", "objects[0]"),
-    (converters.from_sg2im, "{not json", "<sg2im>", "<json>"),
-    (converters.from_vlm_raw, {"items": ["a_0", "b_0"]}, "<vlm_raw>", "items[1]"),
-    (converters.from_vlm_raw, {"items": ["a_0"], "attributes": [[3, "red"]]}, "<vlm_raw>", "attributes[0][0]"),
-    (converters.from_vlm_raw, {"items": ["a_0"], "relations": [[0, 1, 0]]}, "<vlm_raw>", "relations[0][1]"),
-    (converters.from_vlm_raw, {"relations": []}, "<vlm_raw>", "<root>.items"),
-    (SceneGraph.from_json, {"objects": [{"id": 0}]}, "<scene_graph>", "objects[0].name"),
-    (SceneGraph.from_json, {"objects": [{"id": None, "name": "a"}]}, "<scene_graph>", "objects[0].id"),
-    (SceneGraph.from_json, {"objects": [], "relations": [{"subject": 0, "predicate": "on"}]}, "<scene_graph>",
-     "relations[0].object"),
-    (SceneGraph.from_json, '{"objects": [', "<scene_graph>", "<json>"),
-    (SceneGraph.from_json, "[1, 2]", "<scene_graph>", "<root>"),
-]
-
-
-@pytest.mark.parametrize(("convert", "record", "record_name", "field"), MALFORMED)
-def test_malformed_records_name_record_and_field(convert, record, record_name, field):
-    with pytest.raises(RecordError) as info:
-        convert(record)
-    assert info.value.record == record_name
-    assert info.value.field == field
-    assert record_name in str(info.value) and field in str(info.value)
-
-
 def test_error_messages_cut_long_problem_lists_and_hostile_record_ids() -> None:
     """A `SceneGraphError` shows its first 20 problems and counts the rest; a `RecordError` keeps a record id of
     up to 64 characters and cuts a longer one to 61 plus "..." (hand-written expectations)."""
@@ -662,16 +622,49 @@ MALFORMED_RECORDS: list[tuple[str, Any, str]] = [
     ("vlm_raw", {"items": ["%_0"]},
      "record <vlm_raw>: field 'items': no usable object after repair (objects[i] is items[i]): "
      "dropped objects[0].name '%': characters not allowed in graph text: '%'; dropped objects[0] (id 0): no usable name"),
+    ("sg2im", "{not json",
+     "record <sg2im>: field '<json>': invalid JSON: Expecting property name enclosed in double quotes: line 1 column 2 "
+     "(char 1)"),
+    ("scene_graph", '{"objects": [', "record <scene_graph>: field '<json>': invalid JSON: Expecting value: line 1 "
+     "column 14 (char 13)"),
+    ("scene_graph", "[1, 2]", "record <scene_graph>: field '<root>': expected an object, got list"),
+    ("scene_graph", {"objects": 1}, "record <scene_graph>: field 'objects': expected a list, got int"),
+    ("scene_graph", {"objects": [1]}, "record <scene_graph>: field 'objects[0]': expected an object, got int"),
+    ("scene_graph", {"objects": [{"name": "a"}]}, "record <scene_graph>: field 'objects[0].id': missing"),
+    ("scene_graph", {"objects": [{"id": None, "name": "a"}]},
+     "record <scene_graph>: field 'objects[0].id': expected an integer, got NoneType None"),
+    ("scene_graph", {"objects": [{"id": 0}]}, "record <scene_graph>: field 'objects[0].name': missing"),
+    ("scene_graph", {"objects": [{"id": 0, "name": 1}]},
+     "record <scene_graph>: field 'objects[0].name': expected a string, got int 1"),
+    ("scene_graph", {"objects": [{"id": 0, "name": "a", "attributes": [2]}]},
+     "record <scene_graph>: field 'objects[0].attributes[0]': expected a string, got int 2"),
+    ("scene_graph", {"objects": [], "relations": 3}, "record <scene_graph>: field 'relations': expected a list, got int"),
+    ("scene_graph", {"objects": [], "relations": [3]},
+     "record <scene_graph>: field 'relations[0]': expected an object, got int"),
+    ("scene_graph", {"relations": [{}]}, "record <scene_graph>: field 'relations[0].subject': missing"),
+    ("scene_graph", {"relations": [{"subject": "s", "predicate": "on", "object": 0}]},
+     "record <scene_graph>: field 'relations[0].subject': expected an integer, got str 's'"),
+    ("scene_graph", {"relations": [{"subject": 0, "object": 0}]},
+     "record <scene_graph>: field 'relations[0].predicate': missing"),
+    ("scene_graph", {"relations": [{"subject": 0, "predicate": 1, "object": 0}]},
+     "record <scene_graph>: field 'relations[0].predicate': expected a string, got int 1"),
+    ("scene_graph", {"relations": [{"subject": 0, "predicate": "on"}]},
+     "record <scene_graph>: field 'relations[0].object': missing"),
+    ("scene_graph", {"relations": [{"subject": 0, "predicate": "on", "object": "o"}]},
+     "record <scene_graph>: field 'relations[0].object': expected an integer, got str 'o'"),
 ]
 
 
 @pytest.mark.parametrize(("source", "record", "message"), MALFORMED_RECORDS)
 def test_each_malformed_record_is_refused_with_its_field_and_reason(source: str, record: Any, message: str) -> None:
-    import schemas.converters as converters
-
+    read = SceneGraph.from_json if source == "scene_graph" else getattr(converters, f"from_{source}")
     with pytest.raises(RecordError) as info:
-        getattr(converters, f"from_{source}")(record)
+        read(record)
     assert str(info.value) == message
+    if source == "scene_graph":  # the caller's record name replaces the default one
+        with pytest.raises(RecordError) as info:
+            SceneGraph.from_json(record, record="row 5")
+        assert str(info.value) == message.replace("<scene_graph>", "row 5")
 
 
 def test_converters_hand_made_records_read_and_written() -> None:
@@ -708,3 +701,56 @@ def test_converters_hand_made_records_read_and_written() -> None:
         with pytest.raises(TypeError) as info:
             as_scene_graph(value)  # type: ignore[arg-type]
         assert str(info.value) == f"a scene graph must be a SceneGraph, JSON object or mapping, got {shown}"
+
+
+def test_problems_go_on_past_each_broken_item_and_show_values_as_they_are() -> None:
+    """`problems()` lists every violation: it reads on after an attribute field that is not a list and after a
+    bad predicate; ids that are not integers are shown as reprs, huge ones by their size; a relation whose ends are
+    not ids is never called a duplicate (hand-written lists)."""
+    graph = SceneGraph(
+        [SGObject(0, "cup", "red"), SGObject(1, "Plate"), SGObject(2, "fork")],  # type: ignore[arg-type]
+        [
+            SGRelation("x", "on", 0),  # type: ignore[arg-type]
+            SGRelation("x", "on", 0),  # type: ignore[arg-type]
+            SGRelation(0, "ON", 1),
+            SGRelation(0, "near", 1),
+            SGRelation(0, "near", 1),
+            SGRelation(10**40, "near", 1),
+        ],
+    )
+    assert graph.problems() == [
+        "objects[0].attributes: expected a list, got str",
+        "objects[1].name 'Plate' is not normalised (lower-case, trimmed, single spaces, no underscores)",
+        "relations[0].subject: id 'x' is not an object id",
+        "relations[1].subject: id 'x' is not an object id",
+        "relations[2].predicate 'ON' is not normalised (lower-case, trimmed, single spaces, no underscores)",
+        "relations[4]: duplicate relation (0, 'near', 1)",
+        "relations[5].subject: id of 133 bits is not an object id",
+    ]
+
+
+def test_graph_json_and_the_class_shortcuts_to_the_converters() -> None:
+    """`to_json` is compact and keeps non-ASCII text as it is; the `SceneGraph.from_*` shortcuts pass the limits
+    and the change list through to the converters."""
+    graph = SceneGraph([SGObject(0, "café", ["crème"]), SGObject(1, "table")], [SGRelation(0, "on", 1)])
+    assert graph.to_json() == (
+        '{"objects":[{"id":0,"name":"café","attributes":["crème"]},{"id":1,"name":"table","attributes":[]}],'
+        '"relations":[{"subject":0,"predicate":"on","object":1}]}'
+    )
+    assert SceneGraph.from_json(graph.to_json()) == graph
+    assert graph.to_visual_genome(image_id=42)["image_id"] == 42
+    one = Limits(max_objects=1)
+    records = {
+        SceneGraph.from_laion_sg: {"img_id": 1, "items": [{"item_id": 0, "label": "Cat"}, {"item_id": 1, "label": "dog"}]},
+        SceneGraph.from_visual_genome: {"image_id": 1, "objects": [{"object_id": 5, "names": ["Cat"]},
+                                                                    {"object_id": 6, "names": ["dog"]}]},
+        SceneGraph.from_sg2im: {"objects": ["Cat", "dog"]},
+        SceneGraph.from_vlm_raw: {"items": ["Cat_0", "dog_1"]},
+    }
+    for read, record in records.items():
+        changes: list[str] = []
+        assert read(record, limits=one, changes=changes) == SceneGraph([SGObject(0, "cat")]), read
+        assert changes == [
+            "normalised objects[0].name: 'Cat' -> 'cat'",
+            "dropped 1 objects (objects[1]): over the limit of 1 objects",
+        ], read
