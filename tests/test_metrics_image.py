@@ -418,10 +418,19 @@ def test_inception_extractor_defaults_device_and_batches(
     monkeypatch.delenv("LAION_SG_INCEPTION_WEIGHTS", raising=False)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     monkeypatch.setattr(
-        torch.hub, "download_url_to_file", lambda url, destination: Path(destination).write_bytes(b"")
+        torch.hub,
+        "download_url_to_file",
+        lambda url, destination: Path(destination).write_bytes(inception_weights.read_bytes()),
     )
     with pytest.raises(FileNotFoundError, match="allow downloading"):
         InceptionFeatureExtractor()
+    assert InceptionFeatureExtractor(allow_download=True).provenance["weights_path"] == str(
+        tmp_path / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
+    )
+    if not torch.cuda.is_available():  # where CUDA is said to be there, the network is moved to it
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        with pytest.raises((AssertionError, RuntimeError), match="(?i)cuda|nvidia"):
+            InceptionFeatureExtractor(inception_weights)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert InceptionFeatureExtractor(inception_weights).device == torch.device("cpu")
     on_meta = InceptionFeatureExtractor(inception_weights, device="meta")
@@ -785,3 +794,79 @@ def test_images_become_uint8_rgb_arrays_or_are_refused() -> None:
         with pytest.raises(ValueError) as info:
             to_uint8_arrays([bad])
         assert str(info.value) == f"expected uint8 HxWx3 images, got {shown}"
+
+
+def test_kid_defaults_equal_torch_fidelitys_and_sets_of_unequal_size() -> None:
+    """With no arguments KID draws torch-fidelity's 100 subsets of 1,000 rows (seed 2020); the subset size is capped
+    at the smaller set, whichever it is; fewer than two rows in a set is refused with both sizes."""
+    from benchmark.metrics import Precomputed
+
+    rng = np.random.default_rng(21)
+    x, y = rng.standard_normal((1001, 4)), rng.standard_normal((1001, 4)) + 0.1
+    assert kernel_inception_distance(x, y) == pytest.approx(_torch_fidelity_kid(x, y, 100, 1000, 2020), rel=1e-9)
+    big, small = rng.standard_normal((50, 4)), rng.standard_normal((20, 4))
+    for first, second in ((big, small), (small, big)):
+        ours = kernel_inception_distance(first, second, subsets=5, subset_size=1000, seed=4)
+        assert ours == pytest.approx(_torch_fidelity_kid(first, second, 5, 20, 4), rel=1e-9)
+    with pytest.raises(ValueError) as info:
+        kernel_inception_distance(x[:1], y[:5])
+    assert str(info.value) == "KID needs at least 2 samples per set, got 1 and 5"
+
+    real, fake = rng.standard_normal((30, 2048)), rng.standard_normal((40, 2048))
+    kid = KID(Precomputed({"extractor": "elsewhere"}))
+    kid.update_features(real, real=True)
+    kid.update_features(fake, real=False)
+    out = kid.compute()
+    mean, std = _torch_fidelity_kid(fake.astype(np.float32), real.astype(np.float32), 100, 30, 2020)
+    assert out["kid_mean"] == pytest.approx(mean, rel=1e-6) and out["kid_std"] == pytest.approx(std, rel=1e-6)
+    assert {key: out[key] for key in out if key not in ("kid_mean", "kid_std")} == {
+        "kid_subsets": 100,
+        "kid_subset_size": 30,
+        "kid_subset_size_requested": 1000,
+        "kid_seed": 2020,
+        "kid_order": "generated, reference (torch-fidelity input1, input2)",
+        "extractor": "elsewhere",
+        "n_real": 30,
+        "n_fake": 40,
+    }
+
+
+def test_inception_metric_arguments_states_and_refusals(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, inception_weights: Path
+) -> None:
+    """FID and KID pass the weights, the download permission and the device to their extractor; an empty set has
+    no rows; features must be N×2048 (a tensor that needs gradients is fine); `real` must be said."""
+    from benchmark.metrics import Precomputed
+
+    monkeypatch.delenv("LAION_SG_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(
+        torch.hub,
+        "download_url_to_file",
+        lambda url, destination: Path(destination).write_bytes(inception_weights.read_bytes()),
+    )
+    for metric_class in (FID, KID):
+        on_meta = metric_class(weights_path=inception_weights, device="meta")
+        assert on_meta.extractor.provenance["weights_path"] == str(inception_weights)
+        assert on_meta.extractor.device == torch.device("meta")
+    with pytest.raises(FileNotFoundError, match="allow downloading"):
+        FID()
+    assert KID(allow_download=True).extractor.provenance["weights_path"] == str(
+        tmp_path / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
+    )
+
+    fid = FID(Precomputed())
+    for real in (True, False):
+        empty = fid.features(real=real)
+        assert empty.shape == (0, 2048) and empty.dtype == np.float32
+    with pytest.raises(TypeError) as info:
+        fid.update(features=np.zeros((1, 2048)))
+    assert str(info.value) == "update() needs real=True (reference images) or real=False (generated images)"
+    for bad, shape in ((np.zeros((3, 100)), "(3, 100)"), (np.zeros(2048), "(2048,)")):
+        with pytest.raises(ValueError) as info:
+            fid.update(real=True, features=bad)
+        assert str(info.value) == f"expected N x 2048 features, got {shape}"
+    with_grad = torch.randn(3, 2048, requires_grad=True)
+    fid.update(real=False, features=with_grad)
+    np.testing.assert_array_equal(fid.features(real=False), with_grad.detach().numpy())
+    assert fid.features(real=True).shape == (0, 2048)

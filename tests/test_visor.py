@@ -394,3 +394,48 @@ def test_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--output", str(path), "--max-prompts", "0"])
     assert exit_info.value.code == 2
+
+
+def test_visor_refusals_and_edge_cases_in_whole() -> None:
+    """Every refusal names the prompt (or the detections) and the offending value in full; a box of zero width or
+    height is a box; centroids are box centres; one image with both objects and the relation right is a
+    conditional VISOR of 1 (hand-written expectations)."""
+    from benchmark.metrics.visor import centroid, judgement_details, relation_holds
+
+    def refusal(call, *args) -> str:
+        with pytest.raises(ValueError) as info:
+            call(*args)
+        return str(info.value)
+
+    item = {"prompt_id": "p1", "subject": "cat", "relation": "left of", "object": "dog"}
+    options = "left of, right of, above, below"
+    assert refusal(visor, []) == "visor: no items to score"
+    assert refusal(judgement_details, []) == "visor: no items to score"
+    assert refusal(visor, [{"prompt_id": 1, "subject": "cat"}]) == (
+        "visor: an item lacks relation, object, detections: {'prompt_id': 1, 'subject': 'cat'}"
+    )
+    assert refusal(judge_image, {**item, "relation": "near", "detections": []}) == (
+        f"prompt 'p1': unknown relation 'near'; expected one of {options}"
+    )
+    assert refusal(relation_holds, "near", (0, 0, 1, 1), (0, 0, 1, 1)) == (
+        f"unknown relation 'near'; expected one of {options}"
+    )
+    assert refusal(judge_image, {**item, "detections": [("cat", 0.9, "box")]}) == (
+        "prompt 'p1': a box must be four numbers (x0, y0, x1, y1), got 'box'"
+    )
+    assert refusal(judge_image, {**item, "detections": [("cat", 0.9, (2, 0, 1, 1))]}) == (
+        "prompt 'p1': a box must have x0 <= x1 and y0 <= y1 (corners, not width/height), got (2, 0, 1, 1)"
+    )
+    assert refusal(best_boxes, [("cat", 0.5, (0, 3, 1, 2))]) == (
+        "detections: a box must have x0 <= x1 and y0 <= y1 (corners, not width/height), got (0, 3, 1, 2)"
+    )
+    assert best_boxes([("cat", 0.5, (1, 1, 1, 4)), ("dog", 0.5, (0, 2, 3, 2))]) == {
+        "cat": (1.0, 1.0, 1.0, 4.0),
+        "dog": (0.0, 2.0, 3.0, 2.0),
+    }
+    assert centroid((0, 2, 4, 10)) == (2.0, 6.0)
+    assert centroid((1, 1, 2, 2)) == (1.5, 1.5)
+    one = judgement_details([[(True, True)]])
+    assert (one["oa"], one["visor_cond"], one["visor_uncond"], one["visor_1"], one["visor_2"]) == (1.0, 1.0, 1.0, 1.0, 0.0)
+    none_right = judgement_details([[(True, False), (False, False)]])
+    assert (none_right["oa"], none_right["visor_cond"], none_right["n_both"]) == (0.5, 0.0, 1)
