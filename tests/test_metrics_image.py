@@ -870,3 +870,39 @@ def test_inception_metric_arguments_states_and_refusals(
     fid.update(real=False, features=with_grad)
     np.testing.assert_array_equal(fid.features(real=False), with_grad.detach().numpy())
     assert fid.features(real=True).shape == (0, 2048)
+
+
+def test_metric_state_helpers_copy_convert_and_concatenate() -> None:
+    """`to_state` copies arrays, lists and tensors (a tensor that needs gradients too) into the dtype and device
+    asked for; `state_array` reads a list state or a synced tensor back in the dtype asked for (hand-made values)."""
+    from benchmark.metrics.base import state_array, to_state
+
+    source = np.array([0.5, 1.5])
+    state = to_state(source, np.float32, torch.device("cpu"))
+    source[0] = 9.0  # the caller's array changes later; the state does not
+    assert state.dtype == torch.float32 and state.tolist() == [0.5, 1.5]
+    with_grad = torch.tensor([1.0, 2.0], requires_grad=True)
+    assert to_state(with_grad, np.float64, torch.device("cpu")).dtype == torch.float64
+    assert to_state([3, 4], np.int32, torch.device("cpu")).dtype == torch.int32
+    assert to_state([1.0], np.float64, torch.device("meta")).device.type == "meta"
+
+    assert state_array([], np.float64) is None
+    ints = [torch.tensor([[1, 2]]), torch.tensor([[3, 4], [5, 6]])]
+    rows = state_array(ints, np.int64)
+    assert rows.dtype == np.int64 and rows.tolist() == [[1, 2], [3, 4], [5, 6]]
+    assert state_array(ints, np.float32).dtype == np.float32
+    synced = state_array(torch.tensor([7, 8]), np.int64)
+    assert synced.dtype == np.int64 and synced.tolist() == [7, 8]
+    assert state_array(torch.tensor([7, 8]), np.float64).dtype == np.float64
+
+
+def test_the_package_lists_its_record_metrics_in_leaderboard_order() -> None:
+    """`RECORD_METRICS` is looked up lazily, once; an unknown name is an AttributeError naming the module."""
+    import benchmark.metrics as metrics
+
+    names = [metric.__name__ for metric in metrics.RECORD_METRICS]
+    assert names == ["GraphIoU", "FID", "KID", "CLIPScore", "CLIPImageScore", "CMMD", "QuestionScore", "VISORScore"]
+    assert metrics.RECORD_METRICS is metrics.RECORD_METRICS
+    with pytest.raises(AttributeError) as info:
+        metrics.NoSuchMetric  # noqa: B018
+    assert str(info.value) == "module 'benchmark.metrics' has no attribute 'NoSuchMetric'"
