@@ -263,6 +263,12 @@ def test_cmmd_by_hand_and_naive_reference(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(cmmd_module, "_BLOCK", 7)  # the blocked path gives the same value
     assert cmmd(a, b) == pytest.approx(naive, rel=1e-9)
     assert cmmd(a, b, sigma=2.0) != pytest.approx(naive)
+    # float32 embeddings (as CLIP gives them) are computed in float64 too: exact to 1e-9, not float32's 1e-6
+    a32, b32 = a.astype(np.float32), b.astype(np.float32)
+    naive32 = 1000 * (mean_k(a32.astype(np.float64), a32.astype(np.float64)) + mean_k(b32.astype(np.float64), b32.astype(np.float64))
+                      - 2 * mean_k(a32.astype(np.float64), b32.astype(np.float64)))
+    for first, second in ((a32, b32), (a32, b32.astype(np.float64)), (a32.astype(np.float64), b32)):
+        assert cmmd(first, second) == pytest.approx(naive32, rel=1e-9)
 
 
 @pytest.fixture(scope="module")
