@@ -912,3 +912,12 @@ def test_the_package_lists_its_record_metrics_in_leaderboard_order() -> None:
     with pytest.raises(AttributeError) as info:
         metrics.NoSuchMetric  # noqa: B018
     assert str(info.value) == "module 'benchmark.metrics' has no attribute 'NoSuchMetric'"
+    listed = dir(metrics)
+    assert listed == sorted(listed) and {"FID", "KID", "VISORScore", "RECORD_METRICS", "Precomputed"} <= set(listed)
+    assert set(metrics.__all__) <= set(listed)
+    for call in (metrics.Precomputed(), metrics.Precomputed().embed_images, metrics.Precomputed().embed_texts):
+        with pytest.raises(TypeError) as info:
+            call(["an image"])
+        assert str(info.value) == (
+            "these features were computed elsewhere: pass them to update_features / update_embeddings"
+        )
