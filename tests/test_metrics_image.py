@@ -921,3 +921,6 @@ def test_the_package_lists_its_record_metrics_in_leaderboard_order() -> None:
         assert str(info.value) == (
             "these features were computed elsewhere: pass them to update_features / update_embeddings"
         )
+    with pytest.raises(ValueError) as info:
+        metrics.CLIPImageScore(metrics.Precomputed()).update(_images(3, 2), _images(4, 3))
+    assert str(info.value) == "2 images but 3 reference images"
