@@ -2,13 +2,18 @@
 
 Score = killed / (killed + survived + no tests); timeouts count as killed (the mutant hung the code), as
 mutmut itself counts them. Prints one line per module and exits 1 when a module is under `--min-score`.
+`--survivors` also prints each surviving (or untested) mutant with the lines it changes, read from the mutated
+copies in `mutants/` (one `mutmut show` per mutant takes a second each).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import difflib
 import json
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 from mutmut.stats import status_by_exit_code
@@ -26,11 +31,41 @@ def module_scores(mutants: Path) -> dict[str, Counter]:
     return scores
 
 
+def survivors(mutants: Path) -> Iterator[tuple[str, str, list[str]]]:
+    """(mutant name, status, changed lines as ``- old`` / ``+ new``) of each counted mutant that was not killed."""
+    for meta in sorted(mutants.rglob("*.py.meta")):
+        keys = json.loads(meta.read_text())["exit_code_by_key"]
+        left = {key: status_by_exit_code[code] for key, code in keys.items()}
+        left = {key: status for key, status in left.items() if status in COUNTED - KILLED}
+        if not left:
+            continue
+        source = meta.with_suffix("").read_text()
+        functions = {
+            node.name: ast.get_source_segment(source, node) or ""
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        }
+        for key, status in left.items():
+            name = key.rsplit(".", 1)[-1]
+            original = functions.get(name.rsplit("__mutmut_", 1)[0] + "__mutmut_orig", "").splitlines()
+            mutated = functions.get(name, "").splitlines()
+            changed = [
+                line for line in difflib.ndiff(original[1:], mutated[1:]) if line.startswith(("- ", "+ "))
+            ]  # the first line differs only in the function's name
+            yield key, status, changed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mutants", default="mutants", help="mutmut's working folder")
     parser.add_argument("--min-score", type=float, default=0.85)
+    parser.add_argument("--survivors", action="store_true", help="list the mutants not killed and their changes")
     args = parser.parse_args(argv)
+    if args.survivors:
+        for key, status, changed in survivors(Path(args.mutants)):
+            print(f"{key}: {status}")
+            for line in changed:
+                print(f"    {line.strip()}")
     below = []
     print(f"{'module':36s} {'mutants':>7s} {'killed':>6s} {'timeout':>7s} {'survived':>8s} {'no tests':>8s} {'score':>6s}")
     for module, statuses in module_scores(Path(args.mutants)).items():
