@@ -414,6 +414,8 @@ def test_inception_weights_are_never_silently_replaced(
         "resize": "clean: PIL bicubic per float32 channel to 299x299, clip [0,255], no quantisation",
     }
     assert resolve_inception_weights() == cached and len(downloads) == 1  # found in the cache, not fetched again
+    cached.unlink()  # the cache folder stays: a new download goes into it
+    assert resolve_inception_weights(allow_download=True) == cached and len(downloads) == 2
 
 
 def test_inception_extractor_defaults_device_and_batches(
