@@ -754,3 +754,17 @@ def test_graph_json_and_the_class_shortcuts_to_the_converters() -> None:
             "normalised objects[0].name: 'Cat' -> 'cat'",
             "dropped 1 objects (objects[1]): over the limit of 1 objects",
         ], read
+
+
+def test_text_rule_problem_names_the_first_eight_bad_characters() -> None:
+    """The character rule's reason lists each bad character once, in order of appearance, at most eight of them."""
+    from schemas.graph_text import text_rule_problem
+
+    assert text_rule_problem("red apple") is None
+    assert text_rule_problem("a!b!c?") == "characters not allowed in graph text: '!', '?'"
+    many = "a" + "".join("!?#$%^*~=@" * 2)  # ten different characters not allowed, each twice
+    assert text_rule_problem(many) == (
+        "characters not allowed in graph text: '!', '?', '#', '$', '%', '^', '*', '~'"
+    )
+    assert text_rule_problem("-apple") == "must begin with a letter or digit"
+    assert text_rule_problem("9 lives") is None
