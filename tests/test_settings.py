@@ -17,6 +17,8 @@ from schemas.settings import JobSettings, parse_settings
 
 
 class Judge(BaseModel):
+    """The judge's settings (a class docstring: the help shows the field's description instead)."""
+
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field("Qwen/Qwen2.5-VL-7B-Instruct", description="judge model id or local dir")
@@ -73,6 +75,7 @@ def test_lists_booleans_literals_and_optional_values() -> None:
         (["--input", "x", "--unknown", "1"], None, r"unrecognized arguments: --unknown"),
         ([], "input: x\nmax_stepz: 3\n", r"unknown setting 'max_stepz' in .*run.yaml"),
         ([], "input: x\njudge:\n  modle: y\n", r"unknown setting 'judge.modle'"),
+        (["--input", "x", "--judge", '{"modle": "y"}'], None, r"error: unknown setting 'judge.modle'\n$"),
         ([], "- a list\n", r"expected a mapping of settings"),
         ([], "input: [unclosed\n", r"cannot read the config"),
         (["--judge.max-new-tokens", "-"], "input: x\n", r"--judge.max-new-tokens: .*integer"),
@@ -108,6 +111,8 @@ def test_help_lists_every_setting_with_its_default(capsys: pytest.CaptureFixture
         assert re.search(
             re.escape(flag) + r" \S*\s*" + re.escape(help_line) + r"[^-]*" + re.escape(default), text
         ), flag
+    assert "[--limit int]" in text  # an optional value shows its type, not "{int,null}"
+    assert "judge options: the judge model --judge.model" in text and "class docstring" not in text
 
 
 def test_version_is_the_installed_package_version(capsys: pytest.CaptureFixture[str]) -> None:
