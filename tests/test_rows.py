@@ -56,10 +56,14 @@ def test_hf_features_of_every_column_type_equal_datasets_own() -> None:
             ("nested", pa.list_(pa.struct([("image", pa.string()), ("xs", pa.large_list(pa.int32()))]))),
             ("photo", row_schema().field("image").type),
             ("image", row_schema().field("image").type),
+            ("pair", pa.struct([("image", row_schema().field("image").type), ("caption", pa.string())])),
         ]
     )  # fmt: skip
     expected = datasets.Features.from_arrow_schema(schema).to_dict()
     expected["image"] = {"_type": "Image"}
+    expected["pair"] = datasets.Features(  # a struct's field named image is an image too
+        {"pair": {"image": datasets.Image(), "caption": datasets.Value("string")}}
+    ).to_dict()["pair"]
     assert hf_features(schema) == expected
     assert expected["photo"] != {"_type": "Image"}
 
