@@ -40,15 +40,16 @@ def survivors(mutants: Path) -> Iterator[tuple[str, str, list[str]]]:
         if not left:
             continue
         source = meta.with_suffix("").read_text()
-        functions = {
-            node.name: ast.get_source_segment(source, node) or ""
+        lines = source.splitlines()
+        functions = {  # name -> its lines (from line numbers: get_source_segment rescans the file each time)
+            node.name: lines[node.lineno - 1 : node.end_lineno]
             for node in ast.walk(ast.parse(source))
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
         }
         for key, status in left.items():
             name = key.rsplit(".", 1)[-1]
-            original = functions.get(name.rsplit("__mutmut_", 1)[0] + "__mutmut_orig", "").splitlines()
-            mutated = functions.get(name, "").splitlines()
+            original = functions.get(name.rsplit("__mutmut_", 1)[0] + "__mutmut_orig", [])
+            mutated = functions.get(name, [])
             changed = [
                 line for line in difflib.ndiff(original[1:], mutated[1:]) if line.startswith(("- ", "+ "))
             ]  # the first line differs only in the function's name
