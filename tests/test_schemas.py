@@ -768,3 +768,33 @@ def test_text_rule_problem_names_the_first_eight_bad_characters() -> None:
     )
     assert text_rule_problem("-apple") == "must begin with a letter or digit"
     assert text_rule_problem("9 lives") is None
+
+
+def test_repair_reports_each_drop_in_whole_at_the_limits() -> None:
+    """Hand-written change lists: a name that is not a string, text of exactly the length limit (kept) and one over
+    it, attributes and relations over their limits (each counted and spanned in one line); a graph of our JSON
+    without a relations key has none."""
+    limits = Limits(max_attributes=2, max_relations=1, max_text_length=8)
+    graph = SceneGraph(
+        [
+            SGObject(0, 5),  # type: ignore[arg-type]
+            SGObject(1, "abcdefgh", ["red", "big", "old", "wet"]),
+            SGObject(2, "abcdefghi"),
+            SGObject(3, "cup"),
+        ],
+        [SGRelation(1, "on", 3), SGRelation(3, "near", 1), SGRelation(1, "by", 3), SGRelation(3, "in", 1)],
+    )
+    repaired, changes = graph.repair(limits)
+    assert repaired == SceneGraph(
+        [SGObject(0, "abcdefgh", ["red", "big"]), SGObject(1, "cup")], [SGRelation(0, "on", 1)]
+    )
+    assert changes == [
+        "dropped objects[0].name: expected a string, got int",
+        "dropped objects[0] (id 0): no usable name",
+        "dropped 2 attributes (objects[1].attributes[2..3]): over the limit of 2 attributes",
+        "dropped objects[2].name: longer than 8 characters",
+        "dropped objects[2] (id 2): no usable name",
+        "renumbered object ids densely: 1->0, 3->1",
+        "dropped 3 relations (relations[1..3]): over the limit of 1 relations",  # summaries come last
+    ]
+    assert SceneGraph.from_json('{"objects": [{"id": 0, "name": "cat"}]}') == SceneGraph([SGObject(0, "cat")])
