@@ -798,3 +798,9 @@ def test_repair_reports_each_drop_in_whole_at_the_limits() -> None:
         "dropped 3 relations (relations[1..3]): over the limit of 1 relations",  # summaries come last
     ]
     assert SceneGraph.from_json('{"objects": [{"id": 0, "name": "cat"}]}') == SceneGraph([SGObject(0, "cat")])
+
+
+@pytest.mark.parametrize("not_an_object", [[], "a graph", 3, None, [{"objects": [], "relations": []}]])
+def test_json_schema_rejects_a_graph_that_is_not_an_object(not_an_object: Any) -> None:
+    with pytest.raises(jsonschema.ValidationError, match="is not of type 'object'"):
+        jsonschema.validate(not_an_object, SceneGraph.json_schema())
