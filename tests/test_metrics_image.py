@@ -8,6 +8,7 @@ import math
 import re
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -926,3 +927,34 @@ def test_the_package_lists_its_record_metrics_in_leaderboard_order() -> None:
     with pytest.raises(ValueError) as info:
         metrics.CLIPImageScore(metrics.Precomputed()).update(_images(3, 2), _images(4, 3))
     assert str(info.value) == "2 images but 3 reference images"
+
+
+def test_clip_embedder_defaults_reach_open_clip(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no arguments the embedder asks open_clip for LAION-SG's CLIP (ViT-L-14, OpenAI weights) on the CPU
+    where CUDA is missing, and encodes 32 items per batch. open_clip's loader is replaced by a recorder (no
+    weights can be fetched here): what is checked is what the embedder asks for, not a model's output."""
+    import open_clip
+
+    asked: list[tuple[Any, ...]] = []
+    batches: list[int] = []
+
+    class Recorder(torch.nn.Module):
+        def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+            batches.append(len(tokens))
+            return torch.ones(len(tokens), 4)
+
+    def create(name: str, pretrained: str | None = None, device: Any = None) -> tuple[Any, Any, Any]:
+        asked.append((name, pretrained, device))
+        return Recorder(), None, None
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", create)
+    monkeypatch.setattr(open_clip, "get_tokenizer", lambda name: lambda texts: torch.zeros(len(texts), 3))
+    embedder = CLIPEmbedder()
+    assert asked == [("ViT-L-14", "openai", torch.device("cpu"))]
+    assert embedder.provenance == {"clip_model": "ViT-L-14", "clip_pretrained": "openai", "clip_weights_sha256": None}
+    embeddings = embedder.embed_texts(["a cat"] * 33)
+    assert batches == [32, 1] and embeddings.shape == (33, 4)
+    np.testing.assert_allclose(embeddings, 0.5)  # unit rows of ones(4)
+    CLIPEmbedder("ViT-B-32", "laion2b_s34b_b79k", device="meta")
+    assert asked[-1] == ("ViT-B-32", "laion2b_s34b_b79k", torch.device("meta"))
