@@ -891,7 +891,8 @@ def test_metric_state_helpers_copy_convert_and_concatenate() -> None:
     source[0] = 9.0  # the caller's array changes later; the state does not
     assert state.dtype == torch.float32 and state.tolist() == [0.5, 1.5]
     with_grad = torch.tensor([1.0, 2.0], requires_grad=True)
-    assert to_state(with_grad, np.float64, torch.device("cpu")).dtype == torch.float64
+    from_tensor = to_state(with_grad, np.float64, torch.device("cpu"))
+    assert from_tensor.dtype == torch.float64 and from_tensor.tolist() == [1.0, 2.0] and not from_tensor.requires_grad
     assert to_state([3, 4], np.int32, torch.device("cpu")).dtype == torch.int32
     assert to_state([1.0], np.float64, torch.device("meta")).device.type == "meta"
 
@@ -905,10 +906,11 @@ def test_metric_state_helpers_copy_convert_and_concatenate() -> None:
     assert state_array(torch.tensor([7, 8]), np.float64).dtype == np.float64
 
 
-def test_the_package_lists_its_record_metrics_in_leaderboard_order() -> None:
+def test_the_package_lists_its_record_metrics_in_leaderboard_order(monkeypatch: pytest.MonkeyPatch) -> None:
     """`RECORD_METRICS` is looked up lazily, once; an unknown name is an AttributeError naming the module."""
     import benchmark.metrics as metrics
 
+    monkeypatch.delitem(vars(metrics), "RECORD_METRICS", raising=False)  # as in a fresh process: not looked up yet
     names = [metric.__name__ for metric in metrics.RECORD_METRICS]
     assert names == ["GraphIoU", "FID", "KID", "CLIPScore", "CLIPImageScore", "CMMD", "QuestionScore", "VISORScore"]
     assert metrics.RECORD_METRICS is metrics.RECORD_METRICS
