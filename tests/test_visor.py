@@ -433,6 +433,12 @@ def test_visor_refusals_and_edge_cases_in_whole() -> None:
         "cat": (1.0, 1.0, 1.0, 4.0),
         "dog": (0.0, 2.0, 3.0, 2.0),
     }
+    a, b = {**item, "detections": []}, {**item, "detections": [], "object": "cow"}
+    assert refusal(visor, [a, b]) == "prompt 'p1': its items disagree on subject, relation or object"
+    assert refusal(visor, [{**a, "image_index": 0}, a]) == "prompt 'p1': some items have an image_index and some do not"
+    assert refusal(visor, [{**a, "image_index": 1}, {**a, "image_index": 1}]) == (
+        "prompt 'p1': repeated image_index in [1, 1]"
+    )
     assert centroid((0, 2, 4, 10)) == (2.0, 6.0)
     assert centroid((1, 1, 2, 2)) == (1.5, 1.5)
     one = judgement_details([[(True, True)]])
