@@ -901,8 +901,11 @@ def test_metric_state_helpers_copy_convert_and_concatenate() -> None:
     rows = state_array(ints, np.int64)
     assert rows.dtype == np.int64 and rows.tolist() == [[1, 2], [3, 4], [5, 6]]
     assert state_array(ints, np.float32).dtype == np.float32
-    synced = state_array(torch.tensor([7, 8]), np.int64)
+    synced_state = torch.tensor([7, 8])
+    synced = state_array(synced_state, np.int64)
     assert synced.dtype == np.int64 and synced.tolist() == [7, 8]
+    synced[0], rows[0, 0] = 70, 10  # the caller's arrays are its own: the states do not change
+    assert synced_state.tolist() == [7, 8] and ints[0].tolist() == [[1, 2]]
     assert state_array(torch.tensor([7, 8]), np.float64).dtype == np.float64
 
 

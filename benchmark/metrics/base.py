@@ -52,13 +52,13 @@ def to_state(values: Any, dtype: np.dtype | type, device: torch.device) -> torch
 
 
 def state_array(state: list[torch.Tensor] | torch.Tensor, dtype: np.dtype | type) -> np.ndarray | None:
-    """A list state (or the tensor a distributed sync turned it into) as one numpy array of `dtype`, rows
-    concatenated; None when nothing was added."""
+    """A list state (or the tensor a distributed sync turned it into) as one new numpy array of `dtype`, rows
+    concatenated, never a view of the state (a caller may write to it); None when nothing was added."""
     if isinstance(state, torch.Tensor):
-        return state.detach().cpu().numpy().astype(dtype, copy=False)
+        return np.array(state.detach().cpu(), dtype=dtype)
     if not state:
         return None
-    return torch.cat([part.detach().cpu() for part in state]).numpy().astype(dtype, copy=False)
+    return np.asarray(torch.cat([part.detach().cpu() for part in state]), dtype=dtype)  # cat made a new tensor
 
 
 class BenchmarkMetric(Metric):
