@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import pickle
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -963,3 +964,42 @@ def test_clip_embedder_defaults_reach_open_clip(monkeypatch: pytest.MonkeyPatch)
     np.testing.assert_allclose(embeddings, 0.5)  # unit rows of ones(4)
     CLIPEmbedder("ViT-B-32", "laion2b_s34b_b79k", device="meta")
     assert asked[-1] == ("ViT-B-32", "laion2b_s34b_b79k", torch.device("meta"))
+
+
+class _NotAWeight:
+    """A pickled object that is not a tensor: `torch.load(weights_only=True)` must refuse to build it."""
+
+
+def test_load_inception_is_frozen_and_refuses_pickled_code(inception_weights: Path, tmp_path: Path) -> None:
+    model = load_inception(inception_weights)
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    hostile = tmp_path / "hostile.pth"
+    torch.save({"Conv2d_1a_3x3.conv.weight": _NotAWeight()}, hostile)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        load_inception(hostile)
+
+
+def test_extractors_choose_cuda_when_it_is_there(monkeypatch: pytest.MonkeyPatch, inception_weights: Path) -> None:
+    """No device given and CUDA present: the Inception network and open_clip's model are put on "cuda" (the
+    move itself is recorded, not made: this machine may have no GPU)."""
+    import open_clip
+
+    import benchmark.metrics.inception as inception_module
+
+    moved: list[torch.device] = []
+
+    class Recorder(torch.nn.Module):
+        def to(self, device: torch.device) -> Recorder:  # type: ignore[override]
+            moved.append(device)
+            return self
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(inception_module, "load_inception", lambda path: Recorder())
+    assert InceptionFeatureExtractor(inception_weights).device == torch.device("cuda")
+    assert moved == [torch.device("cuda")]
+    asked: list[Any] = []
+    monkeypatch.setattr(
+        open_clip, "create_model_and_transforms", lambda name, pretrained, device: asked.append(device) or (Recorder(), None, None)
+    )
+    monkeypatch.setattr(open_clip, "get_tokenizer", lambda name: None)
+    assert CLIPEmbedder("ViT-B-32", "openai").device == torch.device("cuda") and asked == [torch.device("cuda")]

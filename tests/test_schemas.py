@@ -739,6 +739,7 @@ def test_graph_json_and_the_class_shortcuts_to_the_converters() -> None:
     )
     assert SceneGraph.from_json(graph.to_json()) == graph
     assert graph.to_visual_genome(image_id=42)["image_id"] == 42
+    assert graph.to_visual_genome()["image_id"] == converters.to_visual_genome(graph)["image_id"] == 0
     one = Limits(max_objects=1)
     records = {
         SceneGraph.from_laion_sg: {"img_id": 1, "items": [{"item_id": 0, "label": "Cat"}, {"item_id": 1, "label": "dog"}]},

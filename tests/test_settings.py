@@ -386,3 +386,10 @@ def test_version_of_an_uninstalled_source_tree_is_unknown(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(settings, "version", missing)
     assert settings.package_version() == "unknown"
+
+
+def test_without_argv_the_command_line_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`parse_settings(cls, None)` reads sys.argv after the program name, as a job's main() does."""
+    monkeypatch.setattr("sys.argv", ["example", "--input", "from-argv", "--max-steps", "3"])
+    settings = parse_settings(Example, None, prog="example", description="an example job")
+    assert (settings.input, settings.max_steps) == ("from-argv", 3)
