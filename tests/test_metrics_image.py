@@ -420,11 +420,10 @@ def test_inception_weights_are_never_silently_replaced(
     assert resolve_inception_weights(allow_download=True) == cached and len(downloads) == 2
 
 
-def test_inception_extractor_defaults_device_and_batches(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, inception_weights: Path
-) -> None:
-    """No download unless allowed; the device defaults to the CPU where CUDA is missing and the network and the
-    pixels go to the device asked for; images reach the network 32 at a time, as clean-resized N×3×299×299."""
+@pytest.fixture
+def empty_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, inception_weights: Path) -> Path:
+    """An empty torch hub folder, no weights variable, and a download that copies the tiny weights (no network);
+    returns where a download lands."""
     monkeypatch.delenv("LAION_SG_INCEPTION_WEIGHTS", raising=False)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     monkeypatch.setattr(
@@ -432,11 +431,17 @@ def test_inception_extractor_defaults_device_and_batches(
         "download_url_to_file",
         lambda url, destination: Path(destination).write_bytes(inception_weights.read_bytes()),
     )
+    return tmp_path / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
+
+
+def test_inception_extractor_defaults_device_and_batches(
+    monkeypatch: pytest.MonkeyPatch, empty_hub: Path, inception_weights: Path
+) -> None:
+    """No download unless allowed; the device defaults to the CPU where CUDA is missing and the network and the
+    pixels go to the device asked for; images reach the network 32 at a time, as clean-resized N×3×299×299."""
     with pytest.raises(FileNotFoundError, match="allow downloading"):
         InceptionFeatureExtractor()
-    assert InceptionFeatureExtractor(allow_download=True).provenance["weights_path"] == str(
-        tmp_path / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
-    )
+    assert InceptionFeatureExtractor(allow_download=True).provenance["weights_path"] == str(empty_hub)
     if not torch.cuda.is_available():  # where CUDA is said to be there, the network is moved to it
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         with pytest.raises((AssertionError, RuntimeError), match="(?i)cuda|nvidia"):
@@ -841,29 +846,18 @@ def test_kid_defaults_equal_torch_fidelitys_and_sets_of_unequal_size() -> None:
     }
 
 
-def test_inception_metric_arguments_states_and_refusals(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, inception_weights: Path
-) -> None:
+def test_inception_metric_arguments_states_and_refusals(empty_hub: Path, inception_weights: Path) -> None:
     """FID and KID pass the weights, the download permission and the device to their extractor; an empty set has
     no rows; features must be N×2048 (a tensor that needs gradients is fine); `real` must be said."""
     from benchmark.metrics import Precomputed
 
-    monkeypatch.delenv("LAION_SG_INCEPTION_WEIGHTS", raising=False)
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    monkeypatch.setattr(
-        torch.hub,
-        "download_url_to_file",
-        lambda url, destination: Path(destination).write_bytes(inception_weights.read_bytes()),
-    )
     for metric_class in (FID, KID):
         on_meta = metric_class(weights_path=inception_weights, device="meta")
         assert on_meta.extractor.provenance["weights_path"] == str(inception_weights)
         assert on_meta.extractor.device == torch.device("meta")
     with pytest.raises(FileNotFoundError, match="allow downloading"):
         FID()
-    assert KID(allow_download=True).extractor.provenance["weights_path"] == str(
-        tmp_path / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
-    )
+    assert KID(allow_download=True).extractor.provenance["weights_path"] == str(empty_hub)
 
     fid = FID(Precomputed())
     for real in (True, False):
