@@ -75,7 +75,7 @@ def epoch_samples(settings: LoraSettings, epoch: int) -> dict[str, tuple[str, st
     """key -> (caption source, caption, flipped, pixels) of every sample of an epoch, through the job's
     batches."""
     ctx = LocalContext(settings)
-    planner = CaptionPlanner(find_splits(settings.input)["train"], settings.seed)
+    planner = CaptionPlanner(find_splits(settings.input)["train"], settings.seed, settings.spatial_probability)
     samples = {}
     for batch in epoch_batches(ctx, settings, planner, TrainState(epoch=epoch)):
         for i, key in enumerate(batch.keys):
@@ -121,9 +121,19 @@ def test_caption_mix_is_exactly_half_and_flips_swap_left_right(
             assert caption == plain_caption
 
 
-def test_only_the_exact_half_is_accepted(data_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="50/50"):
-        tiny_settings(data_dir, Path("unused"), tmp_path, spatial_probability=0.3)
+def test_another_spatial_share_reaches_the_batches(data_dir: Path, tmp_path: Path) -> None:
+    """A share other than SPRIGHT's half, through the job's batches (batch 1 over the 9 train rows): of the 8 rows
+    with a spatial caption, 0.25 gives 2 spatial samples in every epoch (0.25·8 is whole), 1.0 all 8 and 0.0 none;
+    a share outside [0, 1] is refused."""
+    for share, spatial in ((0.25, 2), (1.0, 8), (0.0, 0)):
+        for epoch in (0, 1):
+            settings = tiny_settings(data_dir, Path("unused"), tmp_path, batch_size=1, spatial_probability=share)
+            samples = epoch_samples(settings, epoch)
+            sources = [source for source, *_ in samples.values()]
+            assert (sources.count("spatial"), sources.count("fallback")) == (spatial, 1), (share, epoch)
+    for share in (-0.5, 1.5):
+        with pytest.raises(ValueError, match="spatial_probability"):
+            tiny_settings(data_dir, Path("unused"), tmp_path, spatial_probability=share)
 
 
 def test_help_lists_the_settings_with_defaults(

@@ -3,8 +3,11 @@ images, and the one function that decides both for a sample."""
 
 from __future__ import annotations
 
+import hashlib
+import math
 import random
 import re
+from fractions import Fraction
 
 import pytest
 from hypothesis import given, settings
@@ -26,7 +29,7 @@ def _keys(n: int, prefix: str = "row") -> list[str]:
     return [f"{prefix}-{i:06d}" for i in range(n)]
 
 
-# ---------------------------------------------------------------------- the 50/50 mix
+# ---------------------------------------------------------------------- the caption mix
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 7, 10, 33, 100, 257, 1000])
@@ -41,7 +44,28 @@ def test_exactly_half_of_an_epoch_uses_the_spatial_caption(n: int, seed: int, ep
         assert plan.spatial == n // 2
     else:
         assert plan.spatial in (n // 2, n // 2 + 1)
-        assert plan.spatial == n // 2 + sc._odd_extra(seed, epoch)  # the documented odd rule
+        # the documented odd rule, unchanged since before other shares were accepted
+        odd_bit = hashlib.sha256(f"spatial-caption-odd:{seed}:{epoch}".encode()).digest()[0] & 1
+        assert plan.spatial == n // 2 + odd_bit
+
+
+@pytest.mark.parametrize("share", [0.0, 0.1, 0.25, 0.3, 2 / 3, 0.9, 1.0])
+def test_any_share_is_exact_to_one_row_and_right_on_average(share: float) -> None:
+    """``share·n`` rows (as the share is written: 0.3 of 10 is 3, never 4), or for a fraction the row below or
+    above it, with a mean over epochs that tends to ``share·n``."""
+    for n in (1, 7, 10, 33, 257):
+        exact = Fraction(repr(share)) * n
+        counts = [plan_captions(_keys(n), 1, epoch, share=share).spatial for epoch in range(64)]
+        assert set(counts) <= {math.floor(exact), math.ceil(exact)}, (n, counts)
+    assert {plan_captions(_keys(10), 0, epoch, share=0.3).spatial for epoch in range(64)} == {3}
+    counts = [plan_captions(_keys(10), 2, epoch, share=share).spatial for epoch in range(400)]
+    assert abs(sum(counts) / len(counts) - share * 10) < 0.1  # the draw rounds up with the fraction's odds
+
+
+def test_a_share_outside_zero_to_one_is_refused() -> None:
+    for share in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=f"^the spatial caption share must be between 0 and 1, got {share}$"):
+            plan_captions(_keys(4), 0, 0, share=share)
 
 
 def test_the_odd_row_goes_either_way_across_epochs() -> None:

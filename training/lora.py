@@ -4,8 +4,8 @@
         --num-workers 8 --use-gpu --batch-size 4 --resolution 1024 --rank 16 --flip swap
 
 `DATA` is an export with a ``spatial_caption`` column (`pipelines.export` of the ``spatial_caption`` task):
-each epoch exactly half of the train rows that have a spatial caption train on it and the others on their
-original caption; rows without one train on the original caption and are counted (``fallback_captions``). With
+each epoch the share ``--spatial-probability`` (SPRIGHT's half by default, exact to one row) of the train rows that
+have a spatial caption train on it and the others on their original caption; rows without one train on the original caption and are counted (``fallback_captions``). With
 ``--flip swap`` half of the images are mirrored and their caption has left and right swapped
 (`training.lora_data`). The VAE and both text encoders are frozen; LoRA adapters (peft, as diffusers'
 ``train_dreambooth_lora_sdxl.py``: rank `--rank`, alpha = rank, gaussian init, targets ``to_q``, ``to_k``,
@@ -246,7 +246,7 @@ def run_lora_worker(config: LoraSettings, ctx: Any) -> TrainState:
             if directory is None
             else load_lora_checkpoint(directory, frozen.unet, optimizer, lr_scheduler, ctx.rank)
         )
-    planner = CaptionPlanner(find_splits(config.input)["train"], config.seed)
+    planner = CaptionPlanner(find_splits(config.input)["train"], config.seed, config.spatial_probability)
 
     def step(batch: CaptionBatch, seed: int) -> dict[str, Any]:
         plan = planner.plan(state.epoch)
@@ -274,7 +274,7 @@ def preflight(config: LoraSettings) -> dict[str, Any]:
     if scanned.bad == scanned.seen:
         what = scanned.describe() if scanned.seen else "the train split has no rows"
         raise NoUsableRowsError(f"no usable training row in {config.input}: {what}")
-    plan = CaptionPlanner(files, config.seed).plan(0)
+    plan = CaptionPlanner(files, config.seed, config.spatial_probability).plan(0)
     if plan.fallback:
         log.warning("%d of %d train rows have no spatial caption: they train on their original caption",
                     plan.fallback, plan.eligible + plan.fallback)  # fmt: skip

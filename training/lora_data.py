@@ -5,7 +5,8 @@
   only means there is no spatial caption. Rows whose image does not decode are skipped and counted
   (`rebatch`).
 - **Caption** (`training.spatial_captions`): per epoch, `plan_captions` over the train split's keys gives the
-  cut for which exactly half of the rows with a spatial caption train on it; rows without one (a null, empty
+  cut for which the share ``--spatial-probability`` (SPRIGHT: half) of the rows with a spatial caption train on it,
+  exact to one row; rows without one (a null, empty
   or missing `spatial_caption`) train on their original caption and are counted (`CaptionPlan.fallback`).
   Every worker computes the plan itself from the ``key`` and ``spatial_caption`` columns, so it does not
   depend on the sharding or the data order.
@@ -90,10 +91,10 @@ class CaptionBatch:
 class CaptionPlanner:
     """The caption plan of each epoch over the train split's keys (read once; plans cached by epoch)."""
 
-    def __init__(self, files: Sequence[str | Path], seed: int):
+    def __init__(self, files: Sequence[str | Path], seed: int, share: float = 0.5):
         import pyarrow.parquet as pq
 
-        self.seed = seed
+        self.seed, self.share = seed, share
         self.keys: list[str] = []
         self.has_spatial: list[bool] = []
         for f in files:
@@ -108,7 +109,7 @@ class CaptionPlanner:
 
     def plan(self, epoch: int) -> CaptionPlan:
         if epoch not in self._plans:
-            self._plans[epoch] = plan_captions(self.keys, self.seed, epoch, self.has_spatial)
+            self._plans[epoch] = plan_captions(self.keys, self.seed, epoch, self.has_spatial, self.share)
         return self._plans[epoch]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from training.image_transforms import ImageConfig
 from training.settings import RayTrainJobSettings
@@ -45,7 +45,11 @@ class LoraSettings(RayTrainJobSettings):
         0, description="seed of the LoRA initialisation, noise, timesteps, captions, flips, data order"
     )
     spatial_probability: float = Field(
-        0.5, description="share of the rows with a spatial caption that train on it in each epoch (exactly)"
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="share of the rows with a spatial caption that train on it in each epoch (exact to one row; "
+        "SPRIGHT: 0.5)",
     )
     flip: Literal["off", "swap"] = Field(
         "swap",
@@ -54,15 +58,6 @@ class LoraSettings(RayTrainJobSettings):
     gradient_checkpointing: bool = Field(
         False, description="gradient checkpointing in the UNet (less memory)"
     )
-
-    @field_validator("spatial_probability")
-    @classmethod
-    def _exact_half(cls, value: float) -> float:
-        if value != 0.5:
-            raise ValueError(
-                "only SPRIGHT's exact 50/50 mix is implemented (training.spatial_captions.plan_captions)"
-            )
-        return value
 
     @property
     def cache(self) -> None:

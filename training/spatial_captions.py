@@ -5,19 +5,22 @@ general and a spatial caption and picks one of the two "in a 50:50 ratio" per im
 mirrors images at random without touching the caption, so "a toy to the left of a cat" trains on a picture with the
 toy on the right (SPRIGHT-T2I/SPRIGHT issue #7, "Question about random_flip"). Here:
 
-- **The mix** (`plan_captions`, `uses_spatial`): exactly half of the rows that have both captions use the spatial
-  one in each epoch, not a coin per row. Each row gets a rank hash of ``spatial-caption:{seed}:{epoch}:{key}``
-  (SHA-256, its own domain, so it is independent of `training.image_transforms.is_flipped`'s hash of the same
-  row); the rows whose hash is below a *cut* use the spatial caption, and the cut is the ``k``-th smallest hash of
-  the eligible rows. ``k = n // 2`` for ``n`` eligible rows; for odd ``n`` one more row (``k = n // 2 + 1``) when
-  the bit of ``spatial-caption-odd:{seed}:{epoch}`` is 1, so the odd row goes either way across epochs.
+- **The mix** (`plan_captions`, `uses_spatial`): a share ``p`` (SPRIGHT: one half) of the rows that have both
+  captions use the spatial one in each epoch, exactly, not a coin per row. Each row gets a rank hash of
+  ``spatial-caption:{seed}:{epoch}:{key}`` (SHA-256, its own domain, so it is independent of
+  `training.image_transforms.is_flipped`'s hash of the same row); the rows whose hash is below a *cut* use the
+  spatial caption, and the cut is the ``k``-th smallest hash of the eligible rows. ``k = floor(p·n)`` for ``n``
+  eligible rows (``p`` read as the decimal it is written as: 0.3 is 3/10), plus one row when ``p·n`` is not whole
+  and the epoch's draw ``u`` (from ``spatial-caption-odd:{seed}:{epoch}``) is below its fraction, so the odd row
+  goes either way across epochs and the mean share is ``p``. For ``p = 1/2`` that is SPRIGHT's 50/50: one more
+  row for odd ``n`` when the low bit of the draw's first byte is 1.
   Trade-off: exactness needs the whole key set once per epoch (a Bernoulli coin per row would not, but is only
-  50/50 on average: ±0.5·√n rows). The cut is one integer computed on the driver from the keys alone; a worker
+  right on average: ±√(p(1−p)n) rows). The cut is one integer computed on the driver from the keys alone; a worker
   then decides each of its rows from (seed, epoch, key, cut), so the choice does not depend on the order of the
   rows, the number of workers or the sharding. It is exact as long as training sees the set of eligible rows the
   plan was made from (rows dropped later as unusable shift the count by the rows dropped).
 - **Fallback**: a row without a usable spatial caption (null, empty or whitespace: the `spatial_caption` task
-  failed or was not run) trains on its original caption and is counted in `CaptionPlan.fallback`. The 50/50 is
+  failed or was not run) trains on its original caption and is counted in `CaptionPlan.fallback`. The share is
   over the rows that have both captions, as in SPRIGHT, where every image has both.
 - **Flip** (`swap_left_right`, `sample_caption`): when an image is mirrored, the caption it trains with (spatial or
   original) has left and right swapped; when it is not mirrored the caption is untouched. `sample_caption` takes the
@@ -48,9 +51,11 @@ words, so every decision is the same before and after a swap: `swap_left_right` 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 from training.image_transforms import is_flipped
 
@@ -61,11 +66,12 @@ __all__ = [
     "plan_captions",
     "sample_caption",
     "spatial_rank",
+    "spatial_share",
     "swap_left_right",
     "uses_spatial",
 ]
 
-# ---------------------------------------------------------------------- the 50/50 mix
+# ---------------------------------------------------------------------- the caption mix
 
 _NO_CUT = 1 << 256  # above every SHA-256 value: all eligible rows use the spatial caption
 
@@ -75,9 +81,21 @@ def spatial_rank(seed: int, epoch: int, key: str) -> int:
     return int.from_bytes(hashlib.sha256(f"spatial-caption:{seed}:{epoch}:{key}".encode()).digest(), "big")
 
 
-def _odd_extra(seed: int, epoch: int) -> int:
-    """1 when an odd epoch gives the spatial caption to the larger half (``n // 2 + 1`` rows), else 0."""
-    return hashlib.sha256(f"spatial-caption-odd:{seed}:{epoch}".encode()).digest()[0] & 1
+def _epoch_draw(seed: int, epoch: int) -> Fraction:
+    """The epoch's uniform draw in [0, 1) that rounds ``p·n`` up or down. Its leading binary digit is the inverse
+    of the low bit of the hash's first byte, so that for ``p = 1/2`` an odd epoch gives the larger half exactly
+    when that bit is 1 (the rule before shares other than one half were accepted: same plans, same runs)."""
+    digest = hashlib.sha256(f"spatial-caption-odd:{seed}:{epoch}".encode()).digest()
+    rest = int.from_bytes(digest[1:], "big")
+    return Fraction(1 - (digest[0] & 1), 2) + Fraction(rest, 2 ** (8 * len(digest) - 8) * 2)
+
+
+def spatial_share(value: float) -> Fraction:
+    """A share in [0, 1] as the exact fraction it is written as (0.3 -> 3/10, not the float's binary value)."""
+    share = Fraction(repr(float(value)))
+    if not 0 <= share <= 1:
+        raise ValueError(f"the spatial caption share must be between 0 and 1, got {value}")
+    return share
 
 
 def has_spatial_caption(spatial_caption: object) -> bool:
@@ -96,8 +114,8 @@ class CaptionPlan:
 
     `cut` is what workers need besides (seed, epoch, key): `uses_spatial(seed, epoch, key, cut)` gives the same
     answer as `use_spatial` for every eligible row. `spatial + original == eligible` and
-    `spatial in (eligible // 2, (eligible + 1) // 2)`; `fallback` rows have no spatial caption and train on the
-    original one.
+    `spatial` is ``floor`` or ``ceil`` of ``share·eligible``; `fallback` rows have no spatial caption and train on
+    the original one.
     """
 
     use_spatial: tuple[bool, ...]
@@ -113,9 +131,14 @@ class CaptionPlan:
 
 
 def plan_captions(
-    keys: Sequence[str], seed: int, epoch: int, has_spatial: Sequence[bool] | None = None
+    keys: Sequence[str],
+    seed: int,
+    epoch: int,
+    has_spatial: Sequence[bool] | None = None,
+    share: float = 0.5,
 ) -> CaptionPlan:
-    """Which rows of an epoch train on their spatial caption: exactly half of those that have one (see module doc).
+    """Which rows of an epoch train on their spatial caption: the `share` of those that have one, to one row
+    (``floor`` or ``ceil`` of ``share·n``; see the module doc).
 
     `has_spatial[i]` says whether row `keys[i]` has a spatial caption (all rows when None). Keys must be unique:
     a repeated key would get the same rank twice and break the count.
@@ -131,7 +154,8 @@ def plan_captions(
     ranks = [spatial_rank(seed, epoch, k) if flag else None for k, flag in zip(keys, flags, strict=True)]
     eligible = sorted(r for r in ranks if r is not None)
     n = len(eligible)
-    k = n // 2 + (n % 2) * _odd_extra(seed, epoch)
+    wanted = spatial_share(share) * n
+    k = math.floor(wanted) + (_epoch_draw(seed, epoch) < wanted - math.floor(wanted))
     cut = eligible[k] if k < n else _NO_CUT
     use = tuple(r is not None and r < cut for r in ranks)
     return CaptionPlan(use_spatial=use, cut=cut, eligible=n, spatial=sum(use), fallback=len(keys) - n)
