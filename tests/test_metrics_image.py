@@ -267,9 +267,9 @@ def test_cmmd_by_hand_and_naive_reference(monkeypatch: pytest.MonkeyPatch) -> No
     assert cmmd(a, b, sigma=2.0) != pytest.approx(naive)
     # float32 embeddings (as CLIP gives them) are computed in float64 too: exact to 1e-9, not float32's 1e-6
     a32, b32 = a.astype(np.float32), b.astype(np.float32)
-    naive32 = 1000 * (mean_k(a32.astype(np.float64), a32.astype(np.float64)) + mean_k(b32.astype(np.float64), b32.astype(np.float64))
-                      - 2 * mean_k(a32.astype(np.float64), b32.astype(np.float64)))
-    for first, second in ((a32, b32), (a32, b32.astype(np.float64)), (a32.astype(np.float64), b32)):
+    a64, b64 = a32.astype(np.float64), b32.astype(np.float64)  # the same values, held in float64
+    naive32 = 1000 * (mean_k(a64, a64) + mean_k(b64, b64) - 2 * mean_k(a64, b64))
+    for first, second in ((a32, b32), (a32, b64), (a64, b32)):
         assert cmmd(first, second) == pytest.approx(naive32, rel=1e-9)
 
 

@@ -5,9 +5,9 @@
 
 `DATA` is an export with a ``spatial_caption`` column (`pipelines.export` of the ``spatial_caption`` task):
 each epoch the share ``--spatial-probability`` (SPRIGHT's half by default, exact to one row) of the train rows that
-have a spatial caption train on it and the others on their original caption; rows without one train on the original caption and are counted (``fallback_captions``). With
-``--flip swap`` half of the images are mirrored and their caption has left and right swapped
-(`training.lora_data`). The VAE and both text encoders are frozen; LoRA adapters (peft, as diffusers'
+have a spatial caption train on it and the others on their original caption; rows without one train on the
+original caption and are counted (``fallback_captions``). With ``--flip swap`` half of the images are mirrored and
+their caption has left and right swapped (`training.lora_data`). The VAE and both text encoders are frozen; LoRA adapters (peft, as diffusers'
 ``train_dreambooth_lora_sdxl.py``: rank `--rank`, alpha = rank, gaussian init, targets ``to_q``, ``to_k``,
 ``to_v``, ``to_out.0`` of every attention block) are the only trained weights of the UNet. The loss is
 `training.step.diffusion_loss` (SDXL's epsilon/v MSE, time ids, pooled text embeds; noise and timesteps from

@@ -6,8 +6,8 @@
   (`rebatch`).
 - **Caption** (`training.spatial_captions`): per epoch, `plan_captions` over the train split's keys gives the
   cut for which the share ``--spatial-probability`` (SPRIGHT: half) of the rows with a spatial caption train on it,
-  exact to one row; rows without one (a null, empty
-  or missing `spatial_caption`) train on their original caption and are counted (`CaptionPlan.fallback`).
+  exact to one row; rows without one (a null, empty or missing `spatial_caption`) train on their original caption
+  and are counted (`CaptionPlan.fallback`).
   Every worker computes the plan itself from the ``key`` and ``spatial_caption`` columns, so it does not
   depend on the sharding or the data order.
 - **Flip** (``--flip swap``): `sample_caption` decides the mirror (`is_flipped`: seed, epoch, key) and the

@@ -19,8 +19,9 @@ Saved layout: a standard diffusers pipeline folder (`save_pretrained`, safetenso
     DIR/{unet,vae,text_encoder,text_encoder_2,tokenizer,tokenizer_2,scheduler}/   SDXL's own components
 
 It loads three ways: `SDXLSGPipeline.from_pretrained(DIR)`; diffusers' custom-pipeline route
-`DiffusionPipeline.from_pretrained(DIR, custom_pipeline=training.pipeline.__file__, trust_remote_code=True)`;
-and `StableDiffusionXLPipeline.from_pretrained(DIR)` gives plain SDXL (the `sg_encoder` entry is ignored).
+`DiffusionPipeline.from_pretrained(DIR, custom_pipeline=training.pipeline.__file__, trust_remote_code=True)`
+(diffusers runs a custom pipeline file only with that flag, which the caller sets; the file is this module, not
+code from the hub; nothing here sets it by default); and `StableDiffusionXLPipeline.from_pretrained(DIR)` gives plain SDXL (the `sg_encoder` entry is ignored).
 `SDXLSGPipeline.from_base(base, sg_encoder)` puts a trained encoder on top of a base SDXL.
 """
 

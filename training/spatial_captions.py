@@ -66,7 +66,6 @@ __all__ = [
     "plan_captions",
     "sample_caption",
     "spatial_rank",
-    "spatial_share",
     "swap_left_right",
     "uses_spatial",
 ]
@@ -86,11 +85,11 @@ def _epoch_draw(seed: int, epoch: int) -> Fraction:
     of the low bit of the hash's first byte, so that for ``p = 1/2`` an odd epoch gives the larger half exactly
     when that bit is 1 (the rule before shares other than one half were accepted: same plans, same runs)."""
     digest = hashlib.sha256(f"spatial-caption-odd:{seed}:{epoch}".encode()).digest()
-    rest = int.from_bytes(digest[1:], "big")
-    return Fraction(1 - (digest[0] & 1), 2) + Fraction(rest, 2 ** (8 * len(digest) - 8) * 2)
+    lower_digits = Fraction(int.from_bytes(digest[1:], "big"), 256 ** (len(digest) - 1))  # in [0, 1)
+    return (1 - (digest[0] & 1) + lower_digits) / 2
 
 
-def spatial_share(value: float) -> Fraction:
+def _exact_share(value: float) -> Fraction:
     """A share in [0, 1] as the exact fraction it is written as (0.3 -> 3/10, not the float's binary value)."""
     share = Fraction(repr(float(value)))
     if not 0 <= share <= 1:
@@ -154,7 +153,7 @@ def plan_captions(
     ranks = [spatial_rank(seed, epoch, k) if flag else None for k, flag in zip(keys, flags, strict=True)]
     eligible = sorted(r for r in ranks if r is not None)
     n = len(eligible)
-    wanted = spatial_share(share) * n
+    wanted = _exact_share(share) * n
     k = math.floor(wanted) + (_epoch_draw(seed, epoch) < wanted - math.floor(wanted))
     cut = eligible[k] if k < n else _NO_CUT
     use = tuple(r is not None and r < cut for r in ranks)
